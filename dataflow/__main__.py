@@ -1,0 +1,57 @@
+"""`python -m dataflow`: parse the settings, run the engine on uvloop until SIGTERM/SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Sequence
+
+from loguru import logger
+
+from dataflow import logs
+from dataflow.settings import Settings, SettingsError, load_settings
+
+
+async def serve(settings: Settings) -> None:
+    """Run one engine until a stop signal, then shut it down within the configured bound."""
+    from dataflow.engine import Engine
+    from dataflow.health import HealthServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    engine = Engine(settings)
+    health = HealthServer(engine, settings.health_server_port)
+    await health.start()
+    try:
+        await engine.start()
+        await stop.wait()
+        logger.info("stop signal received; shutting down (bound {}s)", settings.shutdown_timeout_seconds)
+    finally:
+        try:
+            await asyncio.wait_for(engine.stop(), settings.shutdown_timeout_seconds)
+        finally:
+            await health.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of `python -m dataflow`."""
+    try:
+        settings = load_settings(sys.argv[1:] if argv is None else argv)
+    except SettingsError as exc:
+        print(f"dataflow: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+    logs.setup(settings.log_level_app, settings.log_level_kafka, settings.log_format)
+    logger.info("settings: {}", settings.masked())
+    try:
+        import uvloop
+
+        uvloop.run(serve(settings))
+    except ImportError:
+        asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,204 @@
+"""The engine: owns the shared producer, the subscriber and the pipelines; one shutdown path.
+
+Scheduler commands are handled per pipeline uid one at a time, latest wins (spec 2.4): a newer
+command for a uid replaces one that has not started yet. Different uids run concurrently, at most
+`pipeline_ctlops_threads` at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+from loguru import logger
+
+from dataflow.kafka import TopicError, ensure_topics, make_admin, make_producer
+from dataflow.pipeline import READY, Pipeline
+from dataflow.proto.seldon.mlops.chainer import PipelineUpdateMessage
+from dataflow.settings import Settings
+from dataflow.subscriber import Op, Subscriber
+from dataflow.topology import TopologyError, topology_from
+
+
+class Engine:
+    """The data-flow engine of one replica."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.producer: AIOKafkaProducer = make_producer(settings)
+        self.admin: AIOKafkaAdminClient = make_admin(settings)
+        self.subscriber = Subscriber(
+            settings.upstream_host,
+            settings.upstream_port,
+            settings.dataflow_replica_id,
+            self._on_update,
+        )
+        self.pipelines: dict[str, Pipeline] = {}
+        self.started_at = time.monotonic()
+        self.startup_done = asyncio.Event()
+        self._latest: dict[str, PipelineUpdateMessage] = {}
+        self._pending: dict[str, PipelineUpdateMessage] = {}
+        self._workers: dict[str, asyncio.Task[None]] = {}
+        self._acks: set[asyncio.Task[bool]] = set()
+        self._ctlops = asyncio.Semaphore(settings.pipeline_ctlops_threads)
+        self._created_topics: set[str] = set()
+        self._topic_lock = asyncio.Lock()
+        self._subscription: asyncio.Task[None] | None = None
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Connect to Kafka, then subscribe to the scheduler."""
+        await self.producer.start()
+        await self.admin.start()
+        self._subscription = asyncio.create_task(self.subscriber.run(), name="subscriber")
+        self.startup_done.set()
+        logger.info(
+            "engine {} started: kafka {}, scheduler {}:{}",
+            self.settings.dataflow_replica_id,
+            self.settings.kafka_bootstrap_servers,
+            self.settings.upstream_host,
+            self.settings.upstream_port,
+        )
+
+    async def stop(self) -> None:
+        """The one shutdown path: stop taking commands, drain and stop pipelines, flush.
+
+        No acks are sent for the pipelines stopped here: the scheduler is not told anything false.
+        """
+        deadline = time.monotonic() + self.settings.shutdown_timeout_seconds
+        if self._subscription is not None:
+            self._subscription.cancel()
+            await asyncio.gather(self._subscription, return_exceptions=True)
+        for worker in list(self._workers.values()):
+            worker.cancel()
+        await asyncio.gather(*self._workers.values(), return_exceptions=True)
+        remaining = max(1.0, deadline - time.monotonic() - 2)
+        await asyncio.gather(
+            *(p.stop(remaining) for p in self.pipelines.values()), return_exceptions=True
+        )
+        self.pipelines.clear()
+        for task in list(self._acks):
+            task.cancel()
+        try:
+            await asyncio.wait_for(self.producer.stop(), max(0.5, deadline - time.monotonic()))
+        except TimeoutError:
+            logger.warning("producer did not stop in time")
+        await self.admin.close()
+        self.subscriber.close()
+        logger.info("engine stopped")
+
+    # -- health -----------------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        """Scheduler stream up and every created pipeline's consumers own their partitions."""
+        return self.subscriber.connected and all(
+            p.assigned for p in self.pipelines.values() if p.failed is None
+        )
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def _on_update(self, message: PipelineUpdateMessage) -> None:
+        uid = message.uid
+        logger.info(
+            "received {} {} v{} (uid {}, ts {})",
+            message.op.name, message.pipeline, message.version, uid, message.timestamp,
+        )
+        if message.op not in (Op.Create, Op.Delete):
+            logger.warning("ignoring operation {} for {}", message.op.name, message.pipeline)
+            return
+        self._pending[uid] = message  # latest wins
+        if uid not in self._workers:
+            self._workers[uid] = asyncio.create_task(self._work(uid), name=f"control:{uid}")
+
+    async def _work(self, uid: str) -> None:
+        try:
+            while uid in self._pending:
+                message = self._pending.pop(uid)
+                self._latest[uid] = message
+                async with self._ctlops:
+                    if message.op == Op.Create:
+                        await self._create(message)
+                    else:
+                        await self._delete(message)
+        finally:
+            self._workers.pop(uid, None)
+
+    def _ack(self, message: PipelineUpdateMessage, op: Op, success: bool, reason: str) -> None:
+        task = asyncio.create_task(
+            self.subscriber.ack(message, op, success, reason), name=f"ack:{message.uid}"
+        )
+        self._acks.add(task)
+        task.add_done_callback(self._acks.discard)
+
+    async def _create(self, message: PipelineUpdateMessage) -> None:
+        uid = message.uid
+        existing = self.pipelines.get(uid)
+        if existing is not None and existing.active:
+            self._ack(message, Op.Create, True, READY)
+            return
+        if existing is not None:
+            await existing.stop(self.settings.shutdown_timeout_seconds)
+            del self.pipelines[uid]
+        try:
+            topology = topology_from(message, self.settings.kafka_join_window_millis)
+        except TopologyError as exc:
+            self._ack(message, Op.Create, False, f"failed to create pipeline: {exc}")
+            return
+        try:
+            await self._ensure(list(topology.topics))
+        except (TopicError, Exception) as exc:
+            self._ack(message, Op.Create, False, f"kafka topic creation error: {exc}")
+            return
+        pipeline = Pipeline(
+            topology, self.settings, self.producer, self.ensure_topic, self._on_failure
+        )
+        self.pipelines[uid] = pipeline
+        try:
+            await pipeline.start(timeout=self.settings.topic_create_timeout_millis / 1000)
+        except Exception as exc:
+            await pipeline.stop(self.settings.shutdown_timeout_seconds)
+            self.pipelines.pop(uid, None)
+            reason = f"failed to start pipeline steps: {type(exc).__name__}: {exc}"
+            self._ack(message, Op.Create, False, reason)
+            return
+        logger.info("pipeline {} v{} (uid {}) ready", topology.name, topology.version, uid)
+        self._ack(message, Op.Create, True, READY)
+
+    async def _delete(self, message: PipelineUpdateMessage) -> None:
+        pipeline = self.pipelines.pop(message.uid, None)
+        if pipeline is not None:
+            await pipeline.stop(self.settings.shutdown_timeout_seconds)
+        if message.updates:
+            topics = sorted(
+                {s.topic_name for u in message.updates for s in u.sources}
+                | {u.sink.topic_name for u in message.updates if u.sink}
+            )
+            try:
+                await self.admin.delete_topics(topics)
+                self._created_topics.difference_update(topics)
+            except Exception as exc:
+                self._ack(message, Op.Delete, False, f"kafka topic deletion error: {exc}")
+                return
+        self._ack(message, Op.Delete, True, "pipeline removed")
+
+    def _on_failure(self, pipeline: Pipeline, reason: str) -> None:
+        latest = self._latest.get(pipeline.topology.uid)
+        if latest is not None and self.pipelines.get(pipeline.topology.uid) is pipeline:
+            self._ack(latest, Op.Ready, False, reason)
+
+    # -- topics -----------------------------------------------------------------------------
+
+    async def _ensure(self, topics: list[str]) -> None:
+        async with self._topic_lock:
+            missing = [t for t in topics if t not in self._created_topics]
+            await ensure_topics(self.admin, self.settings, missing)
+            self._created_topics.update(missing)
+
+    async def ensure_topic(self, topic: str) -> None:
+        """Create `topic` if this engine has not already made sure it exists."""
+        if topic not in self._created_topics:
+            await self._ensure([topic])

@@ -1,0 +1,40 @@
+"""Kafka header names and the header rewrite of every step (spec 4.2, 4.9)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+PIPELINE = "pipeline"
+PIPELINE_VERSION = "x-pipeline-version"
+PIPELINE_ERRORS = "seldon-pipeline-errors"
+REQUEST_ID = "x-request-id"
+ALIBI_TYPE = "x-seldon-alibi-type"
+ALIBI_METHOD = "x-seldon-alibi-method"
+
+_REPLACED = frozenset({PIPELINE, PIPELINE_VERSION, ALIBI_TYPE, ALIBI_METHOD})
+
+Headers = Iterable[tuple[str, bytes]]
+
+
+def names_pipeline(headers: Headers, pipeline: bytes) -> bool:
+    """True when some `pipeline` header equals `pipeline` (the step's source filter)."""
+    return any(k == PIPELINE and v == pipeline for k, v in headers)
+
+
+def rewrite(headers: Headers, pipeline: str, version: int) -> list[tuple[str, bytes]]:
+    """Drop the pipeline and explainer headers, then name this pipeline and its version.
+
+    Every other header (request id, user `x-*`, trace context, errors) passes unchanged.
+    """
+    kept = [(k, v) for k, v in headers if k not in _REPLACED]
+    kept.append((PIPELINE, pipeline.encode()))
+    kept.append((PIPELINE_VERSION, str(version).encode()))
+    return kept
+
+
+def value_of(headers: Headers, name: str) -> bytes | None:
+    """The first value of header `name`, or None."""
+    for k, v in headers:
+        if k == name:
+            return v
+    return None

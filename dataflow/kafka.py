@@ -1,0 +1,142 @@
+"""Kafka clients for the engine: security and sizes from the settings, topic creation."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.helpers import create_ssl_context
+from loguru import logger
+
+from dataflow.settings import Settings
+
+# Kafka error codes met when creating topics that are fine for us.
+_TOPIC_ALREADY_EXISTS = 36
+
+
+class TopicError(RuntimeError):
+    """Topics could not be created or did not become visible."""
+
+
+def security_options(settings: Settings) -> dict[str, Any]:
+    """aiokafka keyword arguments for the configured security protocol (spec 2.1)."""
+    protocol = settings.kafka_security_protocol
+    options: dict[str, Any] = {"security_protocol": protocol}
+    if protocol in ("SSL", "SASL_SSL"):
+        cafile = settings.kafka_tls_broker_ca_path or settings.kafka_tls_client_ca_path or None
+        context = create_ssl_context(
+            cafile=cafile,
+            certfile=settings.kafka_tls_client_cert_path or None,
+            keyfile=settings.kafka_tls_client_key_path or None,
+        )
+        context.check_hostname = settings.kafka_tls_endpoint_identification_algorithm == "https"
+        options["ssl_context"] = context
+    if protocol.startswith("SASL"):
+        password = settings.kafka_sasl_password.get_secret_value()
+        if settings.kafka_sasl_password_path:
+            password = Path(settings.kafka_sasl_password_path).read_text().strip()
+        options.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=password,
+        )
+    return options
+
+
+def _common(settings: Settings) -> dict[str, Any]:
+    return {
+        "bootstrap_servers": settings.kafka_bootstrap_servers,
+        "client_id": f"dataflow-{settings.dataflow_replica_id}",
+        **security_options(settings),
+    }
+
+
+def make_producer(settings: Settings) -> AIOKafkaProducer:
+    """The one shared producer: idempotent, acks from all in-sync replicas."""
+    return AIOKafkaProducer(
+        **_common(settings),
+        acks="all",
+        enable_idempotence=True,
+        linger_ms=settings.kafka_producer_linger_ms,
+        max_request_size=settings.kafka_max_message_size_bytes,
+        request_timeout_ms=30000,
+    )
+
+
+def make_consumer(settings: Settings, group_id: str, **extra: Any) -> AIOKafkaConsumer:
+    """A step consumer: manual commits, sizes from the settings, range assignment."""
+    from aiokafka.coordinator.assignors.range import RangePartitionAssignor
+
+    fetch_max = min(settings.kafka_max_message_size_bytes, 2**31 - 1)
+    return AIOKafkaConsumer(
+        **_common(settings),
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset=settings.kafka_auto_offset_reset,
+        max_partition_fetch_bytes=fetch_max,
+        fetch_max_bytes=max(fetch_max, 52428800),
+        partition_assignment_strategy=(RangePartitionAssignor,),
+        isolation_level="read_committed",
+        **extra,
+    )
+
+
+def make_admin(settings: Settings) -> AIOKafkaAdminClient:
+    """An admin client for topic creation."""
+    return AIOKafkaAdminClient(
+        **_common(settings), request_timeout_ms=settings.topic_create_timeout_millis
+    )
+
+
+async def ensure_topics(
+    admin: AIOKafkaAdminClient, settings: Settings, topics: list[str] | tuple[str, ...]
+) -> None:
+    """Create `topics` if missing, then poll until all are visible (spec 3.3).
+
+    Raises:
+        TopicError: a creation error other than "already exists", or topics still invisible
+            after the configured number of describe attempts.
+    """
+    if not topics:
+        return
+    response = await admin.create_topics(
+        [
+            NewTopic(
+                name,
+                settings.kafka_partitions_default,
+                settings.kafka_replication_factor,
+                topic_configs={"max.message.bytes": str(settings.kafka_max_message_size_bytes)},
+            )
+            for name in topics
+        ],
+        timeout_ms=settings.topic_create_timeout_millis,
+    )
+    for name, code, *rest in response.topic_errors:
+        if code not in (0, _TOPIC_ALREADY_EXISTS):
+            message = rest[0] if rest else ""
+            raise TopicError(f"cannot create topic {name}: error {code} {message}".strip())
+    missing = set(topics)
+    for _ in range(settings.topic_describe_retry_attempts):
+        described = await asyncio.wait_for(
+            admin.describe_topics(sorted(missing)),
+            settings.topic_describe_timeout_millis / 1000 * 5,
+        )
+        for entry in described:
+            if entry.get("error_code", 0) == 0 and entry.get("partitions"):
+                missing.discard(entry["topic"])
+        if not missing:
+            return
+        await asyncio.sleep(settings.topic_describe_retry_delay_millis / 1000)
+    raise TopicError(f"topics not visible after creation: {', '.join(sorted(missing))}")
+
+
+async def partitions_of(producer: AIOKafkaProducer, topic: str) -> int:
+    """The partition count of `topic` as the producer sees it (at least 1)."""
+    partitions = await producer.partitions_for(topic)
+    if not partitions:
+        logger.warning("no partitions known for {}", topic)
+        return 1
+    return len(partitions)

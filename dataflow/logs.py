@@ -1,0 +1,68 @@
+"""Logging through loguru, with stdlib logging (aiokafka, grpclib) routed into it."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import orjson
+from loguru import logger
+
+_KAFKA_LOGGERS = ("aiokafka", "grpclib", "kafka")
+
+
+class _InterceptHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            level: str | int = logger.level(record.levelname).name
+        except ValueError:
+            level = record.levelno
+        logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
+
+
+def _json_sink(message: Any) -> None:
+    record = message.record
+    flat = {
+        "time": record["time"].isoformat(),
+        "level": record["level"].name,
+        "message": record["message"],
+        "logger": record["name"],
+        **{k: v for k, v in record["extra"].items()},
+    }
+    if record["exception"] is not None:
+        flat["exception"] = str(record["exception"])
+    sys.stderr.write(orjson.dumps(flat, default=str).decode() + "\n")
+
+
+def setup(app_level: str = "INFO", kafka_level: str = "WARNING", fmt: str = "text") -> None:
+    """Configure loguru once for the process.
+
+    Args:
+        app_level: level of the engine's own lines.
+        kafka_level: level of aiokafka and grpclib lines.
+        fmt: `text` (human-readable) or `json` (one flat object per line).
+    """
+    app_level = "WARNING" if app_level == "WARN" else app_level
+    kafka_level = "WARNING" if kafka_level == "WARN" else kafka_level
+    logger.remove()
+    if fmt == "json":
+        logger.add(_json_sink, level=app_level)
+    else:
+        logger.add(
+            sys.stderr,
+            level=app_level,
+            format="<green>{time:HH:mm:ss.SSS}</green> <level>{level: <7}</level> "
+            "{extra[prefix]}{message}",
+            colorize=None,
+        )
+    logger.configure(extra={"prefix": ""}, patcher=_prefix)
+    logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
+    for name in _KAFKA_LOGGERS:
+        logging.getLogger(name).setLevel(kafka_level)
+
+
+def _prefix(record: Any) -> None:
+    extra = record["extra"]
+    parts = [f"{k}={extra[k]}" for k in ("pipeline", "step", "request_id") if k in extra]
+    extra["prefix"] = ("[" + " ".join(parts) + "] ") if parts else ""

@@ -1,0 +1,115 @@
+"""A pipeline version's steps as owned, named tasks: create, stop, status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from aiokafka import AIOKafkaProducer
+from loguru import logger
+
+from dataflow.kafka import make_consumer
+from dataflow.settings import Settings
+from dataflow.stages import StepStages
+from dataflow.step import Step, StepFailed
+from dataflow.topology import Topology, group_id
+
+READY = "pipeline data streams: ready"
+STOPPED = "pipeline data streams: stopped"
+
+
+class Pipeline:
+    """The running steps of one pipeline version.
+
+    Args:
+        topology: what to run.
+        settings: engine settings (group ids, window defaults, client options).
+        producer: the engine's shared producer.
+        ensure_topic: creates a topic on demand (the default error topic).
+        on_failure: called once with the reason when a step can no longer deliver.
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        settings: Settings,
+        producer: AIOKafkaProducer,
+        ensure_topic: Callable[[str], Awaitable[None]],
+        on_failure: Callable[[Pipeline, str], None],
+    ) -> None:
+        self.topology = topology
+        self.settings = settings
+        self.failed: str | None = None
+        self._on_failure = on_failure
+        error_topic = topology.error_topic or settings.kafka_default_error_topic
+        guard = StepStages.guard_for(topology)
+        self.steps = [
+            Step(
+                topology,
+                spec,
+                make_consumer(settings, group_id(settings.group_base(), topology.uid, spec.index)),
+                producer,
+                error_topic,
+                ensure_topic,
+                StepStages.for_step(topology, spec, guard),
+            )
+            for spec in topology.steps
+        ]
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def active(self) -> bool:
+        """True while the steps run without failure."""
+        return self.failed is None and bool(self._tasks) and not all(t.done() for t in self._tasks)
+
+    @property
+    def assigned(self) -> bool:
+        """True when every step's consumer owns its partitions."""
+        return all(step.assigned.is_set() for step in self.steps)
+
+    async def start(self, timeout: float) -> None:
+        """Start every step and wait until each consumer has joined its group.
+
+        Raises:
+            TimeoutError: a consumer did not get its partitions within `timeout` seconds.
+        """
+        for step in self.steps:
+            await step.start()
+        for step in self.steps:
+            task = asyncio.create_task(
+                step.run(), name=f"step:{self.topology.name}:{self.topology.version}:{step.spec.index}"
+            )
+            task.add_done_callback(self._step_done)
+            self._tasks.append(task)
+        await asyncio.wait_for(
+            asyncio.gather(*(step.assigned.wait() for step in self.steps)), timeout
+        )
+
+    def _step_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None or self.failed is not None:
+            return
+        reason = str(exc) if isinstance(exc, StepFailed) else f"{type(exc).__name__}: {exc}"
+        self.failed = f"pipeline data streams error: {reason}"
+        logger.bind(pipeline=self.topology.name).error("step {} failed: {}", task.get_name(), reason)
+        self._on_failure(self, self.failed)
+
+    async def stop(self, timeout: float) -> None:
+        """Stop fetching, deliver and commit what is in flight, close the consumers.
+
+        Steps that do not finish within `timeout` seconds are cancelled.
+        """
+        for step in self.steps:
+            step.stop_soon()
+        if self._tasks:
+            done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending)
+        else:
+            for step in self.steps:
+                await step.consumer.stop()
+        self._tasks.clear()

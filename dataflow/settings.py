@@ -1,0 +1,173 @@
+"""The engine's settings: `SELDON_*` environment, `.env`, and `--kebab-case` flags.
+
+Names follow the reference engine (`kafka.bootstrap.servers` is `SELDON_KAFKA_BOOTSTRAP_SERVERS`
+and `--kafka-bootstrap-servers`). Precedence: flags, then the environment, then `.env`, then
+defaults. The settings object is frozen and built once in `__main__`; library modules never read
+`os.environ`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "SELDON_"
+
+LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "WARN", "ERROR", "CRITICAL"]
+
+
+def _hostname() -> str:
+    return socket.gethostname() or "seldon-dataflow-engine"
+
+
+class Settings(BaseSettings):
+    """Every setting of the engine, with its default and meaning."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        extra="ignore",
+        frozen=True,
+        case_sensitive=False,
+    )
+
+    # Engine identity and control plane.
+    dataflow_replica_id: str = Field(
+        default_factory=_hostname,
+        description="subscriber name sent to the scheduler (unique per replica)",
+    )
+    upstream_host: str = Field("0.0.0.0", description="scheduler (Chainer service) host")
+    upstream_port: int = Field(9008, ge=1, le=65535, description="scheduler (Chainer) port")
+    pipeline_ctlops_threads: int = Field(
+        8, ge=1, description="pipelines created or deleted at the same time"
+    )
+    pod_namespace: str = Field("", description="namespace, used in consumer group ids")
+    health_server_port: int = Field(
+        8000, ge=0, le=65535, description="port of /live, /ready, /startup and /metrics (0: off)"
+    )
+
+    # Kafka.
+    kafka_bootstrap_servers: str = Field("localhost:9092", description="Kafka bootstrap servers")
+    kafka_consumer_prefix: str = Field("", description="prefix of consumer group ids")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, SSL, SASL_SSL (SASL_PLAINTEXT for local tests)"
+    )
+    kafka_partitions_default: int = Field(1, ge=1, description="partitions of created topics")
+    kafka_replication_factor: int = Field(1, ge=1, description="replication of created topics")
+    kafka_join_window_millis: int = Field(
+        60000, ge=1, description="join window when a step sets none"
+    )
+    kafka_max_message_size_bytes: int = Field(
+        1_000_000_000, ge=1024, description="largest record produced or fetched"
+    )
+    kafka_auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a new consumer group starts"
+    )
+    kafka_producer_linger_ms: int = Field(2, ge=0, description="producer linger (batching)")
+    kafka_default_error_topic: str = Field(
+        "seldon.default.errors.errors",
+        description="error topic for pipelines that name none",
+    )
+    kafka_tls_client_ca_path: str = Field("", description="CA of the broker certificate (PEM)")
+    kafka_tls_client_key_path: str = Field("", description="client private key (PEM, mTLS)")
+    kafka_tls_client_cert_path: str = Field("", description="client certificate (PEM, mTLS)")
+    kafka_tls_broker_ca_path: str = Field("", description="broker CA (PEM), if not the client CA")
+    kafka_tls_endpoint_identification_algorithm: str = Field(
+        "", description="'https' to check the broker host name; empty: no check"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism"
+    )
+    kafka_sasl_username: str = Field("seldon", description="SASL user")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password")
+    kafka_sasl_password_path: str = Field("", description="file holding the SASL password")
+
+    # Topic creation.
+    topic_create_timeout_millis: int = Field(60000, ge=1, description="topic creation timeout")
+    topic_describe_timeout_millis: int = Field(1000, ge=1, description="per describe call")
+    topic_describe_retry_attempts: int = Field(60, ge=1, description="describe attempts")
+    topic_describe_retry_delay_millis: int = Field(1000, ge=0, description="between describes")
+
+    # Logging and shutdown.
+    log_level_app: LogLevel = Field("INFO", description="engine log level")
+    log_level_kafka: LogLevel = Field("WARNING", description="aiokafka and grpclib log level")
+    log_format: Literal["text", "json"] = Field("text", description="text or json lines")
+    shutdown_timeout_seconds: float = Field(
+        20.0, gt=0, le=120, description="bound on a graceful shutdown"
+    )
+
+    # Accepted for compatibility with the 2022 demo and old manifests; not used.
+    num_cores: int | None = Field(None, ge=1, description="ignored (2022 demo flag)")
+    cores_count: int | None = Field(None, ge=1, description="ignored (old setting)")
+
+    @field_validator("log_level_app", "log_level_kafka", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    def group_base(self) -> str:
+        """The group-id prefix of this engine: `[prefix-][namespace-]seldon-dataflow`."""
+        parts = [p for p in (self.kafka_consumer_prefix, self.pod_namespace) if p]
+        return "-".join([*parts, "seldon-dataflow"])
+
+    def masked(self) -> dict[str, Any]:
+        """The settings as a dict with secrets masked, for the start-up log line."""
+        return self.model_dump(mode="json")
+
+
+class SettingsError(Exception):
+    """A bad flag or setting value; str() is the one line to print."""
+
+
+def _env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def build_parser(prog: str = "python -m dataflow") -> argparse.ArgumentParser:
+    """An argparse parser with one `--kebab-case` flag per setting."""
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Seldon Core 2 data-flow engine. Every flag can also be set in the "
+        "environment (name shown) or in a .env file.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    for name, info in Settings.model_fields.items():
+        default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
+        if isinstance(default, SecretStr):
+            default = "(secret)" if default.get_secret_value() else ""
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=argparse.SUPPRESS,
+            metavar="VALUE",
+            help=f"{info.description} [env {_env_name(name)}, default {default!r}]",
+        )
+    return parser
+
+
+def load_settings(argv: Sequence[str] | None = None) -> Settings:
+    """Build the settings from flags, environment and `.env`.
+
+    Raises:
+        SettingsError: one line naming the flag or variable and the reason.
+    """
+    parser = build_parser()
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        raise SettingsError(f"unknown argument {unknown[0]!r} (see --help)")
+    overrides = {k: v for k, v in vars(args).items()}
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field = str(err["loc"][0]) if err["loc"] else "?"
+        source = (
+            f"--{field.replace('_', '-')}" if field in overrides else _env_name(field)
+        )
+        value = err.get("input")
+        raise SettingsError(f"bad value {value!r} for {source}: {err['msg']}") from None

@@ -1,0 +1,324 @@
+"""One step's loop: consume, filter, convert, send, commit.
+
+A record's offset is committed only when the record is no longer held by the step (it was
+filtered out, converted and sent, or left a join window or a batch) and every output it
+contributed to was acknowledged by the broker. Records that cannot be converted go to the
+pipeline's error topic with a reason; the step carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.errors import KafkaError
+from loguru import logger
+
+from dataflow import headers as hdr
+from dataflow.offsets import OffsetTracker
+from dataflow.stages import Output, Ref, StepStages
+from dataflow.topology import Source, StepSpec, Topology, Trigger
+from dataflow.wire import WireError, convert, request_id
+
+#: Seconds between commits while records keep arriving.
+COMMIT_INTERVAL = 0.2
+#: Attempts to send one output before the step is reported failed.
+SEND_ATTEMPTS = 5
+
+
+def partition_for(key: bytes | None, partitions: int) -> int:
+    """The output partition from the key's numeric prefix, clamped (spec 4.12); else 0."""
+    if not key or partitions <= 1:
+        return 0
+    head = key.split(b".", 1)[0]
+    if not head.isdigit():
+        return 0
+    return min(int(head), partitions - 1)
+
+
+@dataclass
+class StepStats:
+    """Counters of one step, read by the metrics and the tests."""
+
+    records_in: int = 0
+    filtered: int = 0
+    records_out: int = 0
+    errors: int = 0
+    acked: int = 0
+    last_error: str = ""
+
+
+@dataclass
+class _Routing:
+    sources: list[tuple[int, Source]] = field(default_factory=list)
+    triggers: list[tuple[int, Trigger]] = field(default_factory=list)
+
+
+class StepFailed(Exception):
+    """A step can no longer deliver (the producer keeps failing); str() is the reason."""
+
+
+class Step:
+    """A running step: owns its consumer; sends through the pipeline's shared producer.
+
+    Args:
+        topology: the pipeline the step belongs to.
+        spec: the step.
+        consumer: a started-later consumer in the step's group (not yet subscribed).
+        producer: the engine's shared producer.
+        error_topic: where records that cannot be converted go.
+        ensure_topic: creates a topic on demand (the default error topic).
+        stages: joins, triggers, batches and the cycle guard of the step.
+    """
+
+    def __init__(
+        self,
+        topology: Topology,
+        spec: StepSpec,
+        consumer: AIOKafkaConsumer,
+        producer: AIOKafkaProducer,
+        error_topic: str,
+        ensure_topic: Callable[[str], Awaitable[None]],
+        stages: StepStages,
+    ) -> None:
+        self.topology = topology
+        self.spec = spec
+        self.consumer = consumer
+        self.producer = producer
+        self.error_topic = error_topic
+        self.ensure_topic = ensure_topic
+        self.stages = stages
+        self.stats = StepStats()
+        self.tracker = OffsetTracker()
+        self.assigned = asyncio.Event()
+        self.log = logger.bind(pipeline=topology.name, step=spec.index)
+        self._pipeline = topology.name.encode()
+        self._routing: dict[str, _Routing] = {}
+        for i, source in enumerate(spec.sources):
+            self._routing.setdefault(source.topic, _Routing()).sources.append((i, source))
+        for i, trigger in enumerate(spec.triggers):
+            self._routing.setdefault(trigger.topic, _Routing()).triggers.append((i, trigger))
+        self._sink_partitions = 1
+        self._stopping = asyncio.Event()
+        self._failure: StepFailed | None = None
+        self._retries: list[tuple[str, Output, int]] = []
+        self._last_commit = 0.0
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the consumer and subscribe to the step's topics."""
+        await self.consumer.start()
+        self.consumer.subscribe(list(self.spec.topics), listener=_Listener(self))
+        partitions = await self.producer.partitions_for(self.spec.sink)
+        self._sink_partitions = max(1, len(partitions or ()))
+
+    def stop_soon(self) -> None:
+        """Ask the loop to finish: stop fetching, deliver what is in flight, commit."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """The step's loop until `stop_soon()`; raises StepFailed when delivery fails."""
+        try:
+            while not self._stopping.is_set():
+                if self._failure is not None:
+                    raise self._failure
+                await self._resend()
+                timeout_ms = self._poll_timeout_ms()
+                batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=2000)
+                now_ms = _now_ms()
+                for tp, records in batch.items():
+                    for record in records:
+                        await self._on_record(tp, record, now_ms)
+                await self._send_all(self.stages.expire(_now_ms()), time_ms=_now_ms())
+                await self._commit(force=False)
+            await self._drain()
+        finally:
+            await self._close()
+
+    async def _drain(self) -> None:
+        """Wait for in-flight sends, then commit what is safe."""
+        try:
+            await self.producer.flush()
+            await self._resend()
+            await self._commit(force=True)
+        except KafkaError as exc:
+            self.log.warning("final commit failed: {}", exc)
+
+    async def _close(self) -> None:
+        try:
+            await self.consumer.stop()
+        except Exception as exc:
+            self.log.warning("consumer stop: {}", exc)
+
+    # -- records ----------------------------------------------------------------------------
+
+    async def _on_record(self, tp: TopicPartition, record: ConsumerRecord[Any, Any], now: int) -> None:
+        self.stats.records_in += 1
+        ref = Ref(tp, record.offset, record.key, record.headers, record.timestamp)
+        self.tracker.hold(tp, record.offset)
+        routing = self._routing.get(record.topic)
+        matched = False
+        try:
+            if routing is not None:
+                for index, source in routing.sources:
+                    if hdr.names_pipeline(record.headers, source.pipeline.encode()):
+                        matched = True
+                        await self._on_source(index, source, ref, record.value, now)
+                for index, trigger in routing.triggers:
+                    if hdr.names_pipeline(record.headers, trigger.pipeline.encode()):
+                        matched = True
+                        fired = convert(record.value, _TRIGGER_CHAIN, trigger.tensors) is not None
+                        if fired:
+                            await self._send_all(
+                                self.stages.add_trigger(index, ref, record.value, now), now
+                            )
+        except WireError as exc:
+            await self._send_error(ref, f"{record.topic}@{record.offset}: {exc}")
+        if not matched:
+            self.stats.filtered += 1
+        self.tracker.release(tp, record.offset)
+
+    async def _on_source(
+        self, index: int, source: Source, ref: Ref, value: bytes, now: int
+    ) -> None:
+        converted = convert(value, source.chain, source.tensors, source.renames)
+        if converted is None:
+            return
+        await self._send_all(self.stages.add(index, ref, converted, now), now)
+
+    # -- sending ----------------------------------------------------------------------------
+
+    async def _send_all(self, result: tuple[list[Output], list[Ref]], time_ms: int) -> None:
+        outputs, released = result
+        for output in outputs:
+            error = self.stages.revisit(output, self.spec.sink)
+            if error is not None:
+                await self._send_error(output.origin, error, contributors=output.contributors)
+                continue
+            await self._send(self.spec.sink, output, attempt=1)
+        for ref in released:
+            self.tracker.release(ref.tp, ref.offset)
+
+    async def _send(self, topic: str, output: Output, attempt: int) -> None:
+        for ref in output.contributors:
+            self.tracker.hold(ref.tp, ref.offset)
+        origin = output.origin
+        headers = hdr.rewrite(origin.headers, self.topology.name, self.topology.version)
+        headers.extend(output.extra_headers)
+        partition = partition_for(output.key, self._sink_partitions)
+        if topic != self.spec.sink:
+            partition = 0
+        future = await self.producer.send(
+            topic, output.value, key=output.key, partition=partition, headers=headers
+        )
+        future.add_done_callback(lambda f: self._on_ack(f, topic, output, attempt))
+
+    def _on_ack(self, future: asyncio.Future[Any], topic: str, output: Output, attempt: int) -> None:
+        if future.cancelled() or future.exception() is not None:
+            reason = "cancelled" if future.cancelled() else repr(future.exception())
+            if attempt >= SEND_ATTEMPTS:
+                self._failure = StepFailed(f"cannot deliver to {topic}: {reason}")
+            else:
+                self.log.warning("send to {} failed (attempt {}): {}", topic, attempt, reason)
+                self._retries.append((topic, output, attempt + 1))
+            # The contributors stay held: their offsets are not committed.
+            return
+        self.stats.acked += 1
+        for ref in output.contributors:
+            self.tracker.release(ref.tp, ref.offset)
+
+    async def _resend(self) -> None:
+        retries, self._retries = self._retries, []
+        for topic, output, attempt in retries:
+            for ref in output.contributors:
+                self.tracker.release(ref.tp, ref.offset)
+            await asyncio.sleep(0.1 * attempt)
+            await self._send(topic, output, attempt)
+
+    async def _send_error(
+        self, ref: Ref, reason: str, contributors: tuple[Ref, ...] | None = None
+    ) -> None:
+        self.stats.errors += 1
+        self.stats.last_error = reason
+        self.log.warning("to error topic {}: {}", self.error_topic, reason)
+        await self.ensure_topic(self.error_topic)
+        output = Output(
+            key=ref.key,
+            value=reason.encode(),
+            origin=ref,
+            contributors=contributors or (ref,),
+            extra_headers=((hdr.PIPELINE_ERRORS, reason.encode()),),
+        )
+        await self._send(self.error_topic, output, attempt=1)
+
+    # -- commits ----------------------------------------------------------------------------
+
+    async def _commit(self, force: bool) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_commit < COMMIT_INTERVAL:
+            return
+        self._last_commit = now
+        offsets = self.tracker.committable()
+        if not offsets:
+            return
+        assigned = self.consumer.assignment()
+        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
+        if not offsets:
+            return
+        await self.consumer.commit(offsets)
+        self.tracker.mark_committed(offsets)
+
+    def _poll_timeout_ms(self) -> int:
+        deadline = self.stages.next_deadline()
+        if deadline is None:
+            return 100
+        return max(0, min(100, deadline - _now_ms()))
+
+    async def on_revoked(self, revoked: set[TopicPartition]) -> None:
+        """Deliver and commit before partitions move to another member."""
+        try:
+            await self.producer.flush()
+            await self._commit(force=True)
+        except KafkaError as exc:
+            self.log.warning("commit on revoke failed: {}", exc)
+        for tp in revoked:
+            self.tracker.forget(tp)
+        # Held records of revoked partitions are uncommitted: their next owner replays them.
+        self.stages.reset()
+        self.assigned.clear()
+
+    def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Mark the step ready once it owns partitions."""
+        self.log.debug("assigned {}", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        self.assigned.set()
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, step: Step) -> None:
+        self.step = step
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.step.on_revoked(set(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        self.step.on_assigned(set(assigned))
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def describe(value: bytes) -> str:
+    """A short description of a record for logs: its request id."""
+    return request_id(value) or "?"
+
+
+from dataflow.wire import ChainType  # noqa: E402
+
+_TRIGGER_CHAIN = ChainType.OUTPUT_INPUT
