@@ -28,7 +28,9 @@ async def serve(settings: Settings) -> None:
     try:
         await engine.start()
         await stop.wait()
-        logger.info("stop signal received; shutting down (bound {}s)", settings.shutdown_timeout_seconds)
+        logger.info(
+            "stop signal received; shutting down (bound {}s)", settings.shutdown_timeout_seconds
+        )
     finally:
         try:
             await asyncio.wait_for(engine.stop(), settings.shutdown_timeout_seconds)

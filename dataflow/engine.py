@@ -17,8 +17,11 @@ from loguru import logger
 from dataflow.kafka import TopicError, ensure_topics, make_admin, make_producer
 from dataflow.pipeline import READY, Pipeline
 from dataflow.proto.seldon.mlops.chainer import PipelineUpdateMessage
+from dataflow.proto.seldon.mlops.chainer import (
+    PipelineUpdateMessagePipelineOperation as Op,
+)
 from dataflow.settings import Settings
-from dataflow.subscriber import Op, Subscriber
+from dataflow.subscriber import Subscriber
 from dataflow.topology import TopologyError, topology_from
 
 
@@ -105,7 +108,11 @@ class Engine:
         uid = message.uid
         logger.info(
             "received {} {} v{} (uid {}, ts {})",
-            message.op.name, message.pipeline, message.version, uid, message.timestamp,
+            message.op.name,
+            message.pipeline,
+            message.version,
+            uid,
+            message.timestamp,
         )
         if message.op not in (Op.Create, Op.Delete):
             logger.warning("ignoring operation {} for {}", message.op.name, message.pipeline)

@@ -48,7 +48,9 @@ class HealthServer:
             return {"engine": (started, "started" if started else "starting")}
         connected = engine.subscriber.connected
         waiting = sorted(
-            p.topology.name for p in engine.pipelines.values() if p.failed is None and not p.assigned
+            p.topology.name
+            for p in engine.pipelines.values()
+            if p.failed is None and not p.assigned
         )
         return {
             "grpc-chainer": (
@@ -92,9 +94,9 @@ class HealthServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.host, self.port)
         await site.start()
-        server = site._server
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
+        sockets = getattr(site._server, "sockets", None)
+        if sockets:
+            self.port = sockets[0].getsockname()[1]
         logger.info("health server on {}:{}", self.host, self.port)
 
     async def stop(self) -> None:

@@ -17,7 +17,9 @@ FILTERED = Gauge(
     "dataflow_step_records_filtered", "records of other pipelines", _LABELS, registry=REGISTRY
 )
 RECORDS_OUT = Gauge("dataflow_step_records_out", "records acknowledged", _LABELS, registry=REGISTRY)
-ERRORS = Gauge("dataflow_step_records_error", "records to the error topic", _LABELS, registry=REGISTRY)
+ERRORS = Gauge(
+    "dataflow_step_records_error", "records to the error topic", _LABELS, registry=REGISTRY
+)
 SCHEDULER = Gauge(
     "dataflow_scheduler_connected", "1 when the scheduler stream is up", registry=REGISTRY
 )

@@ -77,7 +77,8 @@ class Pipeline:
             await step.start()
         for step in self.steps:
             task = asyncio.create_task(
-                step.run(), name=f"step:{self.topology.name}:{self.topology.version}:{step.spec.index}"
+                step.run(),
+                name=f"step:{self.topology.name}:{self.topology.version}:{step.spec.index}",
             )
             task.add_done_callback(self._step_done)
             self._tasks.append(task)
@@ -93,7 +94,9 @@ class Pipeline:
             return
         reason = str(exc) if isinstance(exc, StepFailed) else f"{type(exc).__name__}: {exc}"
         self.failed = f"pipeline data streams error: {reason}"
-        logger.bind(pipeline=self.topology.name).error("step {} failed: {}", task.get_name(), reason)
+        logger.bind(pipeline=self.topology.name).error(
+            "step {} failed: {}", task.get_name(), reason
+        )
         self._on_failure(self, self.failed)
 
     async def stop(self, timeout: float) -> None:
@@ -104,7 +107,7 @@ class Pipeline:
         for step in self.steps:
             step.stop_soon()
         if self._tasks:
-            done, pending = await asyncio.wait(self._tasks, timeout=timeout)
+            _, pending = await asyncio.wait(self._tasks, timeout=timeout)
             for task in pending:
                 task.cancel()
             if pending:

@@ -166,8 +166,6 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"
-        source = (
-            f"--{field.replace('_', '-')}" if field in overrides else _env_name(field)
-        )
+        source = f"--{field.replace('_', '-')}" if field in overrides else _env_name(field)
         value = err.get("input")
         raise SettingsError(f"bad value {value!r} for {source}: {err['msg']}") from None

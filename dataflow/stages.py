@@ -45,7 +45,9 @@ Result = tuple[list[Output], list[Ref]]
 class StepStages:
     """The stages of one step, composed in the reference's order: join, triggers, batch."""
 
-    def __init__(self, spec: StepSpec, guard: Any | None, hold: Callable[[Ref], None] | None = None):
+    def __init__(
+        self, spec: StepSpec, guard: Any | None, hold: Callable[[Ref], None] | None = None
+    ):
         self.spec = spec
         self.guard = guard
         self._hold = hold

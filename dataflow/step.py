@@ -23,7 +23,10 @@ from dataflow import headers as hdr
 from dataflow.offsets import OffsetTracker
 from dataflow.stages import Output, Ref, StepStages
 from dataflow.topology import Source, StepSpec, Topology, Trigger
-from dataflow.wire import WireError, convert, request_id
+from dataflow.wire import ChainType, WireError, convert, request_id
+
+# Trigger records parse as responses whatever their topic (spec 4.7).
+_TRIGGER_CHAIN = ChainType.OUTPUT_INPUT
 
 #: Seconds between commits while records keep arriving.
 COMMIT_INTERVAL = 0.2
@@ -94,7 +97,7 @@ class Step:
         self.ensure_topic = ensure_topic
         self.stages = stages
         self.stats = StepStats()
-        self.tracker = OffsetTracker()
+        self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self.assigned = asyncio.Event()
         self.log = logger.bind(pipeline=topology.name, step=spec.index)
         self._pipeline = topology.name.encode()
@@ -158,7 +161,9 @@ class Step:
 
     # -- records ----------------------------------------------------------------------------
 
-    async def _on_record(self, tp: TopicPartition, record: ConsumerRecord[Any, Any], now: int) -> None:
+    async def _on_record(
+        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], now: int
+    ) -> None:
         self.stats.records_in += 1
         ref = Ref(tp, record.offset, record.key, record.headers, record.timestamp)
         self.tracker.hold(tp, record.offset)
@@ -219,7 +224,9 @@ class Step:
         )
         future.add_done_callback(lambda f: self._on_ack(f, topic, output, attempt))
 
-    def _on_ack(self, future: asyncio.Future[Any], topic: str, output: Output, attempt: int) -> None:
+    def _on_ack(
+        self, future: asyncio.Future[Any], topic: str, output: Output, attempt: int
+    ) -> None:
         if future.cancelled() or future.exception() is not None:
             reason = "cancelled" if future.cancelled() else repr(future.exception())
             if attempt >= SEND_ATTEMPTS:
@@ -317,8 +324,3 @@ def _now_ms() -> int:
 def describe(value: bytes) -> str:
     """A short description of a record for logs: its request id."""
     return request_id(value) or "?"
-
-
-from dataflow.wire import ChainType  # noqa: E402
-
-_TRIGGER_CHAIN = ChainType.OUTPUT_INPUT

@@ -18,11 +18,11 @@ from dataflow.proto.seldon.mlops.chainer import (
     ChainerStub,
     PipelineSubscriptionRequest,
     PipelineUpdateMessage,
-    PipelineUpdateMessagePipelineOperation,
     PipelineUpdateStatusMessage,
 )
-
-Op = PipelineUpdateMessagePipelineOperation
+from dataflow.proto.seldon.mlops.chainer import (
+    PipelineUpdateMessagePipelineOperation as Op,
+)
 
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
@@ -89,8 +89,11 @@ class Subscriber:
                 failures += 1
                 level = "WARNING" if failures in (1, len(delays)) else "DEBUG"
                 logger.log(
-                    level, "scheduler {} unreachable ({}); retry in {:.2f}s",
-                    self._target, type(exc).__name__, delay,
+                    level,
+                    "scheduler {} unreachable ({}); retry in {:.2f}s",
+                    self._target,
+                    type(exc).__name__,
+                    delay,
                 )
                 self.connected = False
                 await asyncio.sleep(delay)
@@ -98,9 +101,7 @@ class Subscriber:
             self.connected = False
             await asyncio.sleep(BACKOFF_MIN)
 
-    async def ack(
-        self, update: PipelineUpdateMessage, op: Op, success: bool, reason: str
-    ) -> bool:
+    async def ack(self, update: PipelineUpdateMessage, op: Op, success: bool, reason: str) -> bool:
         """Tell the scheduler the outcome of `update`; retried up to 5 times with jitter.
 
         Returns:
@@ -123,17 +124,26 @@ class Subscriber:
                 await self._stub.pipeline_update_event(message, timeout=10)
                 logger.info(
                     "ack {} {} v{} (uid {}, ts {}) {}: {}",
-                    op.name, update.pipeline, update.version, update.uid, update.timestamp,
-                    "ok" if success else "FAILED", reason,
+                    op.name,
+                    update.pipeline,
+                    update.version,
+                    update.uid,
+                    update.timestamp,
+                    "ok" if success else "FAILED",
+                    reason,
                 )
                 return True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 delay = random.uniform(0, min(3.2, 0.1 * 2**attempt))
-                logger.warning("ack for {} failed ({}); retry in {:.2f}s", update.pipeline, exc, delay)
+                logger.warning(
+                    "ack for {} failed ({}); retry in {:.2f}s", update.pipeline, exc, delay
+                )
                 await asyncio.sleep(delay)
-        logger.error("giving up acking {} {} after {} attempts", op.name, update.pipeline, ACK_ATTEMPTS)
+        logger.error(
+            "giving up acking {} {} after {} attempts", op.name, update.pipeline, ACK_ATTEMPTS
+        )
         return False
 
     def close(self) -> None:

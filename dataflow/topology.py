@@ -156,9 +156,7 @@ def _grouped(topics: Sequence[PipelineTopic]) -> dict[tuple[str, str], set[str]]
     return groups
 
 
-def step_for(
-    update: PipelineStepUpdate, index: int, default_window_ms: int
-) -> StepSpec | None:
+def step_for(update: PipelineStepUpdate, index: int, default_window_ms: int) -> StepSpec | None:
     """Describe one step; None when it has no sources (spec 6.1 vector 1).
 
     Sources are grouped by (topic, pipeline); a tensor reference to a topic overrides a plain

@@ -21,11 +21,19 @@ from dataflow.proto.inference import InferTensorContents, ModelInferRequest
 def _contents(contents: InferTensorContents) -> str:
     parts = []
     for name in (
-        "bool_contents", "int_contents", "int64_contents", "uint_contents",
-        "uint64_contents", "fp32_contents", "fp64_contents", "bytes_contents",
+        "bool_contents",
+        "int_contents",
+        "int64_contents",
+        "uint_contents",
+        "uint64_contents",
+        "fp32_contents",
+        "fp64_contents",
+        "bytes_contents",
     ):
-        parts.extend(f"{name}:{v!r}" if isinstance(v, bytes) else f"{name}:{v}"
-                     for v in getattr(contents, name))
+        parts.extend(
+            f"{name}:{v!r}" if isinstance(v, bytes) else f"{name}:{v}"
+            for v in getattr(contents, name)
+        )
     return " ".join(parts)
 
 

@@ -28,7 +28,10 @@ def demo_response(d: int) -> bytes:
     """The demo's response for loop index `d`."""
     tensors = [
         ModelInferResponseInferOutputTensor(
-            name=name, datatype="INT32", shape=[1, 2], contents=InferTensorContents(int_contents=[d, d])
+            name=name,
+            datatype="INT32",
+            shape=[1, 2],
+            contents=InferTensorContents(int_contents=[d, d]),
         )
         for name in ("tensor0", "tensor1")
     ]

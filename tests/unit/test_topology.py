@@ -67,7 +67,10 @@ def test_tensor_reference_selects_tensors() -> None:
 def test_two_topics_are_a_join() -> None:
     step = step_for(update(topic(out("modelA")), topic(out("modelB"))), 0, 1000)
     assert step is not None and step.is_join
-    assert [(s.topic, s.tensors) for s in step.sources] == [(out("modelA"), None), (out("modelB"), None)]
+    assert [(s.topic, s.tensors) for s in step.sources] == [
+        (out("modelA"), None),
+        (out("modelB"), None),
+    ]
 
 
 def test_join_with_tensors_per_topic() -> None:
@@ -137,12 +140,20 @@ def test_topology_sorts_steps_and_collects_topics() -> None:
         pipeline_error_topic="seldon.ns.errors.errors",
     )
     topology = topology_from(message, 60000)
-    assert [s.sink for s in topology.steps] == ["seldon.ns.model.b.inputs", "seldon.ns.model.c.inputs"]
+    assert [s.sink for s in topology.steps] == [
+        "seldon.ns.model.b.inputs",
+        "seldon.ns.model.c.inputs",
+    ]
     assert [s.index for s in topology.steps] == [0, 1]
     assert topology.topics == tuple(
         sorted(
-            [out("a"), out("b"), "seldon.ns.model.b.inputs", "seldon.ns.model.c.inputs",
-             "seldon.ns.errors.errors"]
+            [
+                out("a"),
+                out("b"),
+                "seldon.ns.model.b.inputs",
+                "seldon.ns.model.c.inputs",
+                "seldon.ns.errors.errors",
+            ]
         )
     )
 
