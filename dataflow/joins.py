@@ -1,0 +1,647 @@
+"""Windowed joins and trigger gates as pure, clock-injected state machines.
+
+Records are opaque bytes; merging is injected. No I/O, no clock: every method that needs the time
+takes `now_ms` (wall-clock milliseconds), and the step calls `expire(now_ms)` on a timer set from
+`next_deadline()`.
+
+Token and release contract (at-least-once):
+
+* Every record handed in carries an opaque `token` (the step tracks its offset and headers).
+* Every call returns a `Step`: the `outputs` produced and the tokens `released` (no longer held).
+* Each token handed in is released exactly once, eventually: with the output that consumed it,
+  when its window closes, when it is late, or by `discard`.
+* An `Output` names its `contributors` (every token whose data is in it) and its `origin` (the
+  token whose key and headers it takes). Apply a `Step` by first holding every output's
+  contributors, then releasing `released`: a token may appear in both in the same `Step`.
+* Commit an offset only when its token was released and every output it contributed to was
+  acknowledged.
+
+Chaining a `Joiner` (or a `Batcher`) into a `TriggerGate` in one step: hold each output's
+contributors as for any pending output, then pass it on with `TriggerGate.add_output`. The gate
+later lists each of those contributors exactly once in a `released` list, which ends that hold,
+and its own outputs carry them as contributors again (plus the triggers' tokens).
+
+Window clock: records match when their record timestamps are within `window_ms`
+(`|t1 - t2| <= W`; for n-ary sets, max - min <= W). How long a record is kept is measured on the
+wall clock, chosen by `window_from`:
+
+* `"timestamp"` (default): the window closes at `min(timestamp_ms, arrival now_ms) + W`; a record
+  whose window has already closed when it arrives is late and released at once with no output
+  (Kafka Streams drops late records too). The `min` keeps a producer clock running ahead from
+  holding state for longer than W after arrival. Caveat: after a consumer lag of more than W
+  (restart, backlog) every record is late, and a record emitted by an upstream outer join at
+  window close arrives already late downstream.
+* `"arrival"`: the window closes at arrival `now_ms + W` and nothing is late: records are kept W
+  of wall clock after they are seen and match by timestamp, so backlogs and delayed outer-join
+  outputs still join.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from functools import reduce
+from typing import Generic, Literal, TypeVar
+
+__all__ = [
+    "JoinType",
+    "Joiner",
+    "Output",
+    "Step",
+    "TriggerGate",
+    "WindowFrom",
+]
+
+T = TypeVar("T")
+
+JoinType = Literal["inner", "outer", "any"]
+"""How sources (or triggers) combine: all needed, emit partial sets at window close, or forward."""
+
+WindowFrom = Literal["timestamp", "arrival"]
+"""What a record's window is measured from on the wall clock (see the module docstring)."""
+
+_JOIN_TYPES: frozenset[str] = frozenset(("inner", "outer", "any"))
+_WINDOW_FROM: frozenset[str] = frozenset(("timestamp", "arrival"))
+_DATA = -1  # source index of trigger-gate data records
+
+
+@dataclass(frozen=True, slots=True)
+class Output(Generic[T]):
+    """A record to send on.
+
+    Attributes:
+        key: The record key (all contributors share it).
+        value: The merged value.
+        timestamp_ms: The largest record timestamp among the contributors.
+        origin: The token whose headers (and key) the output takes: the record that triggered the
+            emission (for a trigger gate: always the data record).
+        contributors: Every token whose data is in the output, in source order.
+    """
+
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+    origin: T
+    contributors: tuple[T, ...]
+
+
+@dataclass(slots=True)
+class Step(Generic[T]):
+    """What one call produced.
+
+    Attributes:
+        outputs: Records to send on, in order.
+        released: Tokens the state machine no longer holds.
+    """
+
+    outputs: list[Output[T]] = field(default_factory=list)
+    released: list[T] = field(default_factory=list)
+
+    def extend(self, other: Step[T]) -> None:
+        """Append another step's outputs and releases to this one.
+
+        Args:
+            other: The step to append.
+        """
+        self.outputs.extend(other.outputs)
+        self.released.extend(other.released)
+
+
+def _check_window(window_ms: int, window_from: str) -> None:
+    if window_ms <= 0:
+        raise ValueError(f"window_ms must be > 0, got {window_ms}")
+    if window_from not in _WINDOW_FROM:
+        raise ValueError(f"window_from must be one of {sorted(_WINDOW_FROM)}, got {window_from!r}")
+
+
+def _span_ok(timestamps: Iterable[int], window_ms: int) -> bool:
+    values = list(timestamps)
+    return max(values) - min(values) <= window_ms
+
+
+@dataclass(eq=False, slots=True)
+class _Record(Generic[T]):
+    source: int
+    key: bytes
+    value: bytes
+    timestamp_ms: int
+    token: T
+    deadline_ms: int
+    contributors: tuple[T, ...] = ()  # trigger gate data: the tokens it stands for
+    matched: bool = False
+    alive: bool = True
+
+
+class _Window(Generic[T]):
+    """Deadline bookkeeping shared by the joiner and the gate."""
+
+    def __init__(self, window_ms: int, window_from: WindowFrom) -> None:
+        _check_window(window_ms, window_from)
+        self.window_ms = window_ms
+        self.window_from = window_from
+        self._heap: list[tuple[int, int, _Record[T]]] = []
+        self._seq = itertools.count()
+        self.count = 0
+
+    def deadline(self, timestamp_ms: int, now_ms: int) -> int:
+        if self.window_from == "arrival":
+            return now_ms + self.window_ms
+        return min(timestamp_ms, now_ms) + self.window_ms
+
+    def push(self, record: _Record[T]) -> None:
+        heapq.heappush(self._heap, (record.deadline_ms, next(self._seq), record))
+        self.count += 1
+
+    def kill(self, record: _Record[T]) -> None:
+        if record.alive:
+            record.alive = False
+            self.count -= 1
+
+    def pop_due(self, now_ms: int) -> _Record[T] | None:
+        """The next live record whose window closed at or before `now_ms`, marked dead."""
+        heap = self._heap
+        while heap and heap[0][0] <= now_ms:
+            record = heapq.heappop(heap)[2]
+            if record.alive:
+                self.kill(record)
+                return record
+        return None
+
+    def next_deadline(self) -> int | None:
+        heap = self._heap
+        while heap and not heap[0][2].alive:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def live(self) -> list[_Record[T]]:
+        return [entry[2] for entry in sorted(self._heap) if entry[2].alive]
+
+
+class Joiner(Generic[T]):
+    """A windowed n-ary join on the record key (spec 4.5, with the reference's weaknesses fixed).
+
+    Values are always folded left to right in source order, `merge(merge(v1, v2), v3)`, whatever
+    the arrival order. A set of records (one per source) matches when they share the key and their
+    timestamps span at most `window_ms`.
+
+    * `inner`: each arrival that completes one or more sets emits one output per new complete
+      set (duplicates on a side give one output per combination, as Kafka Streams does). Records
+      stay in the window, so later duplicates can still match them.
+    * `outer`: complete sets are emitted as for inner. A record that is in no emitted output when
+      its window closes (evaluated by `expire`, no further traffic needed) is emitted then,
+      together with the other unmatched records of its key that fit one window (for more than two
+      sources: the partial set present, first unmatched record per source, in source order).
+    * `any`: every arrival is forwarded alone at once and not held.
+
+    A record with a `None` key can never match: inner releases it at once, outer emits it alone
+    at once, any forwards it.
+
+    Args:
+        n_sources: Number of sources (>= 2), indexed 0..n-1 in join order.
+        join_type: `"inner"`, `"outer"` or `"any"`.
+        window_ms: The join window W (> 0).
+        merge: Merges two values, left then right (e.g. `wire.merge_join` with `request` bound).
+        window_from: What the wall-clock window is measured from (module docstring).
+
+    Raises:
+        ValueError: On an invalid argument.
+    """
+
+    def __init__(
+        self,
+        n_sources: int,
+        join_type: JoinType,
+        window_ms: int,
+        merge: Callable[[bytes, bytes], bytes],
+        *,
+        window_from: WindowFrom = "timestamp",
+    ) -> None:
+        """Create an empty joiner (see the class docstring for the arguments)."""
+        if n_sources < 2:
+            raise ValueError(f"a join needs at least two sources, got {n_sources}")
+        if join_type not in _JOIN_TYPES:
+            raise ValueError(f"join_type must be one of {sorted(_JOIN_TYPES)}, got {join_type!r}")
+        self._n = n_sources
+        self._type = join_type
+        self._merge = merge
+        self._window: _Window[T] = _Window(window_ms, window_from)
+        self._by_key: dict[bytes, list[list[_Record[T]]]] = {}
+
+    @property
+    def window_ms(self) -> int:
+        """The join window W in milliseconds."""
+        return self._window.window_ms
+
+    def add(
+        self,
+        source_index: int,
+        key: bytes | None,
+        value: bytes,
+        timestamp_ms: int,
+        token: T,
+        now_ms: int,
+    ) -> Step[T]:
+        """Feed one record from source `source_index`.
+
+        Windows that closed by `now_ms` are expired first, so the result may also carry outputs
+        and releases of earlier records.
+
+        Args:
+            source_index: The record's source, 0-based in join order.
+            key: The record key.
+            value: The record value (opaque).
+            timestamp_ms: The record timestamp.
+            token: The record's token.
+            now_ms: The wall clock.
+
+        Returns:
+            Outputs to send and tokens released.
+
+        Raises:
+            IndexError: If `source_index` is out of range.
+        """
+        if not 0 <= source_index < self._n:
+            raise IndexError(f"source_index {source_index} not in 0..{self._n - 1}")
+        step = self.expire(now_ms)
+        if self._type == "any":
+            step.outputs.append(Output(key, value, timestamp_ms, token, (token,)))
+            step.released.append(token)
+            return step
+        window = self._window
+        deadline = window.deadline(timestamp_ms, now_ms)
+        if deadline <= now_ms:  # late: its window already closed
+            step.released.append(token)
+            return step
+        if key is None:
+            if self._type == "outer":
+                step.outputs.append(Output(key, value, timestamp_ms, token, (token,)))
+            step.released.append(token)
+            return step
+        record = _Record(source_index, key, value, timestamp_ms, token, deadline)
+        sides = self._by_key.get(key)
+        if sides is None:
+            sides = [[] for _ in range(self._n)]
+            self._by_key[key] = sides
+        self._match(record, sides, step)
+        sides[source_index].append(record)
+        window.push(record)
+        return step
+
+    def _match(self, record: _Record[T], sides: list[list[_Record[T]]], step: Step[T]) -> None:
+        w = self._window.window_ms
+        choices: list[list[_Record[T]]] = []
+        for index, side in enumerate(sides):
+            if index == record.source:
+                choices.append([record])
+                continue
+            near = [r for r in side if abs(r.timestamp_ms - record.timestamp_ms) <= w]
+            if not near:
+                return
+            choices.append(near)
+        for combo in itertools.product(*choices):
+            if _span_ok((r.timestamp_ms for r in combo), w):
+                for r in combo:
+                    r.matched = True
+                step.outputs.append(self._output(combo, record.token))
+
+    def _output(self, records: Sequence[_Record[T]], origin: T) -> Output[T]:
+        value = reduce(self._merge, (r.value for r in records[1:]), records[0].value)
+        return Output(
+            records[0].key,
+            value,
+            max(r.timestamp_ms for r in records),
+            origin,
+            tuple(r.token for r in records),
+        )
+
+    def expire(self, now_ms: int) -> Step[T]:
+        """Close every window that ended at or before `now_ms`.
+
+        Outer joins emit the records still unmatched; every expired record is released.
+
+        Args:
+            now_ms: The wall clock.
+
+        Returns:
+            Outputs to send and tokens released.
+        """
+        step: Step[T] = Step()
+        while (record := self._window.pop_due(now_ms)) is not None:
+            sides = self._by_key[record.key]
+            sides[record.source].remove(record)
+            if self._type == "outer" and not record.matched:
+                step.outputs.append(self._partial(record, sides))
+            step.released.append(record.token)
+            if not any(sides):
+                del self._by_key[record.key]
+        return step
+
+    def _partial(self, record: _Record[T], sides: list[list[_Record[T]]]) -> Output[T]:
+        w = self._window.window_ms
+        group = [record]
+        for index, side in enumerate(sides):
+            if index == record.source:
+                continue
+            for other in side:
+                if not other.matched and _span_ok(
+                    itertools.chain((r.timestamp_ms for r in group), (other.timestamp_ms,)), w
+                ):
+                    group.append(other)
+                    break
+        group.sort(key=lambda r: r.source)
+        for r in group:
+            r.matched = True
+        return self._output(group, record.token)
+
+    def discard(self, predicate: Callable[[T], bool]) -> list[T]:
+        """Drop held records whose token satisfies `predicate`, with no output.
+
+        For partitions that were revoked: their records will be consumed again elsewhere.
+
+        Args:
+            predicate: Selects the tokens to drop.
+
+        Returns:
+            The tokens released, in deadline order.
+        """
+        released: list[T] = []
+        for record in self._window.live():
+            if predicate(record.token):
+                self._window.kill(record)
+                sides = self._by_key[record.key]
+                sides[record.source].remove(record)
+                if not any(sides):
+                    del self._by_key[record.key]
+                released.append(record.token)
+        return released
+
+    def held(self) -> int:
+        """The number of records held in windows."""
+        return self._window.count
+
+    def next_deadline(self) -> int | None:
+        """The wall-clock ms at which the next held record's window closes, None if none held."""
+        return self._window.next_deadline()
+
+
+class TriggerGate(Generic[T]):
+    """Lets data records through only with a matching trigger (spec 4.7).
+
+    A trigger matches a data record with the same key whose timestamp is within `window_ms`.
+    With `triggers_join_type` `"inner"` one trigger of every trigger source is needed (data and
+    triggers spanning at most W); with `"outer"` or `"any"` a single trigger suffices. The output
+    value is the data value; trigger payloads never reach it (and are not kept).
+
+    Each data record passes at most once (the reference's final inner join could emit it once
+    per matching trigger): at arrival if triggers are held, else when the completing trigger
+    arrives. Data still waiting when its window closes is released with no output. Triggers stay
+    for their whole window so later data can match them, and are released when it closes. Records
+    with a `None` key never match and are released at once.
+
+    The output's origin is always the data record; its contributors are the data's contributors
+    followed by the tokens of the triggers that let it pass (so a trigger's offset is not
+    committed before the data it let through was delivered).
+
+    Args:
+        n_triggers: Number of trigger sources (>= 1).
+        triggers_join_type: How triggers combine: `"inner"`, `"outer"` or `"any"`.
+        window_ms: The window W (> 0), the step's join window.
+        window_from: What the wall-clock window is measured from (module docstring).
+
+    Raises:
+        ValueError: On an invalid argument.
+    """
+
+    def __init__(
+        self,
+        n_triggers: int,
+        triggers_join_type: JoinType,
+        window_ms: int,
+        *,
+        window_from: WindowFrom = "timestamp",
+    ) -> None:
+        """Create an empty gate (see the class docstring for the arguments)."""
+        if n_triggers < 1:
+            raise ValueError(f"a trigger gate needs at least one trigger, got {n_triggers}")
+        if triggers_join_type not in _JOIN_TYPES:
+            raise ValueError(
+                f"triggers_join_type must be one of {sorted(_JOIN_TYPES)}, "
+                f"got {triggers_join_type!r}"
+            )
+        self._n = n_triggers
+        self._all_needed = triggers_join_type == "inner"
+        self._window: _Window[T] = _Window(window_ms, window_from)
+        self._triggers: dict[bytes, list[list[_Record[T]]]] = {}
+        self._waiting: dict[bytes, list[_Record[T]]] = {}
+
+    @property
+    def window_ms(self) -> int:
+        """The window W in milliseconds."""
+        return self._window.window_ms
+
+    def add_data(
+        self,
+        key: bytes | None,
+        value: bytes,
+        timestamp_ms: int,
+        token: T,
+        now_ms: int,
+        *,
+        contributors: Sequence[T] | None = None,
+    ) -> Step[T]:
+        """Feed one data record.
+
+        Args:
+            key: The record key.
+            value: The record value, passed on unchanged.
+            timestamp_ms: The record timestamp.
+            token: The record's token; the origin of the output.
+            now_ms: The wall clock.
+            contributors: The tokens this record stands for when it is the output of an earlier
+                stage; the gate releases these instead of `token`. Defaults to `(token,)`.
+
+        Returns:
+            Outputs to send and tokens released (windows that closed by `now_ms` included).
+        """
+        held = (token,) if contributors is None else tuple(contributors)
+        step = self.expire(now_ms)
+        window = self._window
+        deadline = window.deadline(timestamp_ms, now_ms)
+        if key is None or deadline <= now_ms:
+            step.released.extend(held)
+            return step
+        record = _Record(_DATA, key, value, timestamp_ms, token, deadline, held)
+        triggers = self._find(record)
+        if triggers is not None:
+            self._pass(record, triggers, step)
+            return step
+        self._waiting.setdefault(key, []).append(record)
+        window.push(record)
+        return step
+
+    def add_output(self, output: Output[T], now_ms: int) -> Step[T]:
+        """Feed an output of an earlier stage (joiner, batcher) as a data record.
+
+        Args:
+            output: The output; its origin becomes the token, its contributors are held.
+            now_ms: The wall clock.
+
+        Returns:
+            Outputs to send and tokens released.
+        """
+        return self.add_data(
+            output.key,
+            output.value,
+            output.timestamp_ms,
+            output.origin,
+            now_ms,
+            contributors=output.contributors,
+        )
+
+    def add_trigger(
+        self,
+        trigger_index: int,
+        key: bytes | None,
+        timestamp_ms: int,
+        token: T,
+        now_ms: int,
+    ) -> Step[T]:
+        """Feed one trigger record (its payload is not needed).
+
+        Args:
+            trigger_index: The trigger source, 0-based.
+            key: The record key.
+            timestamp_ms: The record timestamp.
+            token: The record's token.
+            now_ms: The wall clock.
+
+        Returns:
+            Outputs (data that this trigger lets through) and tokens released.
+
+        Raises:
+            IndexError: If `trigger_index` is out of range.
+        """
+        if not 0 <= trigger_index < self._n:
+            raise IndexError(f"trigger_index {trigger_index} not in 0..{self._n - 1}")
+        step = self.expire(now_ms)
+        window = self._window
+        deadline = window.deadline(timestamp_ms, now_ms)
+        if key is None or deadline <= now_ms:
+            step.released.append(token)
+            return step
+        trigger = _Record(trigger_index, key, b"", timestamp_ms, token, deadline)
+        sides = self._triggers.get(key)
+        if sides is None:
+            sides = [[] for _ in range(self._n)]
+            self._triggers[key] = sides
+        sides[trigger_index].append(trigger)
+        window.push(trigger)
+        waiting = self._waiting.get(key)
+        if waiting:
+            still: list[_Record[T]] = []
+            for data in waiting:
+                triggers = self._find(data)
+                if triggers is None:
+                    still.append(data)
+                else:
+                    window.kill(data)
+                    self._pass(data, triggers, step)
+            if still:
+                self._waiting[key] = still
+            else:
+                del self._waiting[key]
+        return step
+
+    def _find(self, record: _Record[T]) -> list[_Record[T]] | None:
+        sides = self._triggers.get(record.key)
+        if sides is None:
+            return None
+        w = self._window.window_ms
+        near = [
+            [t for t in side if abs(t.timestamp_ms - record.timestamp_ms) <= w] for side in sides
+        ]
+        if not self._all_needed:
+            for side in near:
+                if side:
+                    return [side[0]]
+            return None
+        if not all(near):
+            return None
+        for combo in itertools.product(*near):
+            if _span_ok(
+                itertools.chain((t.timestamp_ms for t in combo), (record.timestamp_ms,)), w
+            ):
+                return list(combo)
+        return None
+
+    @staticmethod
+    def _pass(data: _Record[T], triggers: list[_Record[T]], step: Step[T]) -> None:
+        step.outputs.append(
+            Output(
+                data.key,
+                data.value,
+                max(data.timestamp_ms, *(t.timestamp_ms for t in triggers)),
+                data.token,
+                data.contributors + tuple(t.token for t in triggers),
+            )
+        )
+        step.released.extend(data.contributors)
+
+    def expire(self, now_ms: int) -> Step[T]:
+        """Close every window that ended at or before `now_ms`.
+
+        Waiting data and triggers are released with no output.
+
+        Args:
+            now_ms: The wall clock.
+
+        Returns:
+            Tokens released (never outputs).
+        """
+        step: Step[T] = Step()
+        while (record := self._window.pop_due(now_ms)) is not None:
+            step.released.extend(self._remove(record))
+        return step
+
+    def _remove(self, record: _Record[T]) -> tuple[T, ...]:
+        if record.source == _DATA:
+            waiting = self._waiting[record.key]
+            waiting.remove(record)
+            if not waiting:
+                del self._waiting[record.key]
+            return record.contributors
+        sides = self._triggers[record.key]
+        sides[record.source].remove(record)
+        if not any(sides):
+            del self._triggers[record.key]
+        return (record.token,)
+
+    def discard(self, predicate: Callable[[T], bool]) -> list[T]:
+        """Drop held records (waiting data, triggers) whose token satisfies `predicate`.
+
+        Waiting data is dropped if its token or any of its contributors satisfies `predicate`;
+        all of its contributors are then released.
+
+        Args:
+            predicate: Selects the tokens to drop.
+
+        Returns:
+            The tokens released.
+        """
+        released: list[T] = []
+        for record in self._window.live():
+            hit = predicate(record.token) or any(predicate(t) for t in record.contributors)
+            if hit:
+                self._window.kill(record)
+                released.extend(self._remove(record))
+        return released
+
+    def held(self) -> int:
+        """The number of records held: waiting data plus triggers."""
+        return self._window.count
+
+    def next_deadline(self) -> int | None:
+        """The wall-clock ms at which the next held record's window closes, None if none held."""
+        return self._window.next_deadline()
