@@ -51,7 +51,7 @@ class Pipeline:
                 producer,
                 error_topic,
                 ensure_topic,
-                StepStages.for_step(topology, spec, guard),
+                guard,
             )
             for spec in topology.steps
         ]

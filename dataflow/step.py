@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
@@ -20,8 +21,10 @@ from aiokafka.errors import KafkaError
 from loguru import logger
 
 from dataflow import headers as hdr
+from dataflow.cycles import RevisitGuard
+from dataflow.joins import Output
 from dataflow.offsets import OffsetTracker
-from dataflow.stages import Output, Ref, StepStages
+from dataflow.stages import Headers, Ref, Result, StepStages
 from dataflow.topology import Source, StepSpec, Topology, Trigger
 from dataflow.wire import ChainType, WireError, convert, request_id
 
@@ -76,7 +79,7 @@ class Step:
         producer: the engine's shared producer.
         error_topic: where records that cannot be converted go.
         ensure_topic: creates a topic on demand (the default error topic).
-        stages: joins, triggers, batches and the cycle guard of the step.
+        guard: the pipeline's shared revisit guard, when cycles are allowed.
     """
 
     def __init__(
@@ -87,7 +90,7 @@ class Step:
         producer: AIOKafkaProducer,
         error_topic: str,
         ensure_topic: Callable[[str], Awaitable[None]],
-        stages: StepStages,
+        guard: RevisitGuard | None = None,
     ) -> None:
         self.topology = topology
         self.spec = spec
@@ -95,9 +98,9 @@ class Step:
         self.producer = producer
         self.error_topic = error_topic
         self.ensure_topic = ensure_topic
-        self.stages = stages
         self.stats = StepStats()
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+        self.stages = StepStages(spec, topology.output_topic, guard, self._hold)
         self.assigned = asyncio.Event()
         self.log = logger.bind(pipeline=topology.name, step=spec.index)
         self._pipeline = topology.name.encode()
@@ -109,7 +112,7 @@ class Step:
         self._sink_partitions = 1
         self._stopping = asyncio.Event()
         self._failure: StepFailed | None = None
-        self._retries: list[tuple[str, Output, int]] = []
+        self._retries: list[tuple[str, Output[Ref], Headers, int]] = []
         self._last_commit = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -138,7 +141,7 @@ class Step:
                 for tp, records in batch.items():
                     for record in records:
                         await self._on_record(tp, record, now_ms)
-                await self._send_all(self.stages.expire(_now_ms()), time_ms=_now_ms())
+                await self._send_all(self.stages.expire(_now_ms()), _now_ms())
                 await self._commit(force=False)
             await self._drain()
         finally:
@@ -180,11 +183,10 @@ class Step:
                         matched = True
                         fired = convert(record.value, _TRIGGER_CHAIN, trigger.tensors) is not None
                         if fired:
-                            await self._send_all(
-                                self.stages.add_trigger(index, ref, record.value, now), now
-                            )
+                            self._hold(ref)
+                            await self._send_all(self.stages.add_trigger(index, ref, now), now)
         except WireError as exc:
-            await self._send_error(ref, f"{record.topic}@{record.offset}: {exc}")
+            await self._send_error(ref, f"{record.topic}[{tp.partition}]@{record.offset}: {exc}")
         if not matched:
             self.stats.filtered += 1
         self.tracker.release(tp, record.offset)
@@ -195,37 +197,46 @@ class Step:
         converted = convert(value, source.chain, source.tensors, source.renames)
         if converted is None:
             return
+        if self.stages.stateful:
+            self._hold(ref)
         await self._send_all(self.stages.add(index, ref, converted, now), now)
+
+    def _hold(self, ref: Ref) -> None:
+        self.tracker.hold(ref.tp, ref.offset)
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def _send_all(self, result: tuple[list[Output], list[Ref]], time_ms: int) -> None:
-        outputs, released = result
-        for output in outputs:
-            error = self.stages.revisit(output, self.spec.sink)
+    async def _send_all(self, result: Result, now_ms: int) -> None:
+        for output in result.outputs:
+            error = self.stages.revisit(output, now_ms)
             if error is not None:
-                await self._send_error(output.origin, error, contributors=output.contributors)
-                continue
-            await self._send(self.spec.sink, output, attempt=1)
-        for ref in released:
+                await self._send_error(output.origin, error, output.contributors)
+            else:
+                await self._send(self.spec.sink, output, (), attempt=1)
+        for ref in result.released:
             self.tracker.release(ref.tp, ref.offset)
 
-    async def _send(self, topic: str, output: Output, attempt: int) -> None:
+    async def _send(self, topic: str, output: Output[Ref], extra: Headers, attempt: int) -> None:
         for ref in output.contributors:
             self.tracker.hold(ref.tp, ref.offset)
-        origin = output.origin
-        headers = hdr.rewrite(origin.headers, self.topology.name, self.topology.version)
-        headers.extend(output.extra_headers)
-        partition = partition_for(output.key, self._sink_partitions)
-        if topic != self.spec.sink:
-            partition = 0
+        headers = hdr.rewrite(output.origin.headers, self.topology.name, self.topology.version)
+        headers.extend(extra)
+        partition = (
+            partition_for(output.key, self._sink_partitions) if topic == self.spec.sink else 0
+        )
         future = await self.producer.send(
             topic, output.value, key=output.key, partition=partition, headers=headers
         )
-        future.add_done_callback(lambda f: self._on_ack(f, topic, output, attempt))
+        self.stats.records_out += 1
+        future.add_done_callback(partial(self._on_ack, topic, output, extra, attempt))
 
     def _on_ack(
-        self, future: asyncio.Future[Any], topic: str, output: Output, attempt: int
+        self,
+        topic: str,
+        output: Output[Ref],
+        extra: Headers,
+        attempt: int,
+        future: asyncio.Future[Any],
     ) -> None:
         if future.cancelled() or future.exception() is not None:
             reason = "cancelled" if future.cancelled() else repr(future.exception())
@@ -233,7 +244,7 @@ class Step:
                 self._failure = StepFailed(f"cannot deliver to {topic}: {reason}")
             else:
                 self.log.warning("send to {} failed (attempt {}): {}", topic, attempt, reason)
-                self._retries.append((topic, output, attempt + 1))
+                self._retries.append((topic, output, extra, attempt + 1))
             # The contributors stay held: their offsets are not committed.
             return
         self.stats.acked += 1
@@ -242,27 +253,20 @@ class Step:
 
     async def _resend(self) -> None:
         retries, self._retries = self._retries, []
-        for topic, output, attempt in retries:
+        for topic, output, extra, attempt in retries:
             for ref in output.contributors:
                 self.tracker.release(ref.tp, ref.offset)
             await asyncio.sleep(0.1 * attempt)
-            await self._send(topic, output, attempt)
+            await self._send(topic, output, extra, attempt)
 
-    async def _send_error(
-        self, ref: Ref, reason: str, contributors: tuple[Ref, ...] | None = None
-    ) -> None:
+    async def _send_error(self, ref: Ref, reason: str, contributors: tuple[Ref, ...] = ()) -> None:
         self.stats.errors += 1
         self.stats.last_error = reason
         self.log.warning("to error topic {}: {}", self.error_topic, reason)
         await self.ensure_topic(self.error_topic)
-        output = Output(
-            key=ref.key,
-            value=reason.encode(),
-            origin=ref,
-            contributors=contributors or (ref,),
-            extra_headers=((hdr.PIPELINE_ERRORS, reason.encode()),),
-        )
-        await self._send(self.error_topic, output, attempt=1)
+        output = Output(ref.key, reason.encode(), ref.timestamp, ref, contributors or (ref,))
+        extra = ((hdr.PIPELINE_ERRORS, reason.encode()),)
+        await self._send(self.error_topic, output, extra, attempt=1)
 
     # -- commits ----------------------------------------------------------------------------
 

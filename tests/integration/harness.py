@@ -1,0 +1,228 @@
+"""Real processes for integration tests: the proxy scheduler, engines, and Kafka helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    """Poll `check` until it returns a truthy value; fail with `what` after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+@dataclass
+class Process:
+    """A child process with its output captured to a file."""
+
+    name: str
+    args: list[str]
+    env: dict[str, str]
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Process:
+        handle = self.log.open("ab")
+        self.proc = subprocess.Popen(
+            self.args, stdout=handle, stderr=subprocess.STDOUT, env=self.env, cwd=REPO
+        )
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def stop(self, timeout: float = 30) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
+def _env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SELDON_")}
+    env.update(extra)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@dataclass
+class Proxy:
+    """The proxy scheduler as a child process, with its control API."""
+
+    tmp: Path
+    port: int = field(default_factory=free_port)
+    control_port: int = field(default_factory=free_port)
+    process: Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.control_port}"
+
+    def start(self, *pipelines: Path) -> Proxy:
+        args = [
+            sys.executable, "-m", "dataflow.proxy", "--host", "127.0.0.1",
+            "--port", str(self.port), "--control-port", str(self.control_port),
+        ]
+        if pipelines:
+            args += ["--pipelines", *map(str, pipelines)]
+        self.process = Process("proxy", args, _env({}), self.tmp / f"proxy-{self.port}.log")
+        self.process.start()
+        wait_until(self._answers, 20, "the proxy control API")
+        return self
+
+    def _answers(self) -> bool:
+        try:
+            self.status()
+            return True
+        except (urllib.error.URLError, ConnectionError):
+            return False
+
+    def _call(self, method: str, path: str, body: bytes | None = None) -> Any:
+        request = urllib.request.Request(self.url + path, data=body, method=method)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read() or b"null")
+
+    def status(self) -> list[dict[str, Any]]:
+        result = self._call("GET", "/pipelines")
+        return result if isinstance(result, list) else result.get("pipelines", [])
+
+    def pipeline(self, name: str) -> dict[str, Any] | None:
+        return next((p for p in self.status() if p["name"] == name), None)
+
+    def load(self, path: Path) -> Any:
+        return self._call("POST", "/pipelines", path.read_bytes())
+
+    def unload(self, name: str) -> Any:
+        return self._call("DELETE", f"/pipelines/{name}")
+
+    def wait_state(self, name: str, state: str, timeout: float = 60) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            p = self.pipeline(name)
+            return p if p is not None and p["state"] == state else None
+
+        try:
+            return wait_until(check, timeout, f"pipeline {name} {state}")  # type: ignore[no-any-return]
+        except AssertionError:
+            raise AssertionError(
+                f"pipeline {name} not {state}: {self.pipeline(name)}\n--- proxy log:\n"
+                + (self.process.output()[-3000:] if self.process else "")
+            ) from None
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.stop()
+
+
+def engine(
+    tmp: Path, bootstrap: str, proxy: Proxy, name: str = "engine-a", **settings: str
+) -> Process:
+    """An engine child process subscribed to `proxy` as `name`."""
+    env = {
+        "SELDON_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "SELDON_UPSTREAM_HOST": "127.0.0.1",
+        "SELDON_UPSTREAM_PORT": str(proxy.port),
+        "SELDON_DATAFLOW_REPLICA_ID": name,
+        "SELDON_HEALTH_SERVER_PORT": settings.pop("health_server_port", "0"),
+        "SELDON_LOG_LEVEL_APP": "DEBUG",
+    }
+    env.update({f"SELDON_{k.upper()}": v for k, v in settings.items()})
+    process = Process(name, [sys.executable, "-m", "dataflow"], _env(env), tmp / f"{name}.log")
+    return process.start()
+
+
+# -- Kafka helpers -----------------------------------------------------------------------------
+
+
+async def create_topics(bootstrap: str, *names: str, partitions: int = 1) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+    finally:
+        await admin.close()
+
+
+async def produce(
+    bootstrap: str,
+    topic: str,
+    records: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]]]],
+) -> int:
+    """Send (key, value, headers) records and wait for every ack; returns the count."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=2, acks="all")
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value, key=key, headers=headers)
+            for key, value, headers in records
+        ]
+        await asyncio.gather(*futures)
+        return len(futures)
+    finally:
+        await producer.stop()
+
+
+async def consume(
+    bootstrap: str, topic: str, count: int, timeout: float = 30, settle: float = 0.0
+) -> list[ConsumerRecord[bytes, bytes]]:
+    """Read `topic` from the beginning until `count` records (then `settle` s more) or timeout."""
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    records: list[ConsumerRecord[bytes, bytes]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(records) < count and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=200)
+            for rs in batch.values():
+                records.extend(rs)
+        settle_until = time.monotonic() + settle
+        while time.monotonic() < settle_until:
+            batch = await consumer.getmany(timeout_ms=100)
+            for rs in batch.values():
+                records.extend(rs)
+    finally:
+        await consumer.stop()
+    return records
