@@ -1,0 +1,486 @@
+"""The proxy scheduler's state: pipelines, versions, iterations, acks and states. No I/O.
+
+It follows the Seldon scheduler's Chainer server (spec 2.3, `scheduler/pkg/kafka/dataflow`):
+
+* Every connected engine replica (subscriber name) serves every pipeline (no sharding).
+* An *iteration* is one round of messages for a pipeline name: a Create (load, or resend when
+  the set of subscribers changes) or a Delete (unload). Each iteration takes the next value of a
+  per-name counter (`timestamp`, never reset) and records the subscribers expected to ack.
+* An ack counts only when its uid is the current version's, its timestamp is the current
+  iteration's, its stream is expected and its op fits the iteration; anything else is recorded
+  as outdated and ignored for the state.
+* States: Create acks make the pipeline Ready once every expected stream answered and at least
+  one succeeded, Failed when all failed; later `Ready` acks (ok: Ready, failed: Failed) and
+  `Rebalance` acks (Rebalancing) update it; Delete acks make it Terminating, then Terminated
+  when all streams removed it (Failed if one could not).
+
+The store only decides; it returns the messages to send (`Send`) and the caller delivers them.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+from dataflow.proto.seldon.mlops.chainer import (
+    PipelineUpdateMessage,
+    PipelineUpdateMessagePipelineOperation,
+    PipelineUpdateStatusMessage,
+)
+from dataflow.specs import PipelineSpec
+
+Op = PipelineUpdateMessagePipelineOperation
+
+NO_ENGINES = "no dataflow engines available to handle pipeline"
+
+_XID_ALPHABET = "0123456789abcdefghijklmnopqrstuv"
+
+
+def new_uid(now: float | None = None) -> str:
+    """A fresh pipeline-version uid shaped like the scheduler's xid.
+
+    20 lowercase base32hex characters encoding 4 bytes of Unix time and 8 random bytes.
+
+    Args:
+        now: the time to encode (default: the current time).
+    """
+    seconds = int(time.time() if now is None else now) & 0xFFFFFFFF
+    value = (seconds << 64 | secrets.randbits(64)) << 4  # 96 bits padded to 100 = 20 x 5
+    return "".join(_XID_ALPHABET[(value >> shift) & 31] for shift in range(95, -1, -5))
+
+
+class PipelineState(StrEnum):
+    """State of a pipeline as the proxy sees it (the scheduler's names)."""
+
+    CREATING = "Creating"
+    READY = "Ready"
+    FAILED = "Failed"
+    REBALANCING = "Rebalancing"
+    TERMINATING = "Terminating"
+    TERMINATED = "Terminated"
+
+
+class StreamState(StrEnum):
+    """What one expected stream (engine replica) reported in the current iteration."""
+
+    UNKNOWN = "Unknown"
+    READY = "Ready"
+    FAILED = "Failed"
+    REBALANCING = "Rebalancing"
+    TERMINATED = "Terminated"
+    FAILED_TERMINATING = "FailedTerminating"
+
+
+def op_name(op: int) -> str:
+    """The name of a `PipelineOperation` value (`Create`, ...), or its number if unknown."""
+    try:
+        return str(Op(op).name)
+    except ValueError:
+        return str(op)
+
+
+@dataclass(frozen=True)
+class Ack:
+    """One `PipelineUpdateEvent` from an engine.
+
+    Attributes:
+        pipeline: pipeline name.
+        version: pipeline version.
+        uid: uid of that version.
+        timestamp: the iteration timestamp the engine echoes.
+        stream: the engine's subscriber name.
+        op: the operation acknowledged (Create, Delete, Ready, Rebalance).
+        success: whether it succeeded.
+        reason: the engine's reason text.
+    """
+
+    pipeline: str
+    version: int
+    uid: str
+    timestamp: int
+    stream: str
+    op: int
+    success: bool
+    reason: str
+
+    @classmethod
+    def from_message(cls, message: PipelineUpdateStatusMessage) -> Ack:
+        """Read an ack from the protobuf message."""
+        update = message.update
+        return cls(
+            pipeline=str(update.pipeline),
+            version=int(update.version),
+            uid=str(update.uid),
+            timestamp=int(update.timestamp),
+            stream=str(update.stream),
+            op=int(update.op),
+            success=bool(message.success),
+            reason=str(message.reason),
+        )
+
+    def describe(self) -> str:
+        """`ack from engine-a: p v1 (uid 1234, ts 3) Create ok: <reason>`."""
+        outcome = "ok" if self.success else "failed"
+        return (
+            f"ack from {self.stream or '<no stream>'}: {self.pipeline} v{self.version} "
+            f"(uid {self.uid}, ts {self.timestamp}) {op_name(self.op)} {outcome}: "
+            f"{self.reason or '-'}"
+        )
+
+
+@dataclass
+class StreamAck:
+    """The latest accepted ack of one expected stream in the current iteration."""
+
+    state: StreamState = StreamState.UNKNOWN
+    op: str | None = None
+    success: bool | None = None
+    reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form: state, op, success, reason (op/success null until it acked)."""
+        return {
+            "state": str(self.state),
+            "op": self.op,
+            "success": self.success,
+            "reason": self.reason,
+        }
+
+
+@dataclass(frozen=True)
+class Send:
+    """A message for one subscriber."""
+
+    subscriber: str
+    message: PipelineUpdateMessage
+
+
+@dataclass
+class PipelineRecord:
+    """The current version of one pipeline name and its current iteration.
+
+    Attributes:
+        name: pipeline name.
+        version: current version.
+        uid: uid of the current version.
+        spec: the spec the version was made from.
+        fingerprint: digest of the spec's content.
+        state: pipeline state.
+        reason: the last accepted ack's reason, or what the proxy did last.
+        timestamp: the current iteration's timestamp.
+        operation: the current iteration's operation, `Create` or `Delete`.
+        streams: the expected streams of the iteration and what each reported.
+        outdated: how many acks were ignored for this name since the version was loaded.
+        last_outdated: why the last one was ignored.
+    """
+
+    name: str
+    version: int
+    uid: str
+    spec: PipelineSpec
+    fingerprint: str
+    state: PipelineState = PipelineState.CREATING
+    reason: str = ""
+    timestamp: int = 0
+    operation: str = "Create"
+    streams: dict[str, StreamAck] = field(default_factory=dict)
+    outdated: int = 0
+    last_outdated: str | None = None
+
+    def summary(self) -> str:
+        """Counts of the iteration's streams, e.g. `1/2 ready, 1/2 waiting, 0/2 failed`."""
+        n = len(self.streams)
+        if n == 0:
+            return NO_ENGINES
+        states = [s.state for s in self.streams.values()]
+        waiting = states.count(StreamState.UNKNOWN)
+        if self.operation == "Delete":
+            done = states.count(StreamState.TERMINATED)
+            failed = n - done - waiting
+            return f"{done}/{n} terminated, {waiting}/{n} terminating, {failed}/{n} failed"
+        ready = states.count(StreamState.READY)
+        rebalancing = states.count(StreamState.REBALANCING)
+        failed = n - ready - waiting - rebalancing
+        text = f"{ready}/{n} ready, {waiting}/{n} creating, {failed}/{n} failed"
+        return text + (f", {rebalancing}/{n} rebalancing" if rebalancing else "")
+
+    def as_dict(self) -> dict[str, Any]:
+        """The JSON object of the control API (`GET /pipelines`)."""
+        return {
+            "name": self.name,
+            "version": self.version,
+            "uid": self.uid,
+            "timestamp": self.timestamp,
+            "operation": self.operation,
+            "state": str(self.state),
+            "reason": self.reason,
+            "summary": self.summary(),
+            "streams": {name: ack.as_dict() for name, ack in self.streams.items()},
+            "outdated_acks": self.outdated,
+            "last_outdated": self.last_outdated,
+            "source": self.spec.source,
+        }
+
+
+@dataclass(frozen=True)
+class LoadResult:
+    """What `PipelineStore.load` did.
+
+    Attributes:
+        record: the pipeline's record after the load.
+        outcome: `created` (new name, or loaded again after it terminated), `updated` (new
+            version of a running pipeline; the old version is deleted), `unchanged` (same
+            content, nothing sent) or `retried` (same content of a Failed pipeline, sent again).
+        sends: messages to deliver.
+        warning: something the user should know, or None.
+    """
+
+    record: PipelineRecord
+    outcome: str
+    sends: list[Send]
+    warning: str | None = None
+
+
+@dataclass(frozen=True)
+class UnloadResult:
+    """What `PipelineStore.unload` did.
+
+    Attributes:
+        record: the pipeline's record.
+        outcome: `terminating`, `terminated` (no engine connected), `already terminating` or
+            `already terminated`.
+        sends: messages to deliver.
+    """
+
+    record: PipelineRecord
+    outcome: str
+    sends: list[Send]
+
+
+@dataclass(frozen=True)
+class AckResult:
+    """What `PipelineStore.ack` did with an ack.
+
+    Attributes:
+        ack: the ack.
+        accepted: False when it was outdated (ignored for the state).
+        note: the resulting state, or why it was ignored.
+        record: the pipeline's record, or None for an unknown pipeline.
+    """
+
+    ack: Ack
+    accepted: bool
+    note: str
+    record: PipelineRecord | None
+
+    def describe(self) -> str:
+        """One log line: the ack, then `-> <state> (...)` or `-> ignored (outdated: ...)`."""
+        if self.accepted:
+            return f"{self.ack.describe()} -> {self.note}"
+        return f"{self.ack.describe()} -> ignored (outdated: {self.note})"
+
+
+class UnknownPipelineError(KeyError):
+    """No pipeline of that name was ever loaded."""
+
+    def __str__(self) -> str:
+        return f"unknown pipeline {self.args[0]!r}"
+
+
+_CREATE_ACK_OPS = {Op.Create, Op.Ready, Op.Rebalance}
+
+
+def _stream_state(op: int, success: bool) -> StreamState:
+    if op == Op.Delete:
+        return StreamState.TERMINATED if success else StreamState.FAILED_TERMINATING
+    if not success:
+        return StreamState.FAILED
+    if op == Op.Rebalance:
+        return StreamState.REBALANCING
+    return StreamState.READY
+
+
+class PipelineStore:
+    """Pipelines, subscribers and acks of the proxy scheduler.
+
+    Args:
+        uid_factory: makes the uid of a new version (default `new_uid`).
+    """
+
+    def __init__(self, uid_factory: Callable[[], str] = new_uid) -> None:
+        self._uid_factory = uid_factory
+        self._records: dict[str, PipelineRecord] = {}
+        self._subscribers: list[str] = []
+        self._clock: dict[str, int] = {}
+        self._versions: dict[str, int] = {}
+
+    @property
+    def subscribers(self) -> tuple[str, ...]:
+        """Connected subscriber names, in order of arrival."""
+        return tuple(self._subscribers)
+
+    def get(self, name: str) -> PipelineRecord | None:
+        """The record of a pipeline name, or None."""
+        return self._records.get(name)
+
+    def records(self) -> list[PipelineRecord]:
+        """Every pipeline record (terminated ones included), sorted by name."""
+        return [self._records[name] for name in sorted(self._records)]
+
+    def _iterate(self, record: PipelineRecord, operation: str) -> list[Send]:
+        """Start a new iteration: next timestamp, expected = current subscribers, messages."""
+        timestamp = self._clock.get(record.name, 0) + 1
+        self._clock[record.name] = timestamp
+        record.timestamp = timestamp
+        record.operation = operation
+        record.streams = {name: StreamAck() for name in self._subscribers}
+        if operation == "Create":
+            message = record.spec.to_message(record.version, record.uid)
+            record.state = PipelineState.CREATING
+        else:
+            message = record.spec.to_delete_message(record.version, record.uid, keep_topics=False)
+            record.state = PipelineState.TERMINATING
+        message.timestamp = timestamp
+        if not self._subscribers:
+            record.reason = NO_ENGINES
+            if operation == "Delete":
+                record.state = PipelineState.TERMINATED
+            return []
+        record.reason = f"{operation} sent to {', '.join(self._subscribers)}"
+        return [Send(name, message) for name in self._subscribers]
+
+    def _rebalance(self) -> list[Send]:
+        """A new iteration for every pipeline not terminated (subscribers changed)."""
+        sends: list[Send] = []
+        for record in self.records():
+            if record.state != PipelineState.TERMINATED:
+                sends += self._iterate(record, record.operation)
+        return sends
+
+    def load(self, spec: PipelineSpec) -> LoadResult:
+        """Load a spec: a new pipeline, a new version of one, or nothing if unchanged.
+
+        Args:
+            spec: the pipeline spec; its pinned version/uid are used when present.
+
+        Returns:
+            The record, the outcome and the Create (and old-version Delete) messages.
+        """
+        fingerprint = spec.fingerprint()
+        old = self._records.get(spec.name)
+        running = (
+            old is not None and old.operation == "Create" and old.state != PipelineState.TERMINATED
+        )
+        if old is not None and running and old.fingerprint == fingerprint:
+            if old.state == PipelineState.FAILED:
+                return LoadResult(old, "retried", self._iterate(old, "Create"))
+            return LoadResult(old, "unchanged", [])
+        version = spec.version if spec.version is not None else self._versions.get(spec.name, 0) + 1
+        self._versions[spec.name] = max(version, self._versions.get(spec.name, 0))
+        uid = spec.uid if spec.uid is not None else self._uid_factory()
+        record = PipelineRecord(spec.name, version, uid, spec, fingerprint)
+        self._records[spec.name] = record
+        sends = self._iterate(record, "Create")
+        warning = None
+        if old is not None and running and old.uid == uid:
+            warning = (
+                f"pipeline {spec.name!r} changed but keeps uid {uid!r}: engines that run that "
+                "uid keep the old content (pin a new uid, or none)"
+            )
+        elif old is not None and running:
+            delete = old.spec.to_delete_message(old.version, old.uid, keep_topics=True)
+            delete.timestamp = record.timestamp
+            sends = [Send(name, delete) for name in self._subscribers] + sends
+        return LoadResult(record, "updated" if running else "created", sends, warning)
+
+    def unload(self, name: str) -> UnloadResult:
+        """Unload a pipeline: Delete to every subscriber, then Terminating -> Terminated.
+
+        Raises:
+            UnknownPipelineError: no pipeline of that name.
+        """
+        record = self._records.get(name)
+        if record is None:
+            raise UnknownPipelineError(name)
+        if record.state == PipelineState.TERMINATED:
+            return UnloadResult(record, "already terminated", [])
+        if record.operation == "Delete" and record.state == PipelineState.TERMINATING:
+            return UnloadResult(record, "already terminating", [])
+        sends = self._iterate(record, "Delete")
+        return UnloadResult(record, str(record.state).lower(), sends)
+
+    def subscribe(self, name: str) -> list[Send]:
+        """A subscriber (re)connected: every live pipeline gets a new iteration, sent to all.
+
+        Args:
+            name: the subscriber name (a second subscription of a name replaces the first).
+        """
+        if name not in self._subscribers:
+            self._subscribers.append(name)
+        return self._rebalance()
+
+    def unsubscribe(self, name: str) -> list[Send]:
+        """A subscriber's stream ended: live pipelines get a new iteration without it."""
+        if name not in self._subscribers:
+            return []
+        self._subscribers.remove(name)
+        return self._rebalance()
+
+    def _outdated(self, record: PipelineRecord, ack: Ack) -> str | None:
+        if ack.uid != record.uid:
+            return f"uid {ack.uid} is not the current version's ({record.uid})"
+        if ack.timestamp != record.timestamp:
+            return f"timestamp {ack.timestamp} is not the current {record.timestamp}"
+        if ack.stream not in record.streams:
+            expected = ", ".join(record.streams) or "none"
+            return f"stream {ack.stream!r} is not expected (expected: {expected})"
+        if record.operation == "Delete" and ack.op != Op.Delete:
+            return f"{op_name(ack.op)} ack while the pipeline is being deleted"
+        if record.operation == "Create" and ack.op not in _CREATE_ACK_OPS:
+            return f"{op_name(ack.op)} ack while the pipeline is being created"
+        return None
+
+    def ack(self, ack: Ack) -> AckResult:
+        """Record an engine's ack and update the pipeline's state.
+
+        Returns:
+            Whether it counted, and the resulting state or why it was ignored.
+        """
+        record = self._records.get(ack.pipeline)
+        if record is None:
+            return AckResult(ack, False, f"unknown pipeline {ack.pipeline!r}", None)
+        why = self._outdated(record, ack)
+        if why is not None:
+            record.outdated += 1
+            record.last_outdated = why
+            return AckResult(ack, False, why, record)
+        record.streams[ack.stream] = StreamAck(
+            _stream_state(ack.op, ack.success), op_name(ack.op), ack.success, ack.reason
+        )
+        record.reason = ack.reason
+        record.state = self._state(record, ack)
+        return AckResult(ack, True, f"{record.state} ({record.summary()})", record)
+
+    @staticmethod
+    def _state(record: PipelineRecord, ack: Ack) -> PipelineState:
+        states = [s.state for s in record.streams.values()]
+        n = len(states)
+        if record.operation == "Delete":
+            if StreamState.FAILED_TERMINATING in states:
+                return PipelineState.FAILED
+            if states.count(StreamState.TERMINATED) == n:
+                return PipelineState.TERMINATED
+            return PipelineState.TERMINATING
+        if ack.op in (Op.Ready, Op.Rebalance) and not ack.success:
+            return PipelineState.FAILED
+        if states.count(StreamState.FAILED) == n:
+            return PipelineState.FAILED
+        if StreamState.UNKNOWN in states:
+            return PipelineState.CREATING
+        if StreamState.REBALANCING in states:
+            return PipelineState.REBALANCING
+        return PipelineState.READY
