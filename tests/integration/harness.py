@@ -52,10 +52,10 @@ class Process:
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Process:
-        handle = self.log.open("ab")
-        self.proc = subprocess.Popen(
-            self.args, stdout=handle, stderr=subprocess.STDOUT, env=self.env, cwd=REPO
-        )
+        with self.log.open("ab") as handle:
+            self.proc = subprocess.Popen(
+                self.args, stdout=handle, stderr=subprocess.STDOUT, env=self.env, cwd=REPO
+            )
         return self
 
     def signal(self, sig: int) -> None:
@@ -102,8 +102,15 @@ class Proxy:
 
     def start(self, *pipelines: Path) -> Proxy:
         args = [
-            sys.executable, "-m", "dataflow.proxy", "--host", "127.0.0.1",
-            "--port", str(self.port), "--control-port", str(self.control_port),
+            sys.executable,
+            "-m",
+            "dataflow.proxy",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--control-port",
+            str(self.control_port),
         ]
         if pipelines:
             args += ["--pipelines", *map(str, pipelines)]
