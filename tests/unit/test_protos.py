@@ -169,7 +169,7 @@ async def test_stub_calls_the_same_paths() -> None:
             routes.append(route)
             raise RuntimeError("recorded")
 
-    stub = ChainerStub(Channel())  # type: ignore[arg-type]
+    stub = ChainerStub(Channel())
     with pytest.raises(RuntimeError, match="recorded"):
         async for _ in stub.subscribe_pipeline_updates(PipelineSubscriptionRequest(name="x")):
             pass

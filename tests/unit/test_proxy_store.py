@@ -15,6 +15,7 @@ from dataflow.proto.seldon.mlops.chainer import (
 from dataflow.proxy.store import (
     NO_ENGINES,
     Ack,
+    PipelineRecord,
     PipelineState,
     PipelineStore,
     Send,
@@ -72,6 +73,12 @@ def ack(
     return Ack(**fields)  # type: ignore[arg-type]
 
 
+def state(record: PipelineRecord | None) -> PipelineState:
+    """The record's state, read through a call so that type narrowing does not stick."""
+    assert record is not None
+    return record.state
+
+
 def only(sends: list[Send], subscriber: str) -> PipelineUpdateMessage:
     messages = [s.message for s in sends if s.subscriber == subscriber]
     assert len(messages) == 1, sends
@@ -92,7 +99,7 @@ def test_load_without_engines_waits(store: PipelineStore) -> None:
     assert result.outcome == "created" and result.sends == []
     record = result.record
     assert (record.name, record.version, record.uid, record.timestamp) == ("chain", 1, "uid1", 1)
-    assert record.state is PipelineState.CREATING
+    assert state(record) is PipelineState.CREATING
     assert record.reason == NO_ENGINES and record.summary() == NO_ENGINES
 
 
@@ -106,7 +113,7 @@ def test_subscribe_sends_current_pipelines_and_ack_makes_ready(store: PipelineSt
     record = store.get("chain")
     assert record is not None and record.streams["engine-a"].state is StreamState.UNKNOWN
     result = store.ack(ack(message, "engine-a"))
-    assert result.accepted and record.state is PipelineState.READY
+    assert result.accepted and state(record) is PipelineState.READY
     assert record.reason == "pipeline data streams: ready"
     assert result.describe() == (
         "ack from engine-a: chain v1 (uid uid1, ts 2) Create ok: pipeline data streams: ready"
@@ -125,14 +132,14 @@ def test_load_sends_create_to_every_subscriber(store: PipelineStore) -> None:
     assert record is not None
     assert record.reason == "Create sent to engine-a, engine-b"
     store.ack(ack(message, "engine-a"))
-    assert record.state is PipelineState.CREATING
+    assert state(record) is PipelineState.CREATING
     assert record.summary() == "1/2 ready, 1/2 creating, 0/2 failed"
     store.ack(ack(message, "engine-b"))
-    assert record.state is PipelineState.READY
+    assert state(record) is PipelineState.READY
 
 
 @pytest.mark.parametrize(
-    ("results", "state"),
+    ("results", "expected"),
     [
         ((True, False), PipelineState.READY),  # >= 1 ok and none unknown
         ((False, True), PipelineState.READY),
@@ -140,15 +147,15 @@ def test_load_sends_create_to_every_subscriber(store: PipelineStore) -> None:
     ],
 )
 def test_create_acks_from_two_streams(
-    store: PipelineStore, results: tuple[bool, bool], state: PipelineState
+    store: PipelineStore, results: tuple[bool, bool], expected: PipelineState
 ) -> None:
     store.subscribe("a")
     store.subscribe("b")
     message = store.load(seldon()).sends[0].message
     record = store.ack(ack(message, "a", results[0])).record
-    assert record is not None and record.state is PipelineState.CREATING
+    assert record is not None and state(record) is PipelineState.CREATING
     store.ack(ack(message, "b", results[1], reason="failed to create all pipeline steps"))
-    assert record.state is state
+    assert state(record) is expected
 
 
 def test_second_subscriber_gets_the_pipeline_and_a_new_iteration(store: PipelineStore) -> None:
@@ -160,13 +167,13 @@ def test_second_subscriber_gets_the_pipeline_and_a_new_iteration(store: Pipeline
     second = only(sends, "engine-b")
     assert second.op == Op.Create and second.timestamp == first.timestamp + 1
     record = store.get("chain")
-    assert record is not None and record.state is PipelineState.CREATING
+    assert record is not None and state(record) is PipelineState.CREATING
     assert set(record.streams) == {"engine-a", "engine-b"}
     # engine-a's ack of the previous iteration no longer counts
     assert not store.ack(ack(first, "engine-a")).accepted
     store.ack(ack(second, "engine-a"))
     store.ack(ack(second, "engine-b"))
-    assert record.state is PipelineState.READY
+    assert state(record) is PipelineState.READY
 
 
 def test_outdated_acks_are_recorded_and_ignored(store: PipelineStore) -> None:
@@ -184,7 +191,7 @@ def test_outdated_acks_are_recorded_and_ignored(store: PipelineStore) -> None:
         result = store.ack(outdated)
         assert not result.accepted and result.note == why
         assert result.describe().endswith(f"-> ignored (outdated: {why})")
-    assert record.state is PipelineState.CREATING
+    assert state(record) is PipelineState.CREATING
     assert record.streams["engine-a"].state is StreamState.UNKNOWN
     assert record.outdated == 4
     assert record.last_outdated == "Delete ack while the pipeline is being created"
@@ -200,15 +207,15 @@ def test_runtime_ready_and_rebalance_acks(store: PipelineStore) -> None:
     assert record is not None
     store.ack(ack(message, "a"))
     store.ack(ack(message, "a", op=Op.Rebalance, reason="pipeline data streams: rebalancing"))
-    assert record.state is PipelineState.REBALANCING
+    assert state(record) is PipelineState.REBALANCING
     assert record.streams["a"].state is StreamState.REBALANCING
     assert record.summary() == "0/1 ready, 0/1 creating, 0/1 failed, 1/1 rebalancing"
     store.ack(ack(message, "a", op=Op.Ready))
-    assert record.state is PipelineState.READY
+    assert state(record) is PipelineState.READY
     store.ack(ack(message, "a", False, op=Op.Ready, reason="kafka streams state: ERROR"))
-    assert record.state is PipelineState.FAILED and record.reason == "kafka streams state: ERROR"
+    assert state(record) is PipelineState.FAILED and record.reason == "kafka streams state: ERROR"
     store.ack(ack(message, "a", op=Op.Ready))
-    assert record.state is PipelineState.READY
+    assert state(record) is PipelineState.READY
 
 
 def test_runtime_failure_on_one_replica_fails_the_pipeline(store: PipelineStore) -> None:
@@ -218,7 +225,7 @@ def test_runtime_failure_on_one_replica_fails_the_pipeline(store: PipelineStore)
     store.ack(ack(message, "a"))
     store.ack(ack(message, "b"))
     result = store.ack(ack(message, "b", False, op=Op.Ready))
-    assert result.record is not None and result.record.state is PipelineState.FAILED
+    assert result.record is not None and state(result.record) is PipelineState.FAILED
 
 
 def test_unload_sends_delete_then_terminated(store: PipelineStore) -> None:
@@ -232,15 +239,15 @@ def test_unload_sends_delete_then_terminated(store: PipelineStore) -> None:
     assert delete.op == Op.Delete and delete.updates == []
     assert delete.timestamp == create.timestamp + 1 and delete.uid == create.uid
     record = result.record
-    assert record.state is PipelineState.TERMINATING and record.operation == "Delete"
+    assert state(record) is PipelineState.TERMINATING and record.operation == "Delete"
     # a late Create ack is outdated
     assert not store.ack(ack(create, "a")).accepted
     assert not store.ack(ack(delete, "a", op=Op.Ready)).accepted
     store.ack(ack(delete, "a", reason="pipeline removed"))
-    assert record.state is PipelineState.TERMINATING
+    assert state(record) is PipelineState.TERMINATING
     assert record.summary() == "1/2 terminated, 1/2 terminating, 0/2 failed"
     store.ack(ack(delete, "b", reason="pipeline removed"))
-    assert record.state is PipelineState.TERMINATED
+    assert state(record) is PipelineState.TERMINATED
     assert store.unload("chain").outcome == "already terminated"
     # a terminated pipeline is not sent again when engines come and go
     assert store.subscribe("c") == []
@@ -253,7 +260,7 @@ def test_failed_delete_and_unload_again(store: PipelineStore) -> None:
     assert store.unload("chain").outcome == "already terminating"
     store.ack(ack(delete, "a", False, reason="kafka streams topic deletion error"))
     record = store.get("chain")
-    assert record is not None and record.state is PipelineState.FAILED
+    assert record is not None and state(record) is PipelineState.FAILED
     again = store.unload("chain")
     assert again.outcome == "terminating" and again.sends[0].message.timestamp == 3
 
@@ -295,7 +302,7 @@ def test_versions_unchanged_updated_retried(store: PipelineStore) -> None:
     # acks about the old version are outdated; the new one's count
     assert not store.ack(ack(delete, "a", reason="pipeline removed")).accepted
     store.ack(ack(create, "a", False, reason="failed to create all pipeline steps"))
-    assert record.state is PipelineState.FAILED
+    assert state(record) is PipelineState.FAILED
     retried = store.load(seldon(model="m2"))
     assert retried.outcome == "retried" and retried.record is record
     assert only(retried.sends, "a").timestamp == create.timestamp + 1
@@ -333,11 +340,11 @@ def test_unsubscribe_rebalances_the_rest(store: PipelineStore) -> None:
     sends = store.unsubscribe("b")
     assert [s.subscriber for s in sends] == ["a"]
     record = store.get("chain")
-    assert record is not None and record.state is PipelineState.CREATING
+    assert record is not None and state(record) is PipelineState.CREATING
     assert set(record.streams) == {"a"}
     assert store.unsubscribe("b") == []
     assert store.unsubscribe("a") == []
-    assert record.state is PipelineState.CREATING and record.reason == NO_ENGINES
+    assert state(record) is PipelineState.CREATING and record.reason == NO_ENGINES
 
 
 def test_last_engine_leaving_finishes_a_termination(store: PipelineStore) -> None:
@@ -346,7 +353,7 @@ def test_last_engine_leaving_finishes_a_termination(store: PipelineStore) -> Non
     store.unload("chain")
     store.unsubscribe("a")
     record = store.get("chain")
-    assert record is not None and record.state is PipelineState.TERMINATED
+    assert record is not None and state(record) is PipelineState.TERMINATED
 
 
 def test_resubscription_of_a_name_keeps_one_subscriber(store: PipelineStore) -> None:
