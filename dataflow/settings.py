@@ -48,7 +48,10 @@ class Settings(BaseSettings):
     )
     pod_namespace: str = Field("", description="namespace, used in consumer group ids")
     health_server_port: int = Field(
-        8000, ge=0, le=65535, description="port of /live, /ready, /startup and /metrics (0: any free port)"
+        8000,
+        ge=0,
+        le=65535,
+        description="port of /live, /ready, /startup and /metrics (0: any free port)",
     )
 
     # Kafka.

@@ -24,18 +24,18 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dataflow.engine import Engine  # noqa: E402
-from dataflow.pipeline import Pipeline  # noqa: E402
-from dataflow.proto.seldon.mlops.chainer import (  # noqa: E402
+from producer import demo_response
+
+from dataflow import logs
+from dataflow.engine import Engine
+from dataflow.pipeline import Pipeline
+from dataflow.proto.seldon.mlops.chainer import (
     PipelineStepUpdate,
     PipelineTopic,
     PipelineUpdateMessage,
 )
-from dataflow.settings import Settings  # noqa: E402
-from dataflow.topology import topology_from  # noqa: E402
-from producer import demo_response  # noqa: E402
-
-from dataflow import logs  # noqa: E402
+from dataflow.settings import Settings
+from dataflow.topology import topology_from
 
 PIPELINE = "bench"
 
@@ -81,9 +81,10 @@ async def _raw_loop(bootstrap: str, source: str, sink: str, n: int) -> float:
         while done < n:
             batch = await consumer.getmany(timeout_ms=200, max_records=2000)
             futures = []
-            for tp, records in batch.items():
+            for records in batch.values():
                 for r in records:
-                    futures.append(await producer.send(sink, r.value, key=r.key, headers=list(r.headers)))
+                    sent = await producer.send(sink, r.value, key=r.key, headers=list(r.headers))
+                    futures.append(sent)
                 done += len(records)
             await asyncio.gather(*futures)
             if batch:
@@ -112,7 +113,10 @@ async def _engine_step(bootstrap: str, source: str, sink: str, n: int) -> float:
         ],
     )
     pipeline = Pipeline(
-        topology_from(message, 60000), settings, engine.producer, engine.ensure_topic,
+        topology_from(message, 60000),
+        settings,
+        engine.producer,
+        engine.ensure_topic,
         lambda p, r: None,
     )
     t0 = time.perf_counter()
