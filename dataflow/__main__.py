@@ -13,6 +13,10 @@ from dataflow import logs
 from dataflow.settings import Settings, SettingsError, load_settings
 
 
+class StartupError(Exception):
+    """The engine could not start; str() is the one line to print."""
+
+
 async def serve(settings: Settings) -> None:
     """Run one engine until a stop signal, then shut it down within the configured bound."""
     from dataflow.engine import Engine
@@ -26,7 +30,14 @@ async def serve(settings: Settings) -> None:
     health = HealthServer(engine, settings.health_server_port)
     await health.start()
     try:
-        await engine.start()
+        try:
+            await engine.start()
+        except Exception as exc:
+            reason = logs.last_kafka_error() or f"{type(exc).__name__}: {exc}"
+            raise StartupError(
+                f"cannot connect to Kafka at {settings.kafka_bootstrap_servers} "
+                f"({settings.kafka_security_protocol}): {reason}"
+            ) from exc
         await stop.wait()
         logger.info(
             "stop signal received; shutting down (bound {}s)", settings.shutdown_timeout_seconds
@@ -48,11 +59,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     logs.setup(settings.log_level_app, settings.log_level_kafka, settings.log_format)
     logger.info("settings: {}", settings.masked())
     try:
-        import uvloop
-
-        uvloop.run(serve(settings))
-    except ImportError:
-        asyncio.run(serve(settings))
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(serve(settings))
+        else:
+            uvloop.run(serve(settings))
+    except StartupError as exc:
+        logger.remove()
+        print(f"dataflow: {exc}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -89,7 +89,10 @@ class Engine:
             await asyncio.wait_for(self.producer.stop(), max(0.5, deadline - time.monotonic()))
         except TimeoutError:
             logger.warning("producer did not stop in time")
-        await self.admin.close()
+        try:
+            await self.admin.close()
+        except Exception as exc:  # an admin client that never started
+            logger.debug("admin close: {}", exc)
         self.subscriber.close()
         logger.info("engine stopped")
 

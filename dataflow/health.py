@@ -13,6 +13,8 @@ from aiohttp import web
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from dataflow.metrics import registry_for
+
 if TYPE_CHECKING:
     from dataflow.engine import Engine
 
@@ -37,6 +39,7 @@ class HealthServer:
         self.host = host
         self.port = port
         self._runner: web.AppRunner | None = None
+        self._registry = registry_for(engine)
 
     def checks(self, kind: str) -> dict[str, tuple[bool, str]]:
         """The named checks of a probe kind: live, ready or startup."""
@@ -74,11 +77,8 @@ class HealthServer:
         return web.json_response(body, status=status)
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        from dataflow import metrics
-
-        metrics.refresh(self.engine)
         return web.Response(
-            body=generate_latest(metrics.REGISTRY), headers={"Content-Type": CONTENT_TYPE_LATEST}
+            body=generate_latest(self._registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
         )
 
     async def start(self) -> None:

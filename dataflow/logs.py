@@ -21,6 +21,20 @@ class _InterceptHandler(logging.Handler):
         logger.opt(depth=6, exception=record.exc_info).log(level, record.getMessage())
 
 
+class _LastError(logging.Handler):
+    """Remembers the last error aiokafka logged, to explain a failed start in one line."""
+
+    message = ""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        _LastError.message = record.getMessage()
+
+
+def last_kafka_error() -> str:
+    """The last error line aiokafka logged, or an empty string."""
+    return _LastError.message
+
+
 def _json_sink(message: Any) -> None:
     record = message.record
     flat = {
@@ -60,6 +74,7 @@ def setup(app_level: str = "INFO", kafka_level: str = "WARNING", fmt: str = "tex
     logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
     for name in _KAFKA_LOGGERS:
         logging.getLogger(name).setLevel(kafka_level)
+    logging.getLogger("aiokafka").addHandler(_LastError(level=logging.ERROR))
 
 
 def _prefix(record: Any) -> None:

@@ -1,41 +1,101 @@
-"""Prometheus metrics of the engine, refreshed from the steps' counters on each scrape."""
+"""Prometheus metrics of the engine, collected from the steps' own counters on each scrape.
+
+Per pipeline and step: records in, filtered out (another pipeline's), out (acknowledged by the
+broker), to the error topic, conversion and consume-to-ack latency histograms, consumer lag per
+partition; and the scheduler connection state.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Gauge
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from dataflow.engine import Engine
 
-REGISTRY = CollectorRegistry()
-_LABELS = ("pipeline", "step")
-
-RECORDS_IN = Gauge("dataflow_step_records_in", "records consumed", _LABELS, registry=REGISTRY)
-FILTERED = Gauge(
-    "dataflow_step_records_filtered", "records of other pipelines", _LABELS, registry=REGISTRY
-)
-RECORDS_OUT = Gauge("dataflow_step_records_out", "records acknowledged", _LABELS, registry=REGISTRY)
-ERRORS = Gauge(
-    "dataflow_step_records_error", "records to the error topic", _LABELS, registry=REGISTRY
-)
-SCHEDULER = Gauge(
-    "dataflow_scheduler_connected", "1 when the scheduler stream is up", registry=REGISTRY
-)
-PIPELINES = Gauge("dataflow_pipelines", "pipelines running", registry=REGISTRY)
+_LABELS = ["pipeline", "version", "step"]
 
 
-def refresh(engine: Engine) -> None:
-    """Copy the engine's counters into the gauges."""
-    SCHEDULER.set(1 if engine.subscriber.connected else 0)
-    PIPELINES.set(len(engine.pipelines))
-    for gauge in (RECORDS_IN, FILTERED, RECORDS_OUT, ERRORS):
-        gauge.clear()
-    for pipeline in engine.pipelines.values():
-        for step in pipeline.steps:
-            labels = (pipeline.topology.name, str(step.spec.index))
-            RECORDS_IN.labels(*labels).set(step.stats.records_in)
-            FILTERED.labels(*labels).set(step.stats.filtered)
-            RECORDS_OUT.labels(*labels).set(step.stats.acked)
-            ERRORS.labels(*labels).set(step.stats.errors)
+class EngineCollector(Collector):
+    """Reads one engine's state when Prometheus scrapes."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def collect(self) -> Iterator[Metric]:
+        """Yield every metric family of the engine."""
+        engine = self.engine
+        connected = GaugeMetricFamily(
+            "dataflow_scheduler_connected", "1 when the scheduler stream is up"
+        )
+        connected.add_metric([], 1 if engine.subscriber.connected else 0)
+        yield connected
+        pipelines = GaugeMetricFamily("dataflow_pipelines", "pipelines created on this engine")
+        pipelines.add_metric([], len(engine.pipelines))
+        yield pipelines
+
+        counters = {
+            "records_in": CounterMetricFamily(
+                "dataflow_step_records_in", "records consumed", labels=_LABELS
+            ),
+            "filtered": CounterMetricFamily(
+                "dataflow_step_records_filtered",
+                "records dropped because their pipeline header names another pipeline",
+                labels=_LABELS,
+            ),
+            "acked": CounterMetricFamily(
+                "dataflow_step_records_out", "records sent and acknowledged", labels=_LABELS
+            ),
+            "errors": CounterMetricFamily(
+                "dataflow_step_records_error", "records sent to the error topic", labels=_LABELS
+            ),
+            "send_failures": CounterMetricFamily(
+                "dataflow_step_send_failures", "failed send attempts (retried)", labels=_LABELS
+            ),
+        }
+        convert = HistogramMetricFamily(
+            "dataflow_step_convert_seconds", "wire conversion time per record", labels=_LABELS
+        )
+        latency = HistogramMetricFamily(
+            "dataflow_step_latency_seconds",
+            "from consuming a record to the broker's ack of its output",
+            labels=_LABELS,
+        )
+        lag = GaugeMetricFamily(
+            "dataflow_consumer_lag",
+            "records behind the partition's high watermark",
+            labels=[*_LABELS, "topic", "partition"],
+        )
+        for pipeline in list(engine.pipelines.values()):
+            topology = pipeline.topology
+            for step in pipeline.steps:
+                labels = [topology.name, str(topology.version), str(step.spec.index)]
+                for attr, counter in counters.items():
+                    counter.add_metric(labels, getattr(step.stats, attr))
+                for family, hist in (
+                    (convert, step.stats.convert_seconds),
+                    (latency, step.stats.latency_seconds),
+                ):
+                    family.add_metric(labels, hist.cumulative(), hist.total)
+                for tp, behind in step.lag().items():
+                    lag.add_metric([*labels, tp.topic, str(tp.partition)], behind)
+        yield from counters.values()
+        yield convert
+        yield latency
+        yield lag
+
+
+def registry_for(engine: Engine) -> CollectorRegistry:
+    """A registry holding the collector of `engine` (one registry per engine)."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(EngineCollector(engine))
+    return registry

@@ -36,6 +36,7 @@ class Ref:
     key: bytes | None
     headers: Headers
     timestamp: int
+    received: float = 0.0  # perf_counter() when consumed, for the latency histogram
 
 
 Result = Step[Ref]

@@ -25,6 +25,7 @@ from dataflow.cycles import RevisitGuard
 from dataflow.joins import Output
 from dataflow.offsets import OffsetTracker
 from dataflow.stages import Headers, Ref, Result, StepStages
+from dataflow.stats import StepStats
 from dataflow.topology import Source, StepSpec, Topology, Trigger
 from dataflow.wire import ChainType, WireError, convert, request_id
 
@@ -48,21 +49,11 @@ def partition_for(key: bytes | None, partitions: int) -> int:
 
 
 @dataclass
-class StepStats:
-    """Counters of one step, read by the metrics and the tests."""
-
-    records_in: int = 0
-    filtered: int = 0
-    records_out: int = 0
-    errors: int = 0
-    acked: int = 0
-    last_error: str = ""
-
-
-@dataclass
 class _Routing:
-    sources: list[tuple[int, Source]] = field(default_factory=list)
-    triggers: list[tuple[int, Trigger]] = field(default_factory=list)
+    """What a record of one topic feeds: (index, spec, encoded pipeline header value)."""
+
+    sources: list[tuple[int, Source, bytes]] = field(default_factory=list)
+    triggers: list[tuple[int, Trigger, bytes]] = field(default_factory=list)
 
 
 class StepFailed(Exception):
@@ -106,9 +97,12 @@ class Step:
         self._pipeline = topology.name.encode()
         self._routing: dict[str, _Routing] = {}
         for i, source in enumerate(spec.sources):
-            self._routing.setdefault(source.topic, _Routing()).sources.append((i, source))
+            entry = (i, source, source.pipeline.encode())
+            self._routing.setdefault(source.topic, _Routing()).sources.append(entry)
         for i, trigger in enumerate(spec.triggers):
-            self._routing.setdefault(trigger.topic, _Routing()).triggers.append((i, trigger))
+            entry_t = (i, trigger, trigger.pipeline.encode())
+            self._routing.setdefault(trigger.topic, _Routing()).triggers.append(entry_t)
+        self._positions: dict[TopicPartition, int] = {}
         self._sink_partitions = 1
         self._stopping = asyncio.Event()
         self._failure: StepFailed | None = None
@@ -141,6 +135,7 @@ class Step:
                 for tp, records in batch.items():
                     for record in records:
                         await self._on_record(tp, record, now_ms)
+                    self._positions[tp] = records[-1].offset + 1
                 await self._send_all(self.stages.expire(_now_ms()), _now_ms())
                 await self._commit(force=False)
             await self._drain()
@@ -168,18 +163,20 @@ class Step:
         self, tp: TopicPartition, record: ConsumerRecord[Any, Any], now: int
     ) -> None:
         self.stats.records_in += 1
-        ref = Ref(tp, record.offset, record.key, record.headers, record.timestamp)
+        ref = Ref(
+            tp, record.offset, record.key, record.headers, record.timestamp, time.perf_counter()
+        )
         self.tracker.hold(tp, record.offset)
         routing = self._routing.get(record.topic)
         matched = False
         try:
             if routing is not None:
-                for index, source in routing.sources:
-                    if hdr.names_pipeline(record.headers, source.pipeline.encode()):
+                for index, source, wanted in routing.sources:
+                    if hdr.names_pipeline(record.headers, wanted):
                         matched = True
                         await self._on_source(index, source, ref, record.value, now)
-                for index, trigger in routing.triggers:
-                    if hdr.names_pipeline(record.headers, trigger.pipeline.encode()):
+                for index, trigger, wanted_t in routing.triggers:
+                    if hdr.names_pipeline(record.headers, wanted_t):
                         matched = True
                         fired = convert(record.value, _TRIGGER_CHAIN, trigger.tensors) is not None
                         if fired:
@@ -194,7 +191,9 @@ class Step:
     async def _on_source(
         self, index: int, source: Source, ref: Ref, value: bytes, now: int
     ) -> None:
+        t0 = time.perf_counter()
         converted = convert(value, source.chain, source.tensors, source.renames)
+        self.stats.convert_seconds.observe(time.perf_counter() - t0)
         if converted is None:
             return
         if self.stages.stateful:
@@ -243,11 +242,13 @@ class Step:
             if attempt >= SEND_ATTEMPTS:
                 self._failure = StepFailed(f"cannot deliver to {topic}: {reason}")
             else:
+                self.stats.send_failures += 1
                 self.log.warning("send to {} failed (attempt {}): {}", topic, attempt, reason)
                 self._retries.append((topic, output, extra, attempt + 1))
             # The contributors stay held: their offsets are not committed.
             return
         self.stats.acked += 1
+        self.stats.latency_seconds.observe(time.perf_counter() - output.origin.received)
         for ref in output.contributors:
             self.tracker.release(ref.tp, ref.offset)
 
@@ -262,7 +263,10 @@ class Step:
     async def _send_error(self, ref: Ref, reason: str, contributors: tuple[Ref, ...] = ()) -> None:
         self.stats.errors += 1
         self.stats.last_error = reason
-        self.log.warning("to error topic {}: {}", self.error_topic, reason)
+        rid = hdr.value_of(ref.headers, hdr.REQUEST_ID)
+        self.log.bind(request_id=rid.decode(errors="replace") if rid else "?").warning(
+            "to error topic {}: {}", self.error_topic, reason
+        )
         await self.ensure_topic(self.error_topic)
         output = Output(ref.key, reason.encode(), ref.timestamp, ref, contributors or (ref,))
         extra = ((hdr.PIPELINE_ERRORS, reason.encode()),)
@@ -284,6 +288,16 @@ class Step:
             return
         await self.consumer.commit(offsets)
         self.tracker.mark_committed(offsets)
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Records behind the high watermark per assigned partition (known positions only)."""
+        lag = {}
+        for tp in self.consumer.assignment():
+            high = self.consumer.highwater(tp)
+            position = self._positions.get(tp)
+            if high is not None and position is not None:
+                lag[tp] = max(0, high - position)
+        return lag
 
     def _poll_timeout_ms(self) -> int:
         deadline = self.stages.next_deadline()

@@ -1,0 +1,54 @@
+"""Counters and fixed-bucket histograms of one step: plain numbers, cheap on the hot path.
+
+Prometheus reads them on each scrape (`dataflow.metrics`); nothing here imports I/O.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+#: Upper bounds in seconds, from 10 us (a wire conversion) to 60 s (a join window).
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.00001, 0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
+    0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)  # fmt: skip
+
+
+@dataclass
+class Histogram:
+    """Counts per bucket (cumulative on export), sum and count, like a Prometheus histogram."""
+
+    bounds: tuple[float, ...] = LATENCY_BUCKETS
+    counts: list[int] = field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS) + 1))
+    total: float = 0.0
+    count: int = 0
+
+    def observe(self, seconds: float) -> None:
+        """Add one observation."""
+        self.counts[bisect_left(self.bounds, seconds)] += 1
+        self.total += seconds
+        self.count += 1
+
+    def cumulative(self) -> list[tuple[str, int]]:
+        """(upper bound, cumulative count) pairs including `+Inf`."""
+        out, running = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            running += n
+            out.append(("+Inf" if bound == float("inf") else repr(bound), running))
+        return out
+
+
+@dataclass
+class StepStats:
+    """What one step did, read by the metrics, the probes and the tests."""
+
+    records_in: int = 0
+    filtered: int = 0
+    records_out: int = 0
+    acked: int = 0
+    errors: int = 0
+    send_failures: int = 0
+    last_error: str = ""
+    convert_seconds: Histogram = field(default_factory=Histogram)
+    latency_seconds: Histogram = field(default_factory=Histogram)
