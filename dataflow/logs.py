@@ -10,10 +10,19 @@ import orjson
 from loguru import logger
 
 _KAFKA_LOGGERS = ("aiokafka", "grpclib", "kafka")
+_STDLIB_LEVELS = {
+    "TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40, "CRITICAL": 50,
+}  # fmt: skip
 
 
 class _InterceptHandler(logging.Handler):
+    """Routes stdlib records into loguru; client-library records below `kafka_level` dropped."""
+
+    kafka_level = logging.WARNING
+
     def emit(self, record: logging.LogRecord) -> None:
+        if record.levelno < self.kafka_level and record.name.startswith(_KAFKA_LOGGERS):
+            return
         try:
             level: str | int = logger.level(record.levelname).name
         except ValueError:
@@ -71,9 +80,12 @@ def setup(app_level: str = "INFO", kafka_level: str = "WARNING", fmt: str = "tex
             colorize=None,
         )
     logger.configure(extra={"prefix": ""}, patcher=_prefix)
-    logging.basicConfig(handlers=[_InterceptHandler()], level=logging.WARNING, force=True)
+    intercept = _InterceptHandler()
+    intercept.kafka_level = _STDLIB_LEVELS[kafka_level]
+    logging.basicConfig(handlers=[intercept], level=logging.WARNING, force=True)
+    # Client loggers pass errors on even when quieter, so a failed start can be explained.
     for name in _KAFKA_LOGGERS:
-        logging.getLogger(name).setLevel(kafka_level)
+        logging.getLogger(name).setLevel(min(intercept.kafka_level, logging.ERROR))
     logging.getLogger("aiokafka").addHandler(_LastError(level=logging.ERROR))
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from grpclib.client import Channel
 from grpclib.config import Configuration
+from grpclib.const import Cardinality
 from loguru import logger
 
 from dataflow.proto.seldon.mlops.chainer import (
@@ -24,6 +25,7 @@ from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessagePipelineOperation as Op,
 )
 
+SUBSCRIBE_PATH = "/seldon.mlops.chainer.Chainer/SubscribePipelineUpdates"
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
 ACK_ATTEMPTS = 5
@@ -70,17 +72,20 @@ class Subscriber:
         while True:
             try:
                 logger.info("subscribing to scheduler {} as {}", self._target, self.name)
-                stream = self._stub.subscribe_pipeline_updates(
-                    PipelineSubscriptionRequest(name=self.name)
-                )
-                first = True
-                async for message in stream:
-                    if first:
-                        self.connected = True
-                        self.subscriptions += 1
-                        failures = 0
-                        first = False
-                    self.on_update(message)
+                async with self._channel.request(
+                    SUBSCRIBE_PATH,
+                    Cardinality.UNARY_STREAM,
+                    PipelineSubscriptionRequest,
+                    PipelineUpdateMessage,
+                ) as stream:
+                    await stream.send_message(PipelineSubscriptionRequest(name=self.name), end=True)
+                    # The request reached the scheduler over a live connection: the stream is up,
+                    # even if no pipeline is sent for a while.
+                    self.connected = True
+                    self.subscriptions += 1
+                    failures = 0
+                    async for message in stream:
+                        self.on_update(message)
                 logger.info("scheduler stream ended; resubscribing")
             except asyncio.CancelledError:
                 raise
