@@ -1,11 +1,11 @@
-"""Operations: probes, metrics, SASL, JSON logs, on a private broker this module starts and stops."""
+"""Operations: probes, metrics, SASL, JSON logs; on a private broker that this module runs."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -204,7 +204,7 @@ async def test_probes_and_metrics_then_liveness_without_broker(
         broker.run("stop")
         for _ in range(6):
             assert get(base + "/live")[0] == 200
-            time.sleep(0.5)
+            await asyncio.sleep(0.5)
     finally:
         code = eng.stop()
         proxy.stop()
