@@ -474,7 +474,10 @@ def convert(
                     end = pos + ln
                     if end > ve:
                         raise _malformed("tensor field runs past the end of the tensor", tfs)
-                    if kind == 2:  # datatype
+                    # after the head, shape, parameters and contents are what is left
+                    if kind == 4:  # contents
+                        has_contents = True
+                    elif kind == 2:  # datatype
                         ds = pos
                         de = end
                     elif kind == 1:  # name
@@ -482,8 +485,6 @@ def convert(
                         nfs = tfs
                         ns = pos
                         ne = end
-                    elif kind == 4:  # contents
-                        has_contents = True
                     pos = end
                 else:
                     field, wt, fvs, pos = _slow_field(value, pos, ve, "tensor")
@@ -543,6 +544,8 @@ def convert(
         raise _malformed("truncated field", fs) from None
     if not kept:
         return None
+    if not out and not kept_raw:  # one unchanged run: a single slice, no join
+        return value[rs:re]
     if re > rs:
         out.append(src[rs:re])
     for idx in kept_raw:
