@@ -24,6 +24,9 @@ from dataflow.settings import Settings
 from dataflow.subscriber import Subscriber
 from dataflow.topology import TopologyError, topology_from
 
+#: Seconds before a pipeline that failed at run time is rebuilt.
+RESTART_DELAY = 5.0
+
 
 class Engine:
     """The data-flow engine of one replica."""
@@ -164,7 +167,12 @@ class Engine:
             self._ack(message, Op.Create, False, f"kafka topic creation error: {exc}")
             return
         pipeline = Pipeline(
-            topology, self.settings, self.producer, self.ensure_topic, self._on_failure
+            topology,
+            self.settings,
+            self.producer,
+            self.ensure_topic,
+            self._on_failure,
+            self._on_status,
         )
         self.pipelines[uid] = pipeline
         try:
@@ -196,9 +204,32 @@ class Engine:
         self._ack(message, Op.Delete, True, "pipeline removed")
 
     def _on_failure(self, pipeline: Pipeline, reason: str) -> None:
+        uid = pipeline.topology.uid
+        latest = self._latest.get(uid)
+        if latest is None or self.pipelines.get(uid) is not pipeline:
+            return
+        self._ack(latest, Op.Ready, False, reason)
+        # Unlike the reference, a pipeline that failed at run time is rebuilt after a pause;
+        # its uncommitted records replay. A newer command for the uid wins over the restart.
+        delay = RESTART_DELAY
+        logger.warning("pipeline {} failed; restarting in {}s", pipeline.topology.name, delay)
+        asyncio.get_running_loop().call_later(delay, self._restart, uid, pipeline)
+
+    def _restart(self, uid: str, pipeline: Pipeline) -> None:
+        latest = self._latest.get(uid)
+        if self.pipelines.get(uid) is not pipeline or latest is None or uid in self._pending:
+            return
+        if latest.op == Op.Create:
+            self._on_update(latest)
+
+    def _on_status(self, pipeline: Pipeline, ready: bool) -> None:
         latest = self._latest.get(pipeline.topology.uid)
-        if latest is not None and self.pipelines.get(pipeline.topology.uid) is pipeline:
-            self._ack(latest, Op.Ready, False, reason)
+        if latest is None or self.pipelines.get(pipeline.topology.uid) is not pipeline:
+            return
+        if ready:
+            self._ack(latest, Op.Ready, True, READY)
+        else:
+            self._ack(latest, Op.Rebalance, True, "pipeline data streams: rebalancing")
 
     # -- topics -----------------------------------------------------------------------------
 

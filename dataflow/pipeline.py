@@ -27,6 +27,8 @@ class Pipeline:
         producer: the engine's shared producer.
         ensure_topic: creates a topic on demand (the default error topic).
         on_failure: called once with the reason when a step can no longer deliver.
+        on_status: called with False when a rebalance starts after creation, True when every
+            step owns its partitions again.
     """
 
     def __init__(
@@ -36,11 +38,15 @@ class Pipeline:
         producer: AIOKafkaProducer,
         ensure_topic: Callable[[str], Awaitable[None]],
         on_failure: Callable[[Pipeline, str], None],
+        on_status: Callable[[Pipeline, bool], None] | None = None,
     ) -> None:
         self.topology = topology
         self.settings = settings
         self.failed: str | None = None
         self._on_failure = on_failure
+        self._on_status = on_status or (lambda p, ready: None)
+        self._started = False
+        self._rebalancing = False
         error_topic = topology.error_topic or settings.kafka_default_error_topic
         guard = StepStages.guard_for(topology)
         self.steps = [
@@ -52,6 +58,7 @@ class Pipeline:
                 error_topic,
                 ensure_topic,
                 guard,
+                self._rebalanced,
             )
             for spec in topology.steps
         ]
@@ -85,6 +92,18 @@ class Pipeline:
         await asyncio.wait_for(
             asyncio.gather(*(step.assigned.wait() for step in self.steps)), timeout
         )
+        self._started = True
+
+    def _rebalanced(self) -> None:
+        """A step lost or got partitions: report Rebalance, then Ready once all own theirs."""
+        if not self._started or self.failed is not None:
+            return
+        if not self.assigned and not self._rebalancing:
+            self._rebalancing = True
+            self._on_status(self, False)
+        elif self.assigned and self._rebalancing:
+            self._rebalancing = False
+            self._on_status(self, True)
 
     def _step_done(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():

@@ -17,7 +17,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from loguru import logger
 
 from dataflow import headers as hdr
@@ -71,6 +71,7 @@ class Step:
         error_topic: where records that cannot be converted go.
         ensure_topic: creates a topic on demand (the default error topic).
         guard: the pipeline's shared revisit guard, when cycles are allowed.
+        on_rebalance: called when the step loses or gets its partitions.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class Step:
         error_topic: str,
         ensure_topic: Callable[[str], Awaitable[None]],
         guard: RevisitGuard | None = None,
+        on_rebalance: Callable[[], None] | None = None,
     ) -> None:
         self.topology = topology
         self.spec = spec
@@ -90,6 +92,7 @@ class Step:
         self.error_topic = error_topic
         self.ensure_topic = ensure_topic
         self.stats = StepStats()
+        self._on_rebalance = on_rebalance or (lambda: None)
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
         self.stages = StepStages(spec, topology.output_topic, guard, self._hold)
         self.assigned = asyncio.Event()
@@ -223,9 +226,18 @@ class Step:
         partition = (
             partition_for(output.key, self._sink_partitions) if topic == self.spec.sink else 0
         )
-        future = await self.producer.send(
-            topic, output.value, key=output.key, partition=partition, headers=headers
-        )
+        try:
+            future = await self.producer.send(
+                topic, output.value, key=output.key, partition=partition, headers=headers
+            )
+        except MessageSizeTooLargeError as exc:
+            for ref in output.contributors:
+                self.tracker.release(ref.tp, ref.offset)
+            if topic == self.error_topic:
+                raise StepFailed(f"cannot deliver to {topic}: {exc}") from exc
+            reason = f"output of {len(output.value)} bytes to {topic} is too large: {exc}"
+            await self._send_error(output.origin, reason, output.contributors)
+            return
         self.stats.records_out += 1
         future.add_done_callback(partial(self._on_ack, topic, output, extra, attempt))
 
@@ -286,7 +298,12 @@ class Step:
         offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
         if not offsets:
             return
-        await self.consumer.commit(offsets)
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:
+            # A rebalance is under way: the revoke handler commits, or the records replay.
+            self.log.warning("commit failed, will retry: {}", exc)
+            return
         self.tracker.mark_committed(offsets)
 
     def lag(self) -> dict[TopicPartition, int]:
@@ -314,14 +331,17 @@ class Step:
             self.log.warning("commit on revoke failed: {}", exc)
         for tp in revoked:
             self.tracker.forget(tp)
+            self._positions.pop(tp, None)
         # Held records of revoked partitions are uncommitted: their next owner replays them.
         self.stages.reset()
         self.assigned.clear()
+        self._on_rebalance()
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Mark the step ready once it owns partitions."""
         self.log.debug("assigned {}", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
         self.assigned.set()
+        self._on_rebalance()
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

@@ -178,6 +178,41 @@ async def test_poison_pill_goes_to_error_topic(tmp_path: Path, bootstrap: str, u
     assert [r.value.decode() for r in bad] == reasons
 
 
+async def test_two_replicas_share_partitions(tmp_path: Path, bootstrap: str, unique: str) -> None:
+    ns, name = f"rp{unique}", f"rp-{unique}"
+    src, sink = f"seldon.{ns}.model.a.outputs", f"seldon.{ns}.model.b.inputs"
+    path = write(tmp_path, name, f"steps:\n  - sources: [{src}]\n    sink: {sink}\n")
+    await create_topics(bootstrap, src, sink, partitions=2)
+    proxy = Proxy(tmp_path).start(path)
+    engines = [engine(tmp_path, bootstrap, proxy, name=n) for n in ("engine-a", "engine-b")]
+    try:
+        # Both engines acked Create, whatever rebalances happened in between.
+        for _ in range(300):
+            p = proxy.pipeline(name) or {}
+            streams = p.get("streams", {})
+            if p.get("state") == "Ready" and all(
+                streams.get(n, {}).get("success") for n in ("engine-a", "engine-b")
+            ):
+                break
+            await asyncio.sleep(0.2)
+        records = [
+            (f"{i % 2}.{name}.{i}".encode(), response(str(i)), header(name)) for i in range(400)
+        ]
+        await produce(bootstrap, src, records)
+        out = await consume(bootstrap, sink, 400, timeout=60)
+    finally:
+        codes = [e.stop() for e in engines]
+        proxy.stop()
+    assert codes == [0, 0]
+    assert {ModelInferRequest().parse(r.value).id for r in out} == {str(i) for i in range(400)}
+    # The key's numeric prefix picks the output partition (spec 4.12).
+    assert all(r.partition == int(r.key.split(b".")[0]) for r in out)
+    logs = engines[0].output() + engines[1].output()
+    assert "assigned ['" in engines[0].output() and "assigned ['" in engines[1].output(), logs[
+        -2000:
+    ]
+
+
 async def test_sigterm_mid_stream_loses_nothing(
     tmp_path: Path, bootstrap: str, unique: str
 ) -> None:
