@@ -1,0 +1,459 @@
+#!/usr/bin/env python3
+"""Send one request to a pipeline over Kafka and print its answer, like `seldon pipeline infer`.
+
+Writes a ModelInferRequest to `<prefix>.<ns>.pipeline.<pipeline>.inputs` with key
+`0.<pipeline>.<id>` and headers `pipeline: <pipeline>`, `x-request-id: <id>` (the gateway's
+conventions, spec 4.9), then reads `<prefix>.<ns>.pipeline.<pipeline>.outputs` from its end offsets
+taken before sending (no consumer group) until the record with that key (or `x-request-id`)
+arrives. Exit 0 with the response printed (one line, or JSON with --json), 1 when the answer is
+an error (header `seldon-pipeline-errors`) or undecodable, 2 on timeout.
+
+    python scripts/infer.py tfsimples --tensor INPUT0:INT32:1,4:1,2,3,4 --json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import struct
+import sys
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from dataflow.proto.inference import (
+    InferTensorContents,
+    ModelInferRequest,
+    ModelInferRequestInferInputTensor,
+    ModelInferResponse,
+    ModelInferResponseInferOutputTensor,
+)
+
+ERRORS_HEADER = "seldon-pipeline-errors"
+DEFAULT_TENSOR = "INPUT0:FP32:1,4:1,2,3,4"
+
+# datatype -> InferTensorContents field holding its values (FP16 travels in fp32_contents).
+CONTENTS_FIELDS: dict[str, str] = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP16": "fp32_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
+
+# datatype -> struct code of one little-endian raw element (BYTES: length-prefixed elements).
+RAW_CODES: dict[str, str] = {
+    "BOOL": "?",
+    "INT8": "b",
+    "INT16": "h",
+    "INT32": "i",
+    "INT64": "q",
+    "UINT8": "B",
+    "UINT16": "H",
+    "UINT32": "I",
+    "UINT64": "Q",
+    "FP16": "e",
+    "FP32": "f",
+    "FP64": "d",
+}
+
+Value = bool | int | float | str | bytes
+
+
+# -- requests ----------------------------------------------------------------------------------
+
+
+def _value(text: str, datatype: str) -> Value:
+    """One element of a --tensor flag, checked against the datatype's range."""
+    if datatype == "BYTES":
+        return text.encode()
+    if datatype == "BOOL":
+        lowered = text.strip().lower()
+        if lowered in ("true", "1"):
+            return True
+        if lowered in ("false", "0"):
+            return False
+        raise ValueError(f"not a BOOL value: {text!r}")
+    code = RAW_CODES[datatype]
+    if code in "efd":
+        return float(text)
+    number = int(text)
+    bits = 8 * struct.calcsize(code)
+    low, high = (
+        (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if code.islower() else (0, (1 << bits) - 1)
+    )
+    if not low <= number <= high:
+        raise ValueError(f"{number} is out of range for {datatype}")
+    return number
+
+
+def parse_tensor(spec: str) -> ModelInferRequestInferInputTensor:
+    """A request tensor from `NAME:DATATYPE:SHAPE:VALUES`, e.g. `INPUT0:FP32:1,4:1,2,3,4`.
+
+    SHAPE and VALUES are comma-separated (an empty SHAPE is a scalar); the number of values must
+    be the shape's element count. BOOL values are true/false/1/0; BYTES values are UTF-8 text
+    (everything after the third `:`, split on commas).
+
+    Raises:
+        ValueError: A malformed flag, unknown datatype, bad value or wrong value count.
+    """
+    parts = spec.split(":", 3)
+    if len(parts) != 4 or not parts[0]:
+        raise ValueError(f"expected NAME:DATATYPE:SHAPE:VALUES, got {spec!r}")
+    name, datatype, shape_text, values_text = parts
+    datatype = datatype.upper()
+    if datatype not in CONTENTS_FIELDS:
+        raise ValueError(f"unknown datatype {datatype!r} in {spec!r}")
+    try:
+        shape = [int(d) for d in shape_text.split(",")] if shape_text else []
+    except ValueError:
+        raise ValueError(f"bad shape {shape_text!r} in {spec!r}") from None
+    if any(d < 0 for d in shape):
+        raise ValueError(f"negative dimension in shape {shape_text!r} of {spec!r}")
+    texts = values_text.split(",") if values_text else []
+    if len(texts) != math.prod(shape):
+        raise ValueError(
+            f"tensor {name!r} of shape {shape} needs {math.prod(shape)} values, got {len(texts)}"
+        )
+    try:
+        values = [_value(t, datatype) for t in texts]
+    except ValueError as e:
+        raise ValueError(f"tensor {name!r}: {e}") from None
+    contents = InferTensorContents()
+    setattr(contents, CONTENTS_FIELDS[datatype], values)
+    return ModelInferRequestInferInputTensor(
+        name=name, datatype=datatype, shape=shape, contents=contents
+    )
+
+
+def encode_raw(datatype: str, values: Sequence[Any]) -> bytes:
+    """Values as one raw-contents blob, little-endian (BYTES: 4-byte length then the bytes)."""
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(v)) + bytes(v) for v in values)
+    return struct.pack(f"<{len(values)}{RAW_CODES[datatype]}", *values)
+
+
+def decode_raw(datatype: str, blob: bytes) -> list[Value]:
+    """The elements of a raw-contents blob of `datatype`.
+
+    Raises:
+        ValueError: The blob does not hold whole elements of the datatype.
+    """
+    if datatype == "BYTES":
+        out: list[Value] = []
+        pos = 0
+        while pos < len(blob):
+            if pos + 4 > len(blob):
+                raise ValueError(f"truncated BYTES length at byte {pos}")
+            (n,) = struct.unpack_from("<I", blob, pos)
+            if pos + 4 + n > len(blob):
+                raise ValueError(f"BYTES element of {n} bytes at byte {pos} runs past the end")
+            out.append(blob[pos + 4 : pos + 4 + n])
+            pos += 4 + n
+        return out
+    code = RAW_CODES.get(datatype)
+    if code is None:
+        raise ValueError(f"unknown datatype {datatype!r}")
+    width = struct.calcsize(code)
+    if len(blob) % width:
+        raise ValueError(f"{len(blob)} bytes are not whole {datatype} elements of {width} bytes")
+    if code == "?":
+        return [b != 0 for b in blob]
+    return list(struct.unpack(f"<{len(blob) // width}{code}", blob))
+
+
+@dataclass(frozen=True)
+class Request:
+    """One pipeline request as the gateway writes it."""
+
+    id: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+
+
+def build_request(
+    pipeline: str,
+    tensors: Sequence[ModelInferRequestInferInputTensor],
+    request_id: str | None = None,
+    raw: bool = False,
+    headers: Sequence[tuple[str, str]] = (),
+) -> Request:
+    """The record for a request to `pipeline` (gateway conventions, spec 4.9).
+
+    Args:
+        pipeline: Pipeline name.
+        tensors: Input tensors with their values in `contents`.
+        request_id: Request id; a random UUID when None or empty.
+        raw: Send the values as raw input contents instead of `contents`.
+        headers: Extra headers, names lower-cased, before `pipeline` and `x-request-id`.
+
+    Returns:
+        Key `0.<pipeline>.<id>`, the encoded ModelInferRequest and the headers.
+    """
+    rid = request_id or str(uuid.uuid4())
+    inputs = list(tensors)
+    raws: list[bytes] = []
+    if raw:
+        converted = []
+        for t in inputs:
+            values = getattr(t.contents, CONTENTS_FIELDS[t.datatype])
+            raws.append(encode_raw(t.datatype, values))
+            converted.append(
+                ModelInferRequestInferInputTensor(
+                    name=t.name, datatype=t.datatype, shape=list(t.shape), parameters=t.parameters
+                )
+            )
+        inputs = converted
+    request = ModelInferRequest(id=rid, inputs=inputs, raw_input_contents=raws)
+    own = {"pipeline", "x-request-id"}
+    record_headers = [(k.lower(), v.encode()) for k, v in headers if k.lower() not in own]
+    record_headers += [("pipeline", pipeline.encode()), ("x-request-id", rid.encode())]
+    return Request(rid, f"0.{pipeline}.{rid}".encode(), bytes(request), record_headers)
+
+
+# -- responses ---------------------------------------------------------------------------------
+
+
+def tensor_values(
+    tensor: ModelInferResponseInferOutputTensor, raw: bytes | None = None
+) -> list[Value]:
+    """The elements of an output tensor, from its raw contents when given, else `contents`."""
+    if raw is not None:
+        datatype = tensor.datatype
+        shape = list(tensor.shape)
+        # FP16 raw contents may be 4-byte floats (the engine's raw conversion, spec 4.6).
+        if datatype == "FP16" and all(d >= 0 for d in shape) and len(raw) == 4 * math.prod(shape):
+            datatype = "FP32"
+        return decode_raw(datatype, raw)
+    field = CONTENTS_FIELDS.get(tensor.datatype)
+    if field is None:
+        raise ValueError(f"unknown datatype {tensor.datatype!r}")
+    return list(getattr(tensor.contents, field))
+
+
+def _f32(value: float) -> float:
+    """The shortest float that reads back as the same 4-byte float."""
+    if not math.isfinite(value):
+        return value
+    packed = struct.pack("<f", value)
+    for digits in range(6, 10):
+        short = float(f"{value:.{digits}g}")
+        if struct.pack("<f", short) == packed:
+            return short
+    return value
+
+
+def _jsonable(value: Value, datatype: str) -> Any:
+    if isinstance(value, bytes):
+        return value.decode(errors="backslashreplace")
+    if isinstance(value, float) and datatype in ("FP16", "FP32"):
+        return _f32(value)
+    return value
+
+
+def outputs(response: ModelInferResponse) -> list[dict[str, Any]]:
+    """Name, datatype, shape and decoded values (`data`) of every output tensor."""
+    raws = response.raw_output_contents
+    result = []
+    for i, tensor in enumerate(response.outputs):
+        entry: dict[str, Any] = {
+            "name": tensor.name,
+            "datatype": tensor.datatype,
+            "shape": list(tensor.shape),
+        }
+        try:
+            values = tensor_values(tensor, raws[i] if i < len(raws) else None)
+            entry["data"] = [_jsonable(v, tensor.datatype) for v in values]
+        except ValueError as e:
+            entry["error"] = str(e)
+        result.append(entry)
+    return result
+
+
+def render_json(response: ModelInferResponse) -> str:
+    """The response as JSON: model_name, id, outputs with name, datatype, shape and data."""
+    body = {"model_name": response.model_name, "id": response.id, "outputs": outputs(response)}
+    return json.dumps(body)
+
+
+def render_text(response: ModelInferResponse) -> str:
+    """The response on one line: `id=... model=... NAME DATATYPE[shape]=[values] ...`."""
+    parts = [f"id={response.id}", f"model={response.model_name}"]
+    for entry in outputs(response):
+        shape = ",".join(str(d) for d in entry["shape"])
+        values = json.dumps(entry["data"]) if "data" in entry else f"<{entry['error']}>"
+        parts.append(f"{entry['name']} {entry['datatype']}[{shape}]={values}")
+    return " ".join(parts)
+
+
+def is_answer(record: ConsumerRecord[bytes, bytes], request: Request) -> bool:
+    """Whether a pipeline-outputs record answers `request` (same key, or same x-request-id)."""
+    if record.key == request.key:
+        return True
+    return any(k == "x-request-id" and v == request.id.encode() for k, v in record.headers)
+
+
+def error_of(record: ConsumerRecord[bytes, bytes]) -> str | None:
+    """`<header value>: <payload text>` when the record carries `seldon-pipeline-errors`."""
+    for k, v in record.headers:
+        if k == ERRORS_HEADER:
+            text = (record.value or b"").decode(errors="replace")
+            return f"{v.decode(errors='replace')}: {text}"
+    return None
+
+
+# -- Kafka -------------------------------------------------------------------------------------
+
+
+def topic_names(prefix: str, namespace: str, pipeline: str) -> tuple[str, str]:
+    """(inputs, outputs) topics of `pipeline` (spec 3.1)."""
+    base = f"{prefix}.{namespace}.pipeline.{pipeline}"
+    return f"{base}.inputs", f"{base}.outputs"
+
+
+async def ensure_topics(
+    bootstrap: str, names: Sequence[str], partitions: int, timeout: float = 30
+) -> dict[str, int]:
+    """Create the topics that do not exist; wait until all are described.
+
+    Returns:
+        The partition count of every topic.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in dict.fromkeys(names) if n not in existing]
+        if missing:
+            # Per-topic errors (e.g. created meanwhile by someone else) show in the wait below.
+            await admin.create_topics([NewTopic(n, partitions, 1) for n in missing])
+        deadline = time.monotonic() + timeout
+        while True:
+            described = await admin.describe_topics(list(names))
+            counts = {
+                d["topic"]: len(d["partitions"])
+                for d in described
+                if d["error_code"] == 0 and d["partitions"]
+            }
+            if all(n in counts for n in names):
+                return counts
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topics not available after {timeout}s: {described}")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+async def infer(args: argparse.Namespace, request: Request) -> int:
+    inputs, outputs_topic = topic_names(args.prefix, args.namespace, args.pipeline)
+    counts = await ensure_topics(args.bootstrap_servers, [inputs, outputs_topic], args.partitions)
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=args.bootstrap_servers, group_id=None, enable_auto_commit=False
+    )
+    producer = AIOKafkaProducer(bootstrap_servers=args.bootstrap_servers, acks="all")
+    await consumer.start()
+    try:
+        tps = [TopicPartition(outputs_topic, p) for p in range(counts[outputs_topic])]
+        consumer.assign(tps)
+        for tp, offset in (await consumer.end_offsets(tps)).items():
+            consumer.seek(tp, offset)
+        await producer.start()
+        try:
+            await producer.send_and_wait(
+                inputs, request.value, key=request.key, partition=0, headers=request.headers
+            )
+        finally:
+            await producer.stop()
+        deadline = time.monotonic() + args.timeout
+        while (remaining := deadline - time.monotonic()) > 0:
+            batch = await consumer.getmany(timeout_ms=max(1, int(min(remaining, 0.2) * 1000)))
+            for record in (r for records in batch.values() for r in records):
+                if is_answer(record, request):
+                    return answer(record, args.json)
+    finally:
+        await consumer.stop()
+    print(
+        f"timed out after {args.timeout}s waiting for the answer to {request.id} on"
+        f" {outputs_topic}",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def answer(record: ConsumerRecord[bytes, bytes], as_json: bool) -> int:
+    """Print the answer record; returns the exit code."""
+    error = error_of(record)
+    if error is not None:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    try:
+        response = ModelInferResponse().parse(record.value or b"")
+    except Exception as e:  # betterproto raises assorted errors on bad input
+        print(f"error: cannot decode the response: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1
+    print(render_json(response) if as_json else render_text(response))
+    return 0
+
+
+def _header(value: str) -> tuple[str, str]:
+    name, sep, text = value.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {value!r}")
+    return name, text
+
+
+def _tensor(value: str) -> ModelInferRequestInferInputTensor:
+    try:
+        return parse_tensor(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("pipeline", help="pipeline name")
+    p.add_argument("--namespace", default="default")
+    p.add_argument("--prefix", default="seldon", help="topic prefix")
+    p.add_argument("--bootstrap-servers", default="localhost:9092")
+    p.add_argument(
+        "--tensor",
+        type=_tensor,
+        action="append",
+        default=[],
+        metavar="NAME:DATATYPE:SHAPE:VALUES",
+        help=f"input tensor (repeatable; default {DEFAULT_TENSOR})",
+    )
+    p.add_argument("--raw", action="store_true", help="send values as raw input contents")
+    p.add_argument("--header", type=_header, action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--id", default="", help="request id (default a random UUID)")
+    p.add_argument("--timeout", type=float, default=30, help="seconds to wait for the answer")
+    p.add_argument("--partitions", type=int, default=1, help="partitions of created topics")
+    p.add_argument("--json", action="store_true", help="print the response as JSON")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    tensors = args.tensor or [parse_tensor(DEFAULT_TENSOR)]
+    request = build_request(args.pipeline, tensors, args.id, args.raw, args.header)
+    sys.exit(asyncio.run(infer(args, request)))
+
+
+if __name__ == "__main__":
+    main()
