@@ -32,16 +32,43 @@ from tests.integration.harness import (
 pytestmark = pytest.mark.kafka
 
 
+def make_certs(folder: Path) -> None:
+    """A CA, a broker and a client certificate for 127.0.0.1 (PEM, PKCS#8 keys)."""
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out",
+            "ca.pem", "-days", "2", "-subj", "/CN=dataflow-test-ca")  # fmt: skip
+    (folder / "san.cnf").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    for name in ("broker", "client"):
+        openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", f"{name}.raw.key", "-out",
+                f"{name}.csr", "-subj", f"/CN={name}")  # fmt: skip
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                "-CAcreateserial", "-out", f"{name}.crt", "-days", "2",
+                "-extfile", "san.cnf")  # fmt: skip
+        openssl("pkcs8", "-topk8", "-nocrypt", "-in", f"{name}.raw.key", "-out", f"{name}.key")
+    (folder / "broker.pem").write_text(
+        (folder / "broker.key").read_text() + (folder / "broker.crt").read_text()
+    )
+
+
 class Broker:
-    """A second broker of `scripts/kafka`, with a SASL_PLAINTEXT listener (user seldon)."""
+    """A second broker of `scripts/kafka`, with SASL_PLAINTEXT (user alice) and mTLS listeners."""
 
     def __init__(self, folder: Path) -> None:
-        self.port, self.sasl_port = free_port(), free_port()
+        self.port, self.sasl_port, self.ssl_port = free_port(), free_port(), free_port()
+        self.certs = folder / "certs"
+        self.certs.mkdir()
+        make_certs(self.certs)
         self.env = dict(
             os.environ,
-            KAFKA_DIR=str(folder),
+            KAFKA_DIR=str(folder / "kafka"),
             KAFKA_PORT=str(self.port),
             KAFKA_SASL_PORT=str(self.sasl_port),
+            KAFKA_SSL_PORT=str(self.ssl_port),
+            KAFKA_SSL_KEYSTORE=str(self.certs / "broker.pem"),
+            KAFKA_SSL_TRUSTSTORE=str(self.certs / "ca.pem"),
             KAFKA_HEAP="256m",
         )
 
@@ -62,8 +89,9 @@ class Broker:
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     b = Broker(tmp_path_factory.mktemp("broker"))
-    if b.port + 1 == b.sasl_port:  # the controller listens on port + 1
-        b.sasl_port = free_port()
+    while b.port + 1 in (b.sasl_port, b.ssl_port):  # the controller listens on port + 1
+        b.port = free_port()
+        b.env["KAFKA_PORT"] = str(b.port)
     b.run("start")
     yield b
     b.run("stop")
@@ -135,6 +163,34 @@ async def test_sasl_plain_pipeline_and_json_logs(
         0,
         "rid-42",
     )
+
+
+async def test_mutual_tls(tmp_path: Path, broker: Broker, unique: str) -> None:
+    name, src, sink = (
+        f"tls-{unique}",
+        f"seldon.t{unique}.model.a.outputs",
+        f"seldon.t{unique}.model.b.inputs",
+    )
+    await create_topics(broker.plain, src)
+    await produce(broker.plain, src, [(b"k", response("tls"), [("pipeline", name.encode())])])
+    proxy = Proxy(tmp_path).start(pipeline(tmp_path, name, src, sink))
+    eng = engine(
+        tmp_path,
+        f"127.0.0.1:{broker.ssl_port}",
+        proxy,
+        kafka_security_protocol="SSL",
+        kafka_tls_client_ca_path=str(broker.certs / "ca.pem"),
+        kafka_tls_client_cert_path=str(broker.certs / "client.crt"),
+        kafka_tls_client_key_path=str(broker.certs / "client.key"),
+        kafka_tls_endpoint_identification_algorithm="https",
+    )
+    try:
+        out = await consume(broker.plain, sink, 1, timeout=60)
+    finally:
+        code = eng.stop()
+        proxy.stop()
+    assert code == 0
+    assert [r.key for r in out] == [b"k"]
 
 
 def test_wrong_sasl_password_is_one_clear_line(tmp_path: Path, broker: Broker) -> None:
