@@ -36,6 +36,8 @@ _TRIGGER_CHAIN = ChainType.OUTPUT_INPUT
 COMMIT_INTERVAL = 0.2
 #: Attempts to send one output before the step is reported failed.
 SEND_ATTEMPTS = 5
+#: Retry marker of an output the broker refused as too large (it goes to the error topic).
+TOO_LARGE = -1
 
 
 def partition_for(key: bytes | None, partitions: int) -> int:
@@ -109,7 +111,7 @@ class Step:
         self._sink_partitions = 1
         self._stopping = asyncio.Event()
         self._failure: StepFailed | None = None
-        self._retries: list[tuple[str, Output[Ref], Headers, int]] = []
+        self._retries: list[tuple[str, Output[Ref], Headers, int, str]] = []
         self._last_commit = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -250,13 +252,18 @@ class Step:
         future: asyncio.Future[Any],
     ) -> None:
         if future.cancelled() or future.exception() is not None:
-            reason = "cancelled" if future.cancelled() else repr(future.exception())
-            if attempt >= SEND_ATTEMPTS:
+            exc = None if future.cancelled() else future.exception()
+            reason = "cancelled" if exc is None else repr(exc)
+            if isinstance(exc, MessageSizeTooLargeError) and topic != self.error_topic:
+                # The broker refuses this record for good: it goes to the error topic instead.
+                why = f"output of {len(output.value)} bytes refused by {topic}: {exc}"
+                self._retries.append((topic, output, extra, TOO_LARGE, why))
+            elif attempt >= SEND_ATTEMPTS:
                 self._failure = StepFailed(f"cannot deliver to {topic}: {reason}")
             else:
                 self.stats.send_failures += 1
                 self.log.warning("send to {} failed (attempt {}): {}", topic, attempt, reason)
-                self._retries.append((topic, output, extra, attempt + 1))
+                self._retries.append((topic, output, extra, attempt + 1, reason))
             # The contributors stay held: their offsets are not committed.
             return
         self.stats.acked += 1
@@ -266,11 +273,45 @@ class Step:
 
     async def _resend(self) -> None:
         retries, self._retries = self._retries, []
-        for topic, output, extra, attempt in retries:
+        for topic, output, extra, attempt, reason in retries:
             for ref in output.contributors:
                 self.tracker.release(ref.tp, ref.offset)
+            if attempt == TOO_LARGE:
+                await self._send_alone(topic, output, extra, reason)
+                continue
             await asyncio.sleep(0.1 * attempt)
             await self._send(topic, output, extra, attempt)
+
+    async def _send_alone(self, topic: str, output: Output[Ref], extra: Headers, why: str) -> None:
+        """Send one output in a batch of its own; to the error topic if it is still refused.
+
+        The broker refuses a whole record batch that is too large, so a record is refused for
+        good only when it is refused alone.
+        """
+        for ref in output.contributors:
+            self.tracker.hold(ref.tp, ref.offset)
+        headers = hdr.rewrite(output.origin.headers, self.topology.name, self.topology.version)
+        headers.extend(extra)
+        partition = partition_for(output.key, self._sink_partitions)
+        try:
+            await self.producer.flush()
+            await self.producer.send_and_wait(
+                topic, output.value, key=output.key, partition=partition, headers=headers
+            )
+        except MessageSizeTooLargeError:
+            for ref in output.contributors:
+                self.tracker.release(ref.tp, ref.offset)
+            await self._send_error(output.origin, why, output.contributors)
+            return
+        except KafkaError as exc:
+            for ref in output.contributors:
+                self.tracker.release(ref.tp, ref.offset)
+            await self._send(topic, output, extra, attempt=2)
+            self.log.warning("send to {} failed: {}", topic, exc)
+            return
+        self.stats.acked += 1
+        for ref in output.contributors:
+            self.tracker.release(ref.tp, ref.offset)
 
     async def _send_error(self, ref: Ref, reason: str, contributors: tuple[Ref, ...] = ()) -> None:
         self.stats.errors += 1

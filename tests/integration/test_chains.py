@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from dataflow.proto.inference import (
     InferTensorContents,
@@ -176,6 +177,56 @@ async def test_poison_pill_goes_to_error_topic(tmp_path: Path, bootstrap: str, u
     assert "malformed" in reasons[0] and "FLOAT" in reasons[1], reasons
     assert all(dict(r.headers)["pipeline"] == name.encode() for r in bad)
     assert [r.value.decode() for r in bad] == reasons
+
+
+async def test_output_refused_by_the_broker_goes_to_error_topic(
+    tmp_path: Path, bootstrap: str, unique: str
+) -> None:
+    ns, name = f"big{unique}", f"big-{unique}"
+    src, sink = f"seldon.{ns}.model.a.outputs", f"seldon.{ns}.model.b.inputs"
+    errors = f"seldon.{ns}.errors.errors"
+    path = write(
+        tmp_path, name, f"errorTopic: {errors}\nsteps:\n  - sources: [{src}]\n    sink: {sink}\n"
+    )
+    await create_topics(bootstrap, src)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:  # the sink takes record batches of at most 400 bytes
+        await admin.create_topics(
+            [NewTopic(sink, 1, 1, topic_configs={"max.message.bytes": "400"})]
+        )
+    finally:
+        await admin.close()
+    big = bytes(
+        ModelInferResponse(
+            id="big",
+            outputs=[
+                ModelInferResponseInferOutputTensor(
+                    name="t", datatype="FP32", shape=[1000],
+                    contents=InferTensorContents(fp32_contents=[1.0] * 1000),
+                )
+            ],
+        )
+    )  # fmt: skip
+    await produce(
+        bootstrap,
+        src,
+        [(b"k-big", big, header(name)), (b"k-small", response("small"), header(name))],
+    )
+    proxy = Proxy(tmp_path).start(path)
+    eng = engine(tmp_path, bootstrap, proxy)
+    try:
+        good = await consume(bootstrap, sink, 1, timeout=30, settle=0.5)
+        bad = await consume(bootstrap, errors, 1, timeout=30, settle=0.5)
+        state = proxy.pipeline(name)
+    finally:
+        code = eng.stop()
+        proxy.stop()
+    assert code == 0
+    assert [r.key for r in good] == [b"k-small"]
+    assert [r.key for r in bad] == [b"k-big"]
+    assert "refused" in dict(bad[0].headers)["seldon-pipeline-errors"].decode()
+    assert state is not None and state["state"] == "Ready"
 
 
 async def test_two_replicas_share_partitions(tmp_path: Path, bootstrap: str, unique: str) -> None:
