@@ -30,7 +30,6 @@ import asyncio
 import base64
 import json
 import os
-import struct
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -45,6 +44,7 @@ from dataflow.proto.inference import (
     ModelInferResponse,
     ModelInferResponseInferOutputTensor,
 )
+from dataflow.tools import CONTENTS_FIELDS, RawError, decode_raw
 from dataflow.topics import (
     DEFAULT_NAMESPACE,
     DEFAULT_PREFIX,
@@ -212,24 +212,6 @@ def resolve(
 
 # --------------------------------------------------------------------------- decoding
 
-# datatype -> (InferTensorContents field, struct code of one little-endian raw element).
-# FP16 is widened into fp32_contents, as the Seldon CLI and engine do.
-_RAW_FORMAT: dict[str, tuple[str, str]] = {
-    "BOOL": ("bool_contents", "?"),
-    "UINT8": ("uint_contents", "B"),
-    "UINT16": ("uint_contents", "H"),
-    "UINT32": ("uint_contents", "I"),
-    "UINT64": ("uint64_contents", "Q"),
-    "INT8": ("int_contents", "b"),
-    "INT16": ("int_contents", "h"),
-    "INT32": ("int_contents", "i"),
-    "INT64": ("int64_contents", "q"),
-    "FP16": ("fp32_contents", "e"),
-    "FP32": ("fp32_contents", "f"),
-    "FP64": ("fp64_contents", "d"),
-}
-_U32 = struct.Struct("<I")
-
 
 class DecodeError(ValueError):
     """A value that is not the expected V2 message, or raw contents that do not fit."""
@@ -280,6 +262,17 @@ def _check_wire(buf: bytes) -> None:
             raise DecodeError(f"field at byte {start} runs past the end ({len(buf)} bytes)")
 
 
+def _raw_problem(exc: RawError, tensor: _Tensor, raw: bytes) -> str:
+    """What is wrong with a tensor's raw contents, worded as `seldon pipeline inspect` does."""
+    if exc.problem == "truncated-length":
+        return "truncated BYTES length"
+    if exc.problem == "past-end":
+        return "BYTES element past the end"
+    if exc.problem == "partial":
+        return f"{len(raw)} raw bytes is not a whole number of {tensor.datatype} elements"
+    return str(exc)
+
+
 def _expand_raw(tensors: Sequence[_Tensor], raws: Sequence[bytes]) -> None:
     """Move raw contents into typed contents, tensor by tensor (in place).
 
@@ -290,30 +283,11 @@ def _expand_raw(tensors: Sequence[_Tensor], raws: Sequence[bytes]) -> None:
         raise DecodeError(f"{len(raws)} raw contents for {len(tensors)} tensors")
     decoded: list[tuple[str, list[Any]]] = []
     for tensor, raw in zip(tensors, raws, strict=True):
-        if tensor.datatype == "BYTES":
-            values: list[Any] = []
-            pos = 0
-            while pos < len(raw):
-                if pos + 4 > len(raw):
-                    raise DecodeError(f"tensor {tensor.name!r}: truncated BYTES length")
-                (size,) = _U32.unpack_from(raw, pos)
-                pos += 4
-                if pos + size > len(raw):
-                    raise DecodeError(f"tensor {tensor.name!r}: BYTES element past the end")
-                values.append(raw[pos : pos + size])
-                pos += size
-            decoded.append(("bytes_contents", values))
-            continue
-        if tensor.datatype not in _RAW_FORMAT:
-            raise DecodeError(f"tensor {tensor.name!r}: unknown datatype {tensor.datatype!r}")
-        field, code = _RAW_FORMAT[tensor.datatype]
-        size = struct.calcsize(code)
-        if len(raw) % size:
-            raise DecodeError(
-                f"tensor {tensor.name!r}: {len(raw)} raw bytes is not a whole number of "
-                f"{tensor.datatype} elements"
-            )
-        decoded.append((field, list(struct.unpack(f"<{len(raw) // size}{code}", raw))))
+        try:
+            values = decode_raw(tensor.datatype, raw)
+        except RawError as exc:
+            raise DecodeError(f"tensor {tensor.name!r}: {_raw_problem(exc, tensor, raw)}") from None
+        decoded.append((CONTENTS_FIELDS[tensor.datatype], values))
     for tensor, (field, values) in zip(tensors, decoded, strict=True):
         contents = InferTensorContents()
         setattr(contents, field, values)

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from dataflow.proto.inference import (
     InferTensorContents,
@@ -35,45 +34,19 @@ from dataflow.proto.inference import (
     ModelInferResponse,
     ModelInferResponseInferOutputTensor,
 )
+from dataflow.tools import (
+    CONTENTS_FIELDS,
+    RAW_CODES,
+    Value,
+    decode_raw,
+    encode_raw,
+    ensure_topics,
+    raw_datatype,
+)
+from dataflow.topics import INPUTS, OUTPUTS, pipeline_topic
 
 ERRORS_HEADER = "seldon-pipeline-errors"
 DEFAULT_TENSOR = "INPUT0:FP32:1,4:1,2,3,4"
-
-# datatype -> InferTensorContents field holding its values (FP16 travels in fp32_contents).
-CONTENTS_FIELDS: dict[str, str] = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP16": "fp32_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
-
-# datatype -> struct code of one little-endian raw element (BYTES: length-prefixed elements).
-RAW_CODES: dict[str, str] = {
-    "BOOL": "?",
-    "INT8": "b",
-    "INT16": "h",
-    "INT32": "i",
-    "INT64": "q",
-    "UINT8": "B",
-    "UINT16": "H",
-    "UINT32": "I",
-    "UINT64": "Q",
-    "FP16": "e",
-    "FP32": "f",
-    "FP64": "d",
-}
-
-Value = bool | int | float | str | bytes
-
 
 # -- requests ----------------------------------------------------------------------------------
 
@@ -141,42 +114,6 @@ def parse_tensor(spec: str) -> ModelInferRequestInferInputTensor:
     )
 
 
-def encode_raw(datatype: str, values: Sequence[Any]) -> bytes:
-    """Values as one raw-contents blob, little-endian (BYTES: 4-byte length then the bytes)."""
-    if datatype == "BYTES":
-        return b"".join(struct.pack("<I", len(v)) + bytes(v) for v in values)
-    return struct.pack(f"<{len(values)}{RAW_CODES[datatype]}", *values)
-
-
-def decode_raw(datatype: str, blob: bytes) -> list[Value]:
-    """The elements of a raw-contents blob of `datatype`.
-
-    Raises:
-        ValueError: The blob does not hold whole elements of the datatype.
-    """
-    if datatype == "BYTES":
-        out: list[Value] = []
-        pos = 0
-        while pos < len(blob):
-            if pos + 4 > len(blob):
-                raise ValueError(f"truncated BYTES length at byte {pos}")
-            (n,) = struct.unpack_from("<I", blob, pos)
-            if pos + 4 + n > len(blob):
-                raise ValueError(f"BYTES element of {n} bytes at byte {pos} runs past the end")
-            out.append(blob[pos + 4 : pos + 4 + n])
-            pos += 4 + n
-        return out
-    code = RAW_CODES.get(datatype)
-    if code is None:
-        raise ValueError(f"unknown datatype {datatype!r}")
-    width = struct.calcsize(code)
-    if len(blob) % width:
-        raise ValueError(f"{len(blob)} bytes are not whole {datatype} elements of {width} bytes")
-    if code == "?":
-        return [b != 0 for b in blob]
-    return list(struct.unpack(f"<{len(blob) // width}{code}", blob))
-
-
 @dataclass(frozen=True)
 class Request:
     """One pipeline request as the gateway writes it."""
@@ -235,12 +172,8 @@ def tensor_values(
 ) -> list[Value]:
     """The elements of an output tensor, from its raw contents when given, else `contents`."""
     if raw is not None:
-        datatype = tensor.datatype
-        shape = list(tensor.shape)
         # FP16 raw contents may be 4-byte floats (the engine's raw conversion, spec 4.6).
-        if datatype == "FP16" and all(d >= 0 for d in shape) and len(raw) == 4 * math.prod(shape):
-            datatype = "FP32"
-        return decode_raw(datatype, raw)
+        return decode_raw(raw_datatype(tensor.datatype, tensor.shape, raw), raw)
     field = CONTENTS_FIELDS.get(tensor.datatype)
     if field is None:
         raise ValueError(f"unknown datatype {tensor.datatype!r}")
@@ -323,41 +256,10 @@ def error_of(record: ConsumerRecord[bytes, bytes]) -> str | None:
 
 def topic_names(prefix: str, namespace: str, pipeline: str) -> tuple[str, str]:
     """(inputs, outputs) topics of `pipeline` (spec 3.1)."""
-    base = f"{prefix}.{namespace}.pipeline.{pipeline}"
-    return f"{base}.inputs", f"{base}.outputs"
-
-
-async def ensure_topics(
-    bootstrap: str, names: Sequence[str], partitions: int, timeout: float = 30
-) -> dict[str, int]:
-    """Create the topics that do not exist; wait until all are described.
-
-    Returns:
-        The partition count of every topic.
-    """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [n for n in dict.fromkeys(names) if n not in existing]
-        if missing:
-            # Per-topic errors (e.g. created meanwhile by someone else) show in the wait below.
-            await admin.create_topics([NewTopic(n, partitions, 1) for n in missing])
-        deadline = time.monotonic() + timeout
-        while True:
-            described = await admin.describe_topics(list(names))
-            counts = {
-                d["topic"]: len(d["partitions"])
-                for d in described
-                if d["error_code"] == 0 and d["partitions"]
-            }
-            if all(n in counts for n in names):
-                return counts
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"topics not available after {timeout}s: {described}")
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
+    return (
+        pipeline_topic(namespace, pipeline, INPUTS, prefix=prefix),
+        pipeline_topic(namespace, pipeline, OUTPUTS, prefix=prefix),
+    )
 
 
 async def infer(args: argparse.Namespace, request: Request) -> int:

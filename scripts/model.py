@@ -29,15 +29,13 @@ import math
 import signal
 import struct
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from dataflow import wire
+from dataflow import tools, wire
 from dataflow.proto.inference import (
     InferTensorContents,
     ModelInferRequest,
@@ -45,41 +43,10 @@ from dataflow.proto.inference import (
     ModelInferResponse,
     ModelInferResponseInferOutputTensor,
 )
+from dataflow.topics import INPUTS, OUTPUTS, errors_topic, model_topic
 
 FUNCTIONS = ("identity", "add", "rename")
 ERRORS_HEADER = "seldon-pipeline-errors"
-
-# datatype -> struct code of one little-endian raw element (numeric datatypes only).
-RAW_CODES: dict[str, str] = {
-    "INT8": "b",
-    "INT16": "h",
-    "INT32": "i",
-    "INT64": "q",
-    "UINT8": "B",
-    "UINT16": "H",
-    "UINT32": "I",
-    "UINT64": "Q",
-    "FP16": "e",
-    "FP32": "f",
-    "FP64": "d",
-}
-
-# datatype -> InferTensorContents field holding its values (FP16 travels in fp32_contents).
-CONTENTS_FIELDS: dict[str, str] = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP16": "fp32_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
 
 _FLOAT_MAX = {"e": 65504.0, "f": 3.4028234663852886e38}
 
@@ -117,40 +84,27 @@ def _add_values(values: Sequence[Any], add: float, code: str) -> list[Any]:
     return [_add_int(v, add, code) for v in values]
 
 
-def _raw_code(tensor: ModelInferRequestInferInputTensor, blob: bytes) -> str:
-    """Struct code of one raw element of a numeric `tensor`.
-
-    FP16 raw contents are 2-byte halves, or 4-byte floats when the blob has exactly 4 bytes
-    per element of the shape (as the engine's raw conversion writes them, spec 4.6).
-    """
-    code = RAW_CODES[tensor.datatype]
-    shape_ok = all(d >= 0 for d in tensor.shape)
-    if code == "e" and blob and shape_ok and len(blob) == 4 * math.prod(tensor.shape):
-        return "f"
-    return code
-
-
 def _add_raw(tensor: ModelInferRequestInferInputTensor, blob: bytes, add: float) -> bytes:
     """Raw contents of `tensor` with `add` added to every element (BYTES, BOOL unchanged)."""
-    if tensor.datatype not in RAW_CODES:
+    if tensor.datatype not in tools.NUMERIC_CODES:
         return blob
-    code = _raw_code(tensor, blob)
+    datatype = tools.raw_datatype(tensor.datatype, tensor.shape, blob)
+    code = tools.RAW_CODES[datatype]
     width = struct.calcsize(code)
     if len(blob) % width:
         raise RequestError(
             f"raw contents of tensor {tensor.name!r} ({tensor.datatype}) have {len(blob)} bytes,"
             f" not a multiple of {width}"
         )
-    fmt = f"<{len(blob) // width}{code}"
-    return struct.pack(fmt, *_add_values(struct.unpack(fmt, blob), add, code))
+    return tools.encode_raw(datatype, _add_values(tools.decode_raw(datatype, blob), add, code))
 
 
 def _add_contents(tensor: ModelInferRequestInferInputTensor, add: float) -> InferTensorContents:
     """A copy of the tensor's contents with `add` added to its numeric values."""
     contents = InferTensorContents().parse(bytes(tensor.contents))
-    if tensor.datatype in RAW_CODES:
-        field = CONTENTS_FIELDS[tensor.datatype]
-        code = "f" if tensor.datatype == "FP16" else RAW_CODES[tensor.datatype]
+    if tensor.datatype in tools.NUMERIC_CODES:
+        field = tools.CONTENTS_FIELDS[tensor.datatype]
+        code = "f" if tensor.datatype == "FP16" else tools.NUMERIC_CODES[tensor.datatype]
         setattr(contents, field, _add_values(getattr(contents, field), add, code))
     return contents
 
@@ -165,7 +119,7 @@ def _parse(request: bytes) -> ModelInferRequest:
     except Exception as e:  # betterproto raises assorted errors on bad input
         raise RequestError(f"cannot decode request: {type(e).__name__}: {e}") from None
     for tensor in parsed.inputs:
-        if tensor.datatype not in CONTENTS_FIELDS:
+        if tensor.datatype not in tools.CONTENTS_FIELDS:
             raise RequestError(f"tensor {tensor.name!r} has unknown datatype {tensor.datatype!r}")
     raws = parsed.raw_input_contents
     if raws and len(raws) != len(parsed.inputs):
@@ -225,41 +179,11 @@ def respond(request: bytes, name: str, fn: str, add: float, renames: dict[str, s
 
 def topic_names(prefix: str, namespace: str, name: str) -> tuple[str, str, str]:
     """(inputs, outputs, errors) topics of model `name` (spec 3.1)."""
-    base = f"{prefix}.{namespace}"
-    return f"{base}.model.{name}.inputs", f"{base}.model.{name}.outputs", f"{base}.errors.errors"
-
-
-async def ensure_topics(
-    bootstrap: str, names: Sequence[str], partitions: int, timeout: float = 30
-) -> dict[str, int]:
-    """Create the topics that do not exist; wait until all are described.
-
-    Returns:
-        The partition count of every topic.
-    """
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [n for n in dict.fromkeys(names) if n not in existing]
-        if missing:
-            # Per-topic errors (e.g. created meanwhile by someone else) show in the wait below.
-            await admin.create_topics([NewTopic(n, partitions, 1) for n in missing])
-        deadline = time.monotonic() + timeout
-        while True:
-            described = await admin.describe_topics(list(names))
-            counts = {
-                d["topic"]: len(d["partitions"])
-                for d in described
-                if d["error_code"] == 0 and d["partitions"]
-            }
-            if all(n in counts for n in names):
-                return counts
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"topics not available after {timeout}s: {described}")
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
+    return (
+        model_topic(namespace, name, INPUTS, prefix=prefix),
+        model_topic(namespace, name, OUTPUTS, prefix=prefix),
+        errors_topic(namespace, prefix=prefix),
+    )
 
 
 def _key_text(key: bytes | None) -> str:
@@ -362,7 +286,7 @@ class Model:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
-        self.partitions = await ensure_topics(
+        self.partitions = await tools.ensure_topics(
             args.bootstrap_servers, [self.inputs, self.outputs, self.errors], args.partitions
         )
         await self.producer.start()

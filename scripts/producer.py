@@ -13,13 +13,13 @@ import asyncio
 import sys
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from dataflow.proto.inference import (
     InferTensorContents,
     ModelInferResponse,
     ModelInferResponseInferOutputTensor,
 )
+from dataflow.tools import ensure_topics
 
 N = 5
 
@@ -44,25 +44,16 @@ def topics(value: str) -> list[str]:
     return [t for t in value.split(",") if t]
 
 
-async def create_missing(args: argparse.Namespace, names: list[str]) -> None:
-    """Create topics that do not exist (the local broker does not create them on write)."""
-    admin = AIOKafkaAdminClient(
-        bootstrap_servers=args.bootstrap_servers, security_protocol=args.security_protocol
-    )
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [n for n in names if n not in existing]
-        if missing:
-            await admin.create_topics([NewTopic(n, 1, 1) for n in missing])
-            print(f"created topics {', '.join(missing)}")
-    finally:
-        await admin.close()
-
-
 async def produce(args: argparse.Namespace) -> int:
     targets = args.input_topics + args.output_topics
-    await create_missing(args, targets)
+    # The local broker does not create topics on write.
+    await ensure_topics(
+        args.bootstrap_servers,
+        targets,
+        1,
+        security_protocol=args.security_protocol,
+        on_create=lambda created: print(f"created topics {', '.join(created)}"),
+    )
     producer = AIOKafkaProducer(
         bootstrap_servers=args.bootstrap_servers, security_protocol=args.security_protocol
     )
