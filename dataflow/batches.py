@@ -120,18 +120,16 @@ class Batcher(Generic[T]):
 
     def _emit(self) -> Step[T]:
         items = self._items
-        last = items[-1]
-        tokens = [item.token for item in items]
-        output = Output(
-            last.key,
-            self._merge([item.value for item in items]),
-            last.timestamp_ms,
-            last.token,
-            tuple(tokens),
-        )
         self._items = []
         self._row_count = 0
         self._deadline = None
+        last = items[-1]
+        tokens = [item.token for item in items]
+        try:
+            merged, error = self._merge([item.value for item in items]), ""
+        except Exception as exc:  # the batch goes to the error topic; the batcher carries on
+            merged, error = b"", f"cannot batch: {exc}"
+        output = Output(last.key, merged, last.timestamp_ms, last.token, tuple(tokens), error)
         return Step([output], tokens)
 
     def discard(self, predicate: Callable[[T], bool]) -> list[T]:

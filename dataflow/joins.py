@@ -78,6 +78,8 @@ class Output(Generic[T]):
         origin: The token whose headers (and key) the output takes: the record that triggered the
             emission (for a trigger gate: always the data record).
         contributors: Every token whose data is in the output, in source order.
+        error: Why the contributors could not be merged (then `value` is empty and the output
+            belongs on the error topic); empty for a good output.
     """
 
     key: bytes | None
@@ -85,6 +87,7 @@ class Output(Generic[T]):
     timestamp_ms: int
     origin: T
     contributors: tuple[T, ...]
+    error: str = ""
 
 
 @dataclass(slots=True)
@@ -307,14 +310,13 @@ class Joiner(Generic[T]):
                 step.outputs.append(self._output(combo, record.token))
 
     def _output(self, records: Sequence[_Record[T]], origin: T) -> Output[T]:
-        value = reduce(self._merge, (r.value for r in records[1:]), records[0].value)
-        return Output(
-            records[0].key,
-            value,
-            max(r.timestamp_ms for r in records),
-            origin,
-            tuple(r.token for r in records),
-        )
+        timestamp = max(r.timestamp_ms for r in records)
+        tokens = tuple(r.token for r in records)
+        try:
+            value = reduce(self._merge, (r.value for r in records[1:]), records[0].value)
+        except Exception as exc:  # the state is intact: report the set, do not raise
+            return Output(records[0].key, b"", timestamp, origin, tokens, f"cannot join: {exc}")
+        return Output(records[0].key, value, timestamp, origin, tokens)
 
     def expire(self, now_ms: int) -> Step[T]:
         """Close every window that ended at or before `now_ms`.

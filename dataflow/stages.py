@@ -37,6 +37,7 @@ class Ref:
     headers: Headers
     timestamp: int
     received: float = 0.0  # perf_counter() when consumed, for the latency histogram
+    generation: int = 0  # the step's partition generation when consumed
 
 
 Result = Step[Ref]
@@ -129,6 +130,9 @@ class StepStages:
             return step
         gated: Result = Step([], list(step.released))
         for output in step.outputs:
+            if output.error:  # a failed merge goes straight to the error topic
+                gated.outputs.append(output)
+                continue
             for ref in output.contributors:
                 self._hold(ref)
             gated.extend(self.gate.add_output(output, now_ms))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
@@ -27,7 +27,7 @@ from dataflow.offsets import OffsetTracker
 from dataflow.stages import Headers, Ref, Result, StepStages
 from dataflow.stats import StepStats
 from dataflow.topology import Source, StepSpec, Topology, Trigger
-from dataflow.wire import ChainType, WireError, convert, request_id
+from dataflow.wire import ChainType, WireError, convert
 
 # Trigger records parse as responses whatever their topic (spec 4.7).
 _TRIGGER_CHAIN = ChainType.OUTPUT_INPUT
@@ -113,6 +113,11 @@ class Step:
         self._failure: StepFailed | None = None
         self._retries: list[tuple[str, Output[Ref], Headers, int, str]] = []
         self._last_commit = 0.0
+        # Bumped when partitions are revoked: outputs of older records no longer count.
+        self._generation = 0
+        # Held while a fetched batch is processed and while partitions are revoked, never
+        # around getmany() (the rebalance it waits for runs the revoke handler).
+        self._batch_lock = asyncio.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -136,13 +141,18 @@ class Step:
                 await self._resend()
                 timeout_ms = self._poll_timeout_ms()
                 batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=2000)
-                now_ms = _now_ms()
-                for tp, records in batch.items():
-                    for record in records:
-                        await self._on_record(tp, record, now_ms)
-                    self._positions[tp] = records[-1].offset + 1
-                await self._send_all(self.stages.expire(_now_ms()), _now_ms())
-                await self._commit(force=False)
+                async with self._batch_lock:
+                    generation = self._generation
+                    now_ms = _now_ms()
+                    for tp, records in batch.items():
+                        for record in records:
+                            if self._generation != generation:
+                                break  # revoked meanwhile: the rest is replayed
+                            await self._on_record(tp, record, now_ms)
+                        else:
+                            self._positions[tp] = records[-1].offset + 1
+                    await self._send_all(self.stages.expire(_now_ms()), _now_ms())
+                    await self._commit(force=False)
             await self._drain()
         finally:
             await self._close()
@@ -169,7 +179,13 @@ class Step:
     ) -> None:
         self.stats.records_in += 1
         ref = Ref(
-            tp, record.offset, record.key, record.headers, record.timestamp, time.perf_counter()
+            tp,
+            record.offset,
+            record.key,
+            record.headers,
+            record.timestamp,
+            time.perf_counter(),
+            self._generation,
         )
         self.tracker.hold(tp, record.offset)
         routing = self._routing.get(record.topic)
@@ -188,7 +204,10 @@ class Step:
                             self._hold(ref)
                             await self._send_all(self.stages.add_trigger(index, ref, now), now)
         except WireError as exc:
-            await self._send_error(ref, f"{record.topic}[{tp.partition}]@{record.offset}: {exc}")
+            self._hold_all((ref,))
+            await self._send_error(
+                ref, f"{record.topic}[{tp.partition}]@{record.offset}: {exc}", (ref,)
+            )
         if not matched:
             self.stats.filtered += 1
         self.tracker.release(tp, record.offset)
@@ -212,29 +231,42 @@ class Step:
 
     async def _send_all(self, result: Result, now_ms: int) -> None:
         for output in result.outputs:
-            error = self.stages.revisit(output, now_ms)
-            if error is not None:
+            self._hold_all(output.contributors)
+            error = output.error or self.stages.revisit(output, now_ms)
+            if error:
                 await self._send_error(output.origin, error, output.contributors)
             else:
-                await self._send(self.spec.sink, output, (), attempt=1)
-        for ref in result.released:
-            self.tracker.release(ref.tp, ref.offset)
+                await self._deliver(self.spec.sink, output, (), attempt=1)
+        self._release_all(result.released)
 
-    async def _send(self, topic: str, output: Output[Ref], extra: Headers, attempt: int) -> None:
-        for ref in output.contributors:
+    # Every delivery owns one hold on each contributor's offset, taken before it starts and
+    # handed on through retries and error routing, released only by the broker's ack.
+
+    def _hold_all(self, refs: Iterable[Ref]) -> None:
+        for ref in refs:
             self.tracker.hold(ref.tp, ref.offset)
+
+    def _release_all(self, refs: Iterable[Ref]) -> None:
+        generation = self._generation
+        for ref in refs:
+            if ref.generation == generation:  # holds of revoked partitions were forgotten
+                self.tracker.release(ref.tp, ref.offset)
+
+    def _record_parts(self, topic: str, output: Output[Ref], extra: Headers) -> tuple[int, Headers]:
         headers = hdr.rewrite(output.origin.headers, self.topology.name, self.topology.version)
         headers.extend(extra)
-        partition = (
-            partition_for(output.key, self._sink_partitions) if topic == self.spec.sink else 0
-        )
+        partition = 0
+        if topic == self.spec.sink:
+            partition = partition_for(output.key, self._sink_partitions)
+        return partition, headers
+
+    async def _deliver(self, topic: str, output: Output[Ref], extra: Headers, attempt: int) -> None:
+        partition, headers = self._record_parts(topic, output, extra)
         try:
             future = await self.producer.send(
                 topic, output.value, key=output.key, partition=partition, headers=headers
             )
         except MessageSizeTooLargeError as exc:
-            for ref in output.contributors:
-                self.tracker.release(ref.tp, ref.offset)
             if topic == self.error_topic:
                 raise StepFailed(f"cannot deliver to {topic}: {exc}") from exc
             reason = f"output of {len(output.value)} bytes to {topic} is too large: {exc}"
@@ -254,8 +286,10 @@ class Step:
         if future.cancelled() or future.exception() is not None:
             exc = None if future.cancelled() else future.exception()
             reason = "cancelled" if exc is None else repr(exc)
+            if output.origin.generation != self._generation:
+                return  # its partition was revoked: the next owner replays the record
             if isinstance(exc, MessageSizeTooLargeError) and topic != self.error_topic:
-                # The broker refuses this record for good: it goes to the error topic instead.
+                # The broker refused the record batch: retry this record alone.
                 why = f"output of {len(output.value)} bytes refused by {topic}: {exc}"
                 self._retries.append((topic, output, extra, TOO_LARGE, why))
             elif attempt >= SEND_ATTEMPTS:
@@ -264,23 +298,24 @@ class Step:
                 self.stats.send_failures += 1
                 self.log.warning("send to {} failed (attempt {}): {}", topic, attempt, reason)
                 self._retries.append((topic, output, extra, attempt + 1, reason))
-            # The contributors stay held: their offsets are not committed.
-            return
+            return  # the holds stay with the retry: nothing past it is committed
         self.stats.acked += 1
         self.stats.latency_seconds.observe(time.perf_counter() - output.origin.received)
-        for ref in output.contributors:
-            self.tracker.release(ref.tp, ref.offset)
+        self._release_all(output.contributors)
 
     async def _resend(self) -> None:
         retries, self._retries = self._retries, []
+        if not retries:
+            return
+        # One pause per round, growing with the attempts, not one per record.
+        await asyncio.sleep(0.1 * max(attempt for _, _, _, attempt, _ in retries))
         for topic, output, extra, attempt, reason in retries:
-            for ref in output.contributors:
-                self.tracker.release(ref.tp, ref.offset)
+            if output.origin.generation != self._generation:
+                continue
             if attempt == TOO_LARGE:
                 await self._send_alone(topic, output, extra, reason)
-                continue
-            await asyncio.sleep(0.1 * attempt)
-            await self._send(topic, output, extra, attempt)
+            else:
+                await self._deliver(topic, output, extra, attempt)
 
     async def _send_alone(self, topic: str, output: Output[Ref], extra: Headers, why: str) -> None:
         """Send one output in a batch of its own; to the error topic if it is still refused.
@@ -288,32 +323,24 @@ class Step:
         The broker refuses a whole record batch that is too large, so a record is refused for
         good only when it is refused alone.
         """
-        for ref in output.contributors:
-            self.tracker.hold(ref.tp, ref.offset)
-        headers = hdr.rewrite(output.origin.headers, self.topology.name, self.topology.version)
-        headers.extend(extra)
-        partition = partition_for(output.key, self._sink_partitions)
+        partition, headers = self._record_parts(topic, output, extra)
         try:
             await self.producer.flush()
             await self.producer.send_and_wait(
                 topic, output.value, key=output.key, partition=partition, headers=headers
             )
         except MessageSizeTooLargeError:
-            for ref in output.contributors:
-                self.tracker.release(ref.tp, ref.offset)
             await self._send_error(output.origin, why, output.contributors)
             return
         except KafkaError as exc:
-            for ref in output.contributors:
-                self.tracker.release(ref.tp, ref.offset)
-            await self._send(topic, output, extra, attempt=2)
             self.log.warning("send to {} failed: {}", topic, exc)
+            await self._deliver(topic, output, extra, attempt=2)
             return
         self.stats.acked += 1
-        for ref in output.contributors:
-            self.tracker.release(ref.tp, ref.offset)
+        self._release_all(output.contributors)
 
-    async def _send_error(self, ref: Ref, reason: str, contributors: tuple[Ref, ...] = ()) -> None:
+    async def _send_error(self, ref: Ref, reason: str, contributors: tuple[Ref, ...]) -> None:
+        """Send `reason` to the error topic; the caller holds the contributors' offsets."""
         self.stats.errors += 1
         self.stats.last_error = reason
         rid = hdr.value_of(ref.headers, hdr.REQUEST_ID)
@@ -321,9 +348,9 @@ class Step:
             "to error topic {}: {}", self.error_topic, reason
         )
         await self.ensure_topic(self.error_topic)
-        output = Output(ref.key, reason.encode(), ref.timestamp, ref, contributors or (ref,))
+        output = Output(ref.key, reason.encode(), ref.timestamp, ref, contributors)
         extra = ((hdr.PIPELINE_ERRORS, reason.encode()),)
-        await self._send(self.error_topic, output, extra, attempt=1)
+        await self._deliver(self.error_topic, output, extra, attempt=1)
 
     # -- commits ----------------------------------------------------------------------------
 
@@ -364,18 +391,26 @@ class Step:
         return max(0, min(100, deadline - _now_ms()))
 
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
-        """Deliver and commit before partitions move to another member."""
-        try:
-            await self.producer.flush()
-            await self._commit(force=True)
-        except KafkaError as exc:
-            self.log.warning("commit on revoke failed: {}", exc)
-        for tp in revoked:
-            self.tracker.forget(tp)
-            self._positions.pop(tp, None)
-        # Held records of revoked partitions are uncommitted: their next owner replays them.
-        self.stages.reset()
-        self.assigned.clear()
+        """Deliver and commit before partitions move to another member.
+
+        Runs between two fetched batches (the batch lock): sends in flight are flushed and their
+        acks counted, then what is safe is committed. Records still held (in a window, a batch,
+        or a retry) are forgotten uncommitted, so the partition's next owner replays them.
+        """
+        async with self._batch_lock:
+            try:
+                await self.producer.flush()
+                await asyncio.sleep(0)  # let the acks' callbacks run
+                await self._commit(force=True)
+            except KafkaError as exc:
+                self.log.warning("commit on revoke failed: {}", exc)
+            self._generation += 1
+            for tp in revoked:
+                self.tracker.forget(tp)
+                self._positions.pop(tp, None)
+            self._retries.clear()
+            self.stages.reset()
+            self.assigned.clear()
         self._on_rebalance()
 
     def on_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -398,8 +433,3 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def describe(value: bytes) -> str:
-    """A short description of a record for logs: its request id."""
-    return request_id(value) or "?"

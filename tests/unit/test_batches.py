@@ -178,3 +178,21 @@ def test_every_token_released_once_and_in_one_batch(
             assert rows_of(o.contributors[:-1]) < size  # emitted as soon as the size is reached
             if window is None:
                 assert rows_of(o.contributors) >= size
+
+
+def test_a_batch_that_cannot_be_merged_becomes_an_error_output_and_the_batcher_carries_on() -> None:
+    def failing(values: Sequence[bytes]) -> bytes:
+        if b"bad" in values:
+            raise ValueError("no shape to batch along")
+        return merge(values)
+
+    b: Batcher[str] = Batcher(2, None, failing, rows)
+    b.add(None, b"ok", 0, "t1", 0)
+    step = b.add(None, b"bad", 0, "t2", 0)
+    assert [(o.value, o.error, o.contributors) for o in step.outputs] == [
+        (b"", "cannot batch: no shape to batch along", ("t1", "t2"))
+    ]
+    assert step.released == ["t1", "t2"] and b.held() == 0
+    b.add(None, b"x", 0, "t3", 0)
+    step = b.add(None, b"y", 0, "t4", 0)
+    assert [o.error for o in step.outputs] == [""] and step.released == ["t3", "t4"]

@@ -771,3 +771,17 @@ def test_joiner_into_gate_commits_only_after_everything_is_delivered() -> None:
     release(list(sent[0].contributors))  # broker ack
     assert tracker.committable() == {"a": 1, "b": 1, "t": 1}
     assert tracker.pending_count() == 0
+
+
+def test_a_set_that_cannot_be_merged_becomes_an_error_output() -> None:
+    def failing(left: bytes, right: bytes) -> bytes:
+        raise ValueError("raw and non-raw cannot mix")
+
+    j: Joiner[str] = Joiner(2, "inner", 1000, failing)
+    j.add(0, b"k", b"a", 0, "left", 0)
+    step = j.add(1, b"k", b"b", 10, "right", 10)
+    assert [(o.value, o.error, o.contributors) for o in step.outputs] == [
+        (b"", "cannot join: raw and non-raw cannot mix", ("left", "right"))
+    ]
+    released = j.expire(2000).released
+    assert sorted(released) == ["left", "right"] and j.held() == 0
