@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from loguru import logger
 
-from dataflow.kafka import TopicError, ensure_topics, make_admin, make_producer
+from dataflow.kafka import ensure_topics, make_admin, make_producer
 from dataflow.pipeline import READY, Pipeline
 from dataflow.proto.seldon.mlops.chainer import PipelineUpdateMessage
 from dataflow.proto.seldon.mlops.chainer import (
@@ -52,6 +52,9 @@ class Engine:
         self._created_topics: set[str] = set()
         self._topic_lock = asyncio.Lock()
         self._subscription: asyncio.Task[None] | None = None
+        self._ack_tails: dict[str, asyncio.Task[bool]] = {}
+        self._restarts: dict[str, asyncio.TimerHandle] = {}
+        self._stopping = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -75,6 +78,9 @@ class Engine:
         No acks are sent for the pipelines stopped here: the scheduler is not told anything false.
         """
         deadline = time.monotonic() + self.settings.shutdown_timeout_seconds
+        self._stopping = True
+        for handle in self._restarts.values():
+            handle.cancel()
         if self._subscription is not None:
             self._subscription.cancel()
             await asyncio.gather(self._subscription, return_exceptions=True)
@@ -123,6 +129,8 @@ class Engine:
         if message.op not in (Op.Create, Op.Delete):
             logger.warning("ignoring operation {} for {}", message.op.name, message.pipeline)
             return
+        if self._stopping:
+            return
         self._pending[uid] = message  # latest wins
         if uid not in self._workers:
             self._workers[uid] = asyncio.create_task(self._work(uid), name=f"control:{uid}")
@@ -133,19 +141,47 @@ class Engine:
                 message = self._pending.pop(uid)
                 self._latest[uid] = message
                 async with self._ctlops:
-                    if message.op == Op.Create:
-                        await self._create(message)
-                    else:
-                        await self._delete(message)
+                    try:
+                        if message.op == Op.Create:
+                            await self._create(message)
+                        else:
+                            await self._delete(message)
+                    except Exception as exc:
+                        op = message.op.name.lower()
+                        logger.opt(exception=exc).error("{} of {} failed", op, message.pipeline)
+                        self._ack(
+                            message, message.op, False, f"Pipeline {op} operation failed: {exc}"
+                        )
         finally:
             self._workers.pop(uid, None)
 
     def _ack(self, message: PipelineUpdateMessage, op: Op, success: bool, reason: str) -> None:
+        """Send an ack after the earlier acks of the same uid, so they arrive in order."""
+        previous = self._ack_tails.get(message.uid)
         task = asyncio.create_task(
-            self.subscriber.ack(message, op, success, reason), name=f"ack:{message.uid}"
+            self._ack_after(previous, message, op, success, reason), name=f"ack:{message.uid}"
         )
+        self._ack_tails[message.uid] = task
         self._acks.add(task)
-        task.add_done_callback(self._acks.discard)
+        task.add_done_callback(self._ack_done)
+
+    async def _ack_after(
+        self,
+        previous: asyncio.Task[bool] | None,
+        message: PipelineUpdateMessage,
+        op: Op,
+        success: bool,
+        reason: str,
+    ) -> bool:
+        if previous is not None:
+            await asyncio.wait([previous])
+        return await self.subscriber.ack(message, op, success, reason)
+
+    def _ack_done(self, task: asyncio.Task[bool]) -> None:
+        self._acks.discard(task)
+        uid = task.get_name().removeprefix("ack:")
+        if self._ack_tails.get(uid) is task:
+            del self._ack_tails[uid]
 
     async def _create(self, message: PipelineUpdateMessage) -> None:
         uid = message.uid
@@ -163,7 +199,7 @@ class Engine:
             return
         try:
             await self._ensure(list(topology.topics))
-        except (TopicError, Exception) as exc:
+        except Exception as exc:
             self._ack(message, Op.Create, False, f"kafka topic creation error: {exc}")
             return
         pipeline = Pipeline(
@@ -187,9 +223,11 @@ class Engine:
         self._ack(message, Op.Create, True, READY)
 
     async def _delete(self, message: PipelineUpdateMessage) -> None:
-        pipeline = self.pipelines.pop(message.uid, None)
+        pipeline = self.pipelines.get(message.uid)
         if pipeline is not None:
+            # Stopped before it leaves the map: a shutdown meanwhile still owns its steps.
             await pipeline.stop(self.settings.shutdown_timeout_seconds)
+            self.pipelines.pop(message.uid, None)
         if message.updates:
             topics = sorted(
                 {s.topic_name for u in message.updates for s in u.sources}
@@ -213,9 +251,11 @@ class Engine:
         # its uncommitted records replay. A newer command for the uid wins over the restart.
         delay = RESTART_DELAY
         logger.warning("pipeline {} failed; restarting in {}s", pipeline.topology.name, delay)
-        asyncio.get_running_loop().call_later(delay, self._restart, uid, pipeline)
+        loop = asyncio.get_running_loop()
+        self._restarts[uid] = loop.call_later(delay, self._restart, uid, pipeline)
 
     def _restart(self, uid: str, pipeline: Pipeline) -> None:
+        self._restarts.pop(uid, None)
         latest = self._latest.get(uid)
         if self.pipelines.get(uid) is not pipeline or latest is None or uid in self._pending:
             return

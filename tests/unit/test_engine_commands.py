@@ -43,3 +43,32 @@ async def test_latest_command_wins_and_uids_run_apart() -> None:
     assert handled == [("a", "Create", 1), ("b", "Create", 1), ("a", "Delete", 3)]
     assert engine._workers == {}
     await engine.producer.stop()  # never started: closes without a broker
+
+
+async def test_acks_of_one_uid_arrive_in_order_and_a_failed_command_is_acked() -> None:
+    engine = Engine(Settings(kafka_bootstrap_servers="127.0.0.1:1"))
+    sent: list[tuple[str, bool, str]] = []
+
+    async def ack(m: PipelineUpdateMessage, op: Op, success: bool, reason: str) -> bool:
+        if op == Op.Rebalance:
+            await asyncio.sleep(0.05)  # a slow first ack (a retry)
+        sent.append((op.name, success, reason))
+        return True
+
+    async def broken(m: PipelineUpdateMessage) -> None:
+        raise RuntimeError("boom")
+
+    engine.subscriber.ack = ack  # type: ignore[method-assign]
+    engine._create = broken  # type: ignore[method-assign]
+    m = message("a", Op.Create, 1)
+    engine._ack(m, Op.Rebalance, True, "pipeline data streams: rebalancing")
+    engine._ack(m, Op.Ready, True, "pipeline data streams: ready")
+    engine._on_update(message("b", Op.Create, 1))
+    await asyncio.sleep(0.2)
+    assert sent[-2:] == [
+        ("Rebalance", True, "pipeline data streams: rebalancing"),
+        ("Ready", True, "pipeline data streams: ready"),
+    ]
+    assert ("Create", False, "Pipeline create operation failed: boom") in sent
+    assert engine._workers == {} and engine._ack_tails == {}
+    await engine.producer.stop()
