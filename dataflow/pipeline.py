@@ -130,7 +130,8 @@ class Pipeline:
             for task in pending:
                 task.cancel()
             if pending:
-                await asyncio.wait(pending)
+                # A cancelled step still closes its consumer; bounded in case the broker is gone.
+                await asyncio.wait(pending, timeout=5)
         else:
             for step in self.steps:
                 await step.consumer.stop()
