@@ -42,7 +42,6 @@ class Engine:
             self._on_update,
         )
         self.pipelines: dict[str, Pipeline] = {}
-        self.started_at = time.monotonic()
         self.startup_done = asyncio.Event()
         self._latest: dict[str, PipelineUpdateMessage] = {}
         self._pending: dict[str, PipelineUpdateMessage] = {}
@@ -104,15 +103,6 @@ class Engine:
             logger.debug("admin close: {}", exc)
         self.subscriber.close()
         logger.info("engine stopped")
-
-    # -- health -----------------------------------------------------------------------------
-
-    @property
-    def ready(self) -> bool:
-        """Scheduler stream up and every created pipeline's consumers own their partitions."""
-        return self.subscriber.connected and all(
-            p.assigned for p in self.pipelines.values() if p.failed is None
-        )
 
     # -- commands ---------------------------------------------------------------------------
 

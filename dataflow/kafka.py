@@ -9,7 +9,6 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.helpers import create_ssl_context
-from loguru import logger
 
 from dataflow.settings import Settings
 
@@ -131,12 +130,3 @@ async def ensure_topics(
             return
         await asyncio.sleep(settings.topic_describe_retry_delay_millis / 1000)
     raise TopicError(f"topics not visible after creation: {', '.join(sorted(missing))}")
-
-
-async def partitions_of(producer: AIOKafkaProducer, topic: str) -> int:
-    """The partition count of `topic` as the producer sees it (at least 1)."""
-    partitions = await producer.partitions_for(topic)
-    if not partitions:
-        logger.warning("no partitions known for {}", topic)
-        return 1
-    return len(partitions)

@@ -15,7 +15,6 @@ from dataflow.step import Step, StepFailed
 from dataflow.topology import Topology, group_id
 
 READY = "pipeline data streams: ready"
-STOPPED = "pipeline data streams: stopped"
 
 
 class Pipeline:

@@ -99,7 +99,6 @@ class Step:
         self.stages = StepStages(spec, topology.output_topic, guard, self._hold)
         self.assigned = asyncio.Event()
         self.log = logger.bind(pipeline=topology.name, step=spec.index)
-        self._pipeline = topology.name.encode()
         self._routing: dict[str, _Routing] = {}
         for i, source in enumerate(spec.sources):
             entry = (i, source, source.pipeline.encode())
