@@ -139,7 +139,7 @@ class Step:
                     raise self._failure
                 await self._resend()
                 timeout_ms = self._poll_timeout_ms()
-                batch = await self.consumer.getmany(timeout_ms=timeout_ms, max_records=2000)
+                batch = await self._poll(timeout_ms)
                 async with self._batch_lock:
                     generation = self._generation
                     now_ms = _now_ms()
@@ -155,6 +155,27 @@ class Step:
             await self._drain()
         finally:
             await self._close()
+
+    async def _poll(self, timeout_ms: int) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
+        """Fetch a batch. During a rebalance getmany() waits for the new assignment whatever
+        the timeout, so there a stop request is raced against it."""
+        fetch = self.consumer.getmany(timeout_ms=timeout_ms, max_records=2000)
+        if self.assigned.is_set():
+            result: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = await fetch
+            return result
+        getter: asyncio.Future[Any] = asyncio.ensure_future(fetch)
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
+        try:
+            await asyncio.wait([getter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not getter.done():
+                getter.cancel()
+                await asyncio.gather(getter, return_exceptions=True)
+        if getter.cancelled():
+            return {}
+        fetched: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = getter.result()
+        return fetched
 
     async def _drain(self) -> None:
         """Wait for in-flight sends, then commit what is safe."""
