@@ -188,7 +188,9 @@ class Engine:
             self._ack(message, Op.Create, False, f"failed to create pipeline: {exc}")
             return
         try:
-            await self._ensure(list(topology.topics))
+            # Always asked of the broker: a topic deleted since an earlier create comes back.
+            await ensure_topics(self.admin, self.settings, topology.topics)
+            self._created_topics.update(topology.topics)
         except Exception as exc:
             self._ack(message, Op.Create, False, f"kafka topic creation error: {exc}")
             return
@@ -263,13 +265,11 @@ class Engine:
 
     # -- topics -----------------------------------------------------------------------------
 
-    async def _ensure(self, topics: list[str]) -> None:
-        async with self._topic_lock:
-            missing = [t for t in topics if t not in self._created_topics]
-            await ensure_topics(self.admin, self.settings, missing)
-            self._created_topics.update(missing)
-
     async def ensure_topic(self, topic: str) -> None:
-        """Create `topic` if this engine has not already made sure it exists."""
-        if topic not in self._created_topics:
-            await self._ensure([topic])
+        """Create `topic` (an error topic) unless this engine already made sure it exists."""
+        if topic in self._created_topics:
+            return
+        async with self._topic_lock:
+            if topic not in self._created_topics:
+                await ensure_topics(self.admin, self.settings, [topic])
+                self._created_topics.add(topic)

@@ -61,7 +61,7 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         enable_idempotence=True,
         linger_ms=settings.kafka_producer_linger_ms,
         max_request_size=settings.kafka_max_message_size_bytes,
-        request_timeout_ms=30000,
+        request_timeout_ms=settings.kafka_producer_timeout_ms,
     )
 
 

@@ -72,6 +72,9 @@ class Settings(BaseSettings):
         "earliest", description="where a new consumer group starts"
     )
     kafka_producer_linger_ms: int = Field(2, ge=0, description="producer linger (batching)")
+    kafka_producer_timeout_ms: int = Field(
+        30000, ge=100, description="wait for a send's ack or topic metadata before a retry"
+    )
     kafka_default_error_topic: str = Field(
         "seldon.default.errors.errors",
         description="error topic for pipelines that name none",

@@ -12,9 +12,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from aiokafka.admin import AIOKafkaAdminClient
 
 from dataflow.proto.inference import (
     InferTensorContents,
+    ModelInferRequest,
     ModelInferResponse,
     ModelInferResponseInferOutputTensor,
 )
@@ -210,6 +212,43 @@ def test_wrong_sasl_password_is_one_clear_line(tmp_path: Path, broker: Broker) -
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith(f"dataflow: cannot connect to Kafka at {broker.sasl} (SASL_PLAINTEXT):")
     assert "Authentication failed" in last
+
+
+async def test_delivery_failure_is_reported_then_the_pipeline_heals(
+    tmp_path: Path, broker: Broker, unique: str
+) -> None:
+    """The sink disappears: sends fail, the pipeline is reported Failed (not silently stuck),
+    then it is rebuilt (the sink recreated) and the unsent records are delivered."""
+    name = f"heal-{unique}"
+    src, sink = f"seldon.f{unique}.model.a.outputs", f"seldon.f{unique}.model.b.inputs"
+    await create_topics(broker.plain, src)
+    proxy = Proxy(tmp_path).start(pipeline(tmp_path, name, src, sink))
+    eng = engine(tmp_path, broker.plain, proxy, kafka_producer_timeout_ms="1500")
+    mine = [("pipeline", name.encode())]
+    try:
+        proxy.wait_state(name, "Ready", timeout=60)
+        await produce(broker.plain, src, [(None, response("before"), mine)])
+        assert len(await consume(broker.plain, sink, 1, timeout=30)) == 1
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=broker.plain)
+        await admin.start()
+        try:
+            await admin.delete_topics([sink])
+        finally:
+            await admin.close()
+        await asyncio.sleep(1.0)
+        await produce(broker.plain, src, [(None, response(f"r{i}"), mine) for i in range(5)])
+
+        failed = await asyncio.to_thread(proxy.wait_state, name, "Failed", 60)
+        assert "pipeline data streams error" in failed["reason"], failed
+        await asyncio.to_thread(proxy.wait_state, name, "Ready", 60)
+        out = await consume(broker.plain, sink, 5, timeout=60)
+    finally:
+        code = eng.stop()
+        proxy.stop()
+    assert code == 0
+    ids = {ModelInferRequest().parse(r.value).id for r in out}
+    assert {f"r{i}" for i in range(5)} <= ids
 
 
 async def test_probes_and_metrics_then_liveness_without_broker(
