@@ -140,16 +140,18 @@ class Step:
                 await self._resend()
                 timeout_ms = self._poll_timeout_ms()
                 batch = await self._poll(timeout_ms)
+                generation = self._generation  # no await since getmany() returned
+                # Partitions are revoked only between batches (on_revoked takes the lock).
                 async with self._batch_lock:
-                    generation = self._generation
+                    if self._generation != generation:
+                        # Revoked before this batch was processed: a new assignment starts
+                        # again from the committed offsets, so the batch is fetched again.
+                        continue
                     now_ms = _now_ms()
                     for tp, records in batch.items():
                         for record in records:
-                            if self._generation != generation:
-                                break  # revoked meanwhile: the rest is replayed
                             await self._on_record(tp, record, now_ms)
-                        else:
-                            self._positions[tp] = records[-1].offset + 1
+                        self._positions[tp] = records[-1].offset + 1
                     await self._send_all(self.stages.expire(_now_ms()), _now_ms())
                     await self._commit(force=False)
             await self._drain()
