@@ -72,3 +72,18 @@ async def test_acks_of_one_uid_arrive_in_order_and_a_failed_command_is_acked() -
     assert ("Create", False, "Pipeline create operation failed: boom") in sent
     assert engine._workers == {} and engine._ack_tails == {}
     await engine.producer.stop()
+
+
+async def test_delete_of_an_unknown_uid_is_acked_as_success() -> None:
+    engine = Engine(Settings(kafka_bootstrap_servers="127.0.0.1:1"))
+    sent: list[tuple[str, str, bool, str, int, str]] = []
+
+    async def ack(m: PipelineUpdateMessage, op: Op, success: bool, reason: str) -> bool:
+        sent.append((m.uid, op.name, success, reason, m.timestamp, m.pipeline))
+        return True
+
+    engine.subscriber.ack = ack  # type: ignore[method-assign]
+    engine._on_update(message("never-created", Op.Delete, 7))
+    await asyncio.sleep(0.05)
+    assert sent == [("never-created", "Delete", True, "pipeline removed", 7, "p-never-created")]
+    await engine.producer.stop()
