@@ -19,7 +19,6 @@ import uuid
 from pathlib import Path
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -35,6 +34,7 @@ from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessage,
 )
 from dataflow.settings import Settings
+from dataflow.tools import ensure_topics
 from dataflow.topology import topology_from
 
 PIPELINE = "bench"
@@ -50,15 +50,6 @@ async def _fill(bootstrap: str, topic: str, n: int, value: bytes) -> None:
         await producer.flush()
     finally:
         await producer.stop()
-
-
-async def _topics(bootstrap: str, *names: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(n, 1, 1) for n in names])
-    finally:
-        await admin.close()
 
 
 async def _raw_loop(bootstrap: str, source: str, sink: str, n: int) -> float:
@@ -140,7 +131,7 @@ async def bench_chain(bootstrap: str, n: int, runs: int) -> None:
     for run in range(runs):
         tag = uuid.uuid4().hex[:8]
         source, raw_sink, engine_sink = (f"bench.{tag}.{x}" for x in ("src", "raw", "eng"))
-        await _topics(bootstrap, source, raw_sink, engine_sink)
+        await ensure_topics(bootstrap, [source, raw_sink, engine_sink], 1)
         await _fill(bootstrap, source, n, value)
         raw = await _raw_loop(bootstrap, source, raw_sink, n)
         eng = await _engine_step(bootstrap, source, engine_sink, n)
