@@ -46,9 +46,9 @@ if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from aiokafka.errors import KafkaError  # noqa: E402
 
-from dataflow.tools import ensure_topics  # noqa: E402
 from tests.integration.harness import Process, Proxy, engine, free_port  # noqa: E402
 
 CASES = ("chain", "join", "outer", "batch")
@@ -546,7 +546,8 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 180) -> list[t
         end = await consumer.end_offsets(tps)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if all(await consumer.position(tp) >= end[tp] for tp in tps):
+            positions = [await consumer.position(tp) for tp in tps]
+            if all(pos >= end[tp] for pos, tp in zip(positions, tps, strict=True)):
                 break
             batch = await consumer.getmany(timeout_ms=500, max_records=10000)
             for records in batch.values():
@@ -556,6 +557,60 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 180) -> list[t
     finally:
         await consumer.stop()
     return out
+
+
+async def create_topics(bootstrap: str, names: list[str], timeout: float = 60) -> None:
+    """Create the topics (one partition; existing ones are kept) and wait until described."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(n, 1, 1) for n in names])
+        deadline = time.monotonic() + timeout
+        while True:
+            described = await admin.describe_topics(names)
+            if all(d["error_code"] == 0 and d["partitions"] for d in described):
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"topics not available after {timeout}s: {described}")
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+@contextlib.contextmanager
+def engine_source(path: Path | None) -> Iterator[None]:
+    """Child processes (engine, proxy) import `dataflow` from `path` instead of the repository."""
+    if path is None:
+        yield
+        return
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "PYTHONSAFEPATH")}
+    os.environ["PYTHONPATH"] = str(path)
+    os.environ["PYTHONSAFEPATH"] = "1"  # no working directory (the repository) on sys.path
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def snapshot(rev: str, into: Path) -> tuple[Path, str]:
+    """`dataflow/` of git revision `rev` extracted under `into`; returns (folder, commit)."""
+    commit = subprocess.run(
+        ["git", "rev-parse", "--verify", f"{rev}^{{commit}}"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    into.mkdir(parents=True, exist_ok=True)
+    archive = subprocess.run(
+        ["git", "archive", commit, "dataflow"], cwd=REPO, capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(into)], input=archive.stdout, check=True)
+    return into, commit
 
 
 # -- one run --------------------------------------------------------------------------------
@@ -614,6 +669,7 @@ class Run:
         self.proxy: Proxy | None = None
         self.engine: Process | None = None
         self.engine_starts = 0
+        self.last_start = 0.0
         self.expect_down = False
         self.exits: list[dict[str, Any]] = []
         self.events: list[str] = []
@@ -626,6 +682,7 @@ class Run:
     def start_engine(self) -> None:
         assert self.proxy is not None
         self.engine_starts += 1
+        self.last_start = time.monotonic()
         log = self.logs / "engine-a.log"
         with log.open("ab") as handle:
             handle.write(f"\n===== chaos: engine start #{self.engine_starts} =====\n".encode())
@@ -748,9 +805,27 @@ def count(
 
 
 async def run_one(
-    cfg: Config, *, bootstrap: str | None = None, logs: Path, tag: str | None = None
+    cfg: Config,
+    *,
+    bootstrap: str | None = None,
+    logs: Path,
+    tag: str | None = None,
+    engine_src: Path | None = None,
+    engine_label: str = "working tree",
 ) -> Result:
-    """One (case, fault plan) run; `bootstrap` None: a private broker started and stopped here."""
+    """One (case, fault plan) run; `bootstrap` None: a private broker started and stopped here.
+
+    `engine_src`: a folder holding the `dataflow` package the engine and proxy run (default: the
+    repository's), e.g. a `snapshot` of a git revision.
+    """
+    with engine_source(engine_src):
+        result = await _run_one(cfg, bootstrap, logs, tag)
+    result.details["engine"] = engine_label
+    (logs / "result.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
+    return result
+
+
+async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | None) -> Result:
     for fault in cfg.faults:
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r} (one of {', '.join(FAULTS)})")
@@ -774,7 +849,7 @@ async def run_one(
         run = Run(cfg, logs, bootstrap, broker)
         run.say(f"logs in {logs}")
         lay = layout(cfg, ns)
-        await ensure_topics(bootstrap, [t for t, _ in lay.sources] + [lay.sink], 1)
+        await create_topics(bootstrap, [t for t, _ in lay.sources] + [lay.sink])
         spec = logs / f"{name}.yaml"
         spec.write_text(f"kind: PipelineUpdate\nname: {name}\nversion: 1\nuid: {name}\n{lay.body}")
         run.proxy = await asyncio.to_thread(Proxy(logs).start, spec)
@@ -805,12 +880,12 @@ async def run_one(
         if cfg.case == "outer":
             quiet = max(quiet, cfg.window_ms / 1000 + 5)
         stopped = time.monotonic()
-        while time.monotonic() - max(watcher.last, stopped) < quiet:
+        while time.monotonic() - max(watcher.last, stopped, run.last_start) < quiet:
             if time.monotonic() - stopped > cfg.drain_cap:
                 run.say(f"drain cap {cfg.drain_cap:g}s reached")
                 break
             await asyncio.sleep(0.5)
-        run.say(f"drained: {watcher.count} output records seen live")
+        run.say(f"drained {time.monotonic() - stopped:.1f}s: {watcher.count} outputs seen live")
         run.expect_down = True
         assert run.engine is not None
         final = await asyncio.to_thread(run.engine.stop, cfg.term_timeout)
@@ -857,7 +932,6 @@ async def run_one(
         if broker is not None:
             broker.close()
         result.run_s = time.monotonic() - wall0
-    (logs / "result.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
 
 
@@ -931,6 +1005,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--bootstrap", default=None, help="use this broker instead of private ones (no bounce)"
     )
+    p.add_argument(
+        "--engine-rev",
+        default=None,
+        metavar="REV",
+        help="run the engine and proxy of this git revision (git archive), not the working tree",
+    )
     return p
 
 
@@ -941,6 +1021,11 @@ async def _main(args: argparse.Namespace) -> list[Result]:
     _self_check()
     root = args.logs or REPO / ".run" / "chaos" / time.strftime("%Y%m%d-%H%M%S")
     print(f"chaos: logs in {root}")
+    engine_src, engine_label = None, "working tree"
+    if args.engine_rev:
+        engine_src, commit = snapshot(args.engine_rev, root / "engine-src")
+        engine_label = f"{args.engine_rev} ({commit[:12]})"
+        print(f"chaos: engine and proxy from {engine_label}, extracted to {engine_src}")
     results: list[Result] = []
     try:
         for case in args.cases:
@@ -966,7 +1051,14 @@ async def _main(args: argparse.Namespace) -> list[Result]:
                     seed=args.seed,
                 )
                 logs = root / f"{cfg.label}-{fault}".replace("(", "-").replace(")", "")
-                results.append(await run_one(cfg, bootstrap=args.bootstrap, logs=logs))
+                result = await run_one(
+                    cfg,
+                    bootstrap=args.bootstrap,
+                    logs=logs,
+                    engine_src=engine_src,
+                    engine_label=engine_label,
+                )
+                results.append(result)
                 if args.json:
                     args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
     except asyncio.CancelledError:
