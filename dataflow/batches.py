@@ -4,6 +4,8 @@ Values are opaque bytes: merging and row counting are injected (`wire.merge_batc
 `wire.batch_rows`). Results use the same `Output`/`Step` types and token contract as
 `dataflow.joins`: every token handed in is released exactly once, in the `Step` that emits the
 batch it is in (or by `discard`), and a batch output lists every token in it as a contributor.
+Each request held is an `Entry` (kind `"b"`) listed in `Step.stored` when added and in
+`Step.removed` when its batch is emitted, for the caller's changelog; `load` restores one.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from dataflow.joins import Output, Step
+from dataflow.joins import Entry, Output, Step
 
 __all__ = ["Batcher"]
 
@@ -21,6 +23,7 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class _Item(Generic[T]):
+    entry: Entry[T]
     key: bytes | None
     value: bytes
     timestamp_ms: int
@@ -80,6 +83,8 @@ class Batcher(Generic[T]):
         timestamp_ms: int,
         token: T,
         now_ms: int,
+        *,
+        ident: bytes = b"",
     ) -> Step[T]:
         """Add one request to the batch.
 
@@ -91,19 +96,44 @@ class Batcher(Generic[T]):
             timestamp_ms: The record timestamp.
             token: The record's token.
             now_ms: The wall clock.
+            ident: The entry's name (its changelog key).
 
         Returns:
             The emitted batch, if any, and the tokens released with it.
         """
         step = self.expire(now_ms)
-        if not self._items and self._window_ms is not None:
-            self._deadline = now_ms + self._window_ms
-        item = _Item(key, value, timestamp_ms, token, self._rows(value))
-        self._items.append(item)
-        self._row_count += item.rows
+        entry = Entry("b", -1, key or b"", value, timestamp_ms, token, ident)
+        self._append(entry, key, now_ms)
+        step.stored.append(entry)
         if self._size is not None and self._row_count >= self._size:
             step.extend(self._emit())
         return step
+
+    def load(self, entry: Entry[T], key: bytes | None, now_ms: int) -> None:
+        """Put back a restored request (from a changelog); its batch's window starts now.
+
+        Args:
+            entry: A `"b"` entry as listed in some `Step.stored`.
+            key: The record key (None when the record had none).
+            now_ms: The wall clock.
+        """
+        self._append(entry, key, now_ms)
+
+    def _append(self, entry: Entry[T], key: bytes | None, now_ms: int) -> None:
+        if not self._items and self._window_ms is not None:
+            self._deadline = now_ms + self._window_ms
+        value = entry.value
+        item = _Item(entry, key, value, entry.timestamp_ms, entry.token, self._rows(value))
+        self._items.append(item)
+        self._row_count += item.rows
+
+    def full(self) -> Step[T]:
+        """Emit the open batch now (the step's state is full: back-pressure, never a drop).
+
+        Returns:
+            The emitted batch, if any, and the tokens released with it.
+        """
+        return self._emit() if self._items else Step()
 
     def expire(self, now_ms: int) -> Step[T]:
         """Emit the partial batch if its window ended at or before `now_ms`.
@@ -129,8 +159,10 @@ class Batcher(Generic[T]):
             merged, error = self._merge([item.value for item in items]), ""
         except Exception as exc:  # the batch goes to the error topic; the batcher carries on
             merged, error = b"", f"cannot batch: {exc}"
-        output = Output(last.key, merged, last.timestamp_ms, last.token, tuple(tokens), error)
-        return Step([output], tokens)
+        # Timestamped as the latest of its parts (Kafka Streams' rule for derived records).
+        latest = max(item.timestamp_ms for item in items)
+        output = Output(last.key, merged, latest, last.token, tuple(tokens), error)
+        return Step([output], tokens, [], [item.entry for item in items])
 
     def discard(self, predicate: Callable[[T], bool]) -> list[T]:
         """Drop held requests whose token satisfies `predicate`, with no output.

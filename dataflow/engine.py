@@ -15,12 +15,13 @@ from aiokafka.admin import AIOKafkaAdminClient
 from loguru import logger
 
 from dataflow.kafka import ensure_topics, make_admin, make_producer
-from dataflow.pipeline import READY, Pipeline
+from dataflow.pipeline import READY, Pipeline, check_state_bounds, state_topics
 from dataflow.proto.seldon.mlops.chainer import PipelineUpdateMessage
 from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessagePipelineOperation as Op,
 )
 from dataflow.settings import Settings
+from dataflow.store import CHANGELOG_CONFIG
 from dataflow.subscriber import Subscriber
 from dataflow.topology import TopologyError, topology_from
 
@@ -184,6 +185,7 @@ class Engine:
             del self.pipelines[uid]
         try:
             topology = topology_from(message, self.settings.kafka_join_window_millis)
+            check_state_bounds(topology, self.settings)
         except TopologyError as exc:
             self._ack(message, Op.Create, False, f"failed to create pipeline: {exc}")
             return
@@ -201,6 +203,7 @@ class Engine:
             self.ensure_topic,
             self._on_failure,
             self._on_status,
+            self.ensure_changelog,
         )
         self.pipelines[uid] = pipeline
         try:
@@ -224,6 +227,7 @@ class Engine:
             topics = sorted(
                 {s.topic_name for u in message.updates for s in u.sources}
                 | {u.sink.topic_name for u in message.updates if u.sink}
+                | set(self._state_topics(message, pipeline))
             )
             try:
                 await self.admin.delete_topics(topics)
@@ -264,6 +268,23 @@ class Engine:
             self._ack(latest, Op.Rebalance, True, "pipeline data streams: rebalancing")
 
     # -- topics -----------------------------------------------------------------------------
+
+    def _state_topics(self, message: PipelineUpdateMessage, pipeline: Pipeline | None) -> list[str]:
+        """The changelogs of a pipeline being deleted with its topics."""
+        topology = pipeline.topology if pipeline is not None else None
+        if topology is None:
+            try:
+                topology = topology_from(message, self.settings.kafka_join_window_millis)
+            except TopologyError:
+                return []
+        return state_topics(topology, self.settings)
+
+    async def ensure_changelog(self, topic: str, partitions: int) -> None:
+        """Create a step's compacted changelog topic unless it exists."""
+        async with self._topic_lock:
+            await ensure_topics(
+                self.admin, self.settings, [topic], partitions=partitions, configs=CHANGELOG_CONFIG
+            )
 
     async def ensure_topic(self, topic: str) -> None:
         """Create `topic` (an error topic) unless this engine already made sure it exists."""

@@ -34,6 +34,19 @@ wall clock, chosen by `window_from`:
 * `"arrival"`: the window closes at arrival `now_ms + W` and nothing is late: records are kept W
   of wall clock after they are seen and match by timestamp, so backlogs and delayed outer-join
   outputs still join.
+* `"stream"` (what the engine uses): `now_ms` is the step's *stream time*, not the wall clock
+  (see `dataflow.streamtime`); a record's window closes when stream time passes
+  `timestamp_ms + W`, so a backlog joins as it did live, however long ago it was written. A
+  record already behind stream time by more than W is late: it still matches what is held (an
+  outer join emits it alone if nothing matches) but is not kept. When the caller passes
+  `wall_ms` (every source is caught up), windows also close W of wall clock after arrival, so an
+  outer join's lone record goes out with no further traffic.
+
+Durable state: every record a joiner, gate or batcher keeps is an `Entry` with an `ident` chosen
+by the caller. Each `Step` lists the entries it `stored` (new, or changed: an outer join's
+`matched` flag) and `removed` (left the state), so the caller can keep a changelog; `load`
+puts a restored entry back without matching it again. `discard` (partitions revoked) lists
+nothing: the state stays in the changelog for the partitions' next owner.
 """
 
 from __future__ import annotations
@@ -46,6 +59,7 @@ from functools import reduce
 from typing import Generic, Literal, TypeVar
 
 __all__ = [
+    "Entry",
     "JoinType",
     "Joiner",
     "Output",
@@ -59,11 +73,11 @@ T = TypeVar("T")
 JoinType = Literal["inner", "outer", "any"]
 """How sources (or triggers) combine: all needed, emit partial sets at window close, or forward."""
 
-WindowFrom = Literal["timestamp", "arrival"]
+WindowFrom = Literal["timestamp", "arrival", "stream"]
 """What a record's window is measured from on the wall clock (see the module docstring)."""
 
 _JOIN_TYPES: frozenset[str] = frozenset(("inner", "outer", "any"))
-_WINDOW_FROM: frozenset[str] = frozenset(("timestamp", "arrival"))
+_WINDOW_FROM: frozenset[str] = frozenset(("timestamp", "arrival", "stream"))
 _DATA = -1  # source index of trigger-gate data records
 
 
@@ -90,6 +104,40 @@ class Output(Generic[T]):
     error: str = ""
 
 
+@dataclass(eq=False, slots=True)
+class Entry(Generic[T]):
+    """A record kept in a state machine (a join window, a trigger gate, a batch).
+
+    Attributes:
+        kind: `"j"` a join source record, `"t"` a trigger, `"d"` data waiting at a gate,
+            `"b"` a batched request.
+        source: The source or trigger index (-1 for gate data and batch items).
+        key: The record key.
+        value: The record value (empty for triggers).
+        timestamp_ms: The record timestamp.
+        token: The record's token (for gate data: the origin of the output it came from).
+        ident: The caller's name for the entry (its changelog key).
+        deadline_ms: When its window closes, on the window's clock.
+        wall_deadline_ms: When its window closes on the wall clock once sources are caught up.
+        contributors: Gate data: the tokens it stands for.
+        matched: Outer join: the record is in an emitted output.
+        alive: False once removed.
+    """
+
+    kind: str
+    source: int
+    key: bytes
+    value: bytes
+    timestamp_ms: int
+    token: T
+    ident: bytes = b""
+    deadline_ms: int = 0
+    wall_deadline_ms: int | None = None
+    contributors: tuple[T, ...] = ()
+    matched: bool = False
+    alive: bool = True
+
+
 @dataclass(slots=True)
 class Step(Generic[T]):
     """What one call produced.
@@ -97,19 +145,25 @@ class Step(Generic[T]):
     Attributes:
         outputs: Records to send on, in order.
         released: Tokens the state machine no longer holds.
+        stored: Entries that entered the state or changed (for a changelog).
+        removed: Entries that left the state.
     """
 
     outputs: list[Output[T]] = field(default_factory=list)
     released: list[T] = field(default_factory=list)
+    stored: list[Entry[T]] = field(default_factory=list, compare=False)
+    removed: list[Entry[T]] = field(default_factory=list, compare=False)
 
     def extend(self, other: Step[T]) -> None:
-        """Append another step's outputs and releases to this one.
+        """Append another step's outputs, releases and state changes to this one.
 
         Args:
             other: The step to append.
         """
         self.outputs.extend(other.outputs)
         self.released.extend(other.released)
+        self.stored.extend(other.stored)
+        self.removed.extend(other.removed)
 
 
 def _check_window(window_ms: int, window_from: str) -> None:
@@ -124,52 +178,54 @@ def _span_ok(timestamps: Iterable[int], window_ms: int) -> bool:
     return max(values) - min(values) <= window_ms
 
 
-@dataclass(eq=False, slots=True)
-class _Record(Generic[T]):
-    source: int
-    key: bytes
-    value: bytes
-    timestamp_ms: int
-    token: T
-    deadline_ms: int
-    contributors: tuple[T, ...] = ()  # trigger gate data: the tokens it stands for
-    matched: bool = False
-    alive: bool = True
-
-
 class _Window(Generic[T]):
-    """Deadline bookkeeping shared by the joiner and the gate."""
+    """Deadline bookkeeping shared by the joiner and the gate.
+
+    Two clocks: `deadline_ms` on the window's own clock (`now_ms`: the wall clock, or stream
+    time), and, when the caller gives one, `wall_deadline_ms` on the wall clock (used only when
+    `expire` is given `wall_ms`).
+    """
 
     def __init__(self, window_ms: int, window_from: WindowFrom) -> None:
         _check_window(window_ms, window_from)
         self.window_ms = window_ms
         self.window_from = window_from
-        self._heap: list[tuple[int, int, _Record[T]]] = []
+        self._heap: list[tuple[int, int, Entry[T]]] = []
+        self._wall: list[tuple[int, int, Entry[T]]] = []
         self._seq = itertools.count()
         self.count = 0
 
     def deadline(self, timestamp_ms: int, now_ms: int) -> int:
         if self.window_from == "arrival":
             return now_ms + self.window_ms
+        if self.window_from == "stream":
+            # Open while stream time <= timestamp + W: a partner W later still matches.
+            return timestamp_ms + self.window_ms + 1
         return min(timestamp_ms, now_ms) + self.window_ms
 
-    def push(self, record: _Record[T]) -> None:
-        heapq.heappush(self._heap, (record.deadline_ms, next(self._seq), record))
+    def push(self, record: Entry[T], wall_ms: int | None = None) -> None:
+        seq = next(self._seq)
+        heapq.heappush(self._heap, (record.deadline_ms, seq, record))
+        if wall_ms is not None:
+            record.wall_deadline_ms = wall_ms + self.window_ms
+            heapq.heappush(self._wall, (record.wall_deadline_ms, seq, record))
         self.count += 1
 
-    def kill(self, record: _Record[T]) -> None:
+    def kill(self, record: Entry[T]) -> None:
         if record.alive:
             record.alive = False
             self.count -= 1
 
-    def pop_due(self, now_ms: int) -> _Record[T] | None:
-        """The next live record whose window closed at or before `now_ms`, marked dead."""
-        heap = self._heap
-        while heap and heap[0][0] <= now_ms:
-            record = heapq.heappop(heap)[2]
-            if record.alive:
-                self.kill(record)
-                return record
+    def pop_due(self, now_ms: int, wall_ms: int | None = None) -> Entry[T] | None:
+        """The next live record whose window closed by `now_ms` (or `wall_ms`), marked dead."""
+        for heap, clock in ((self._heap, now_ms), (self._wall, wall_ms)):
+            if clock is None:
+                continue
+            while heap and heap[0][0] <= clock:
+                record = heapq.heappop(heap)[2]
+                if record.alive:
+                    self.kill(record)
+                    return record
         return None
 
     def next_deadline(self) -> int | None:
@@ -178,7 +234,13 @@ class _Window(Generic[T]):
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
-    def live(self) -> list[_Record[T]]:
+    def next_wall_deadline(self) -> int | None:
+        heap = self._wall
+        while heap and not heap[0][2].alive:
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def live(self) -> list[Entry[T]]:
         return [entry[2] for entry in sorted(self._heap) if entry[2].alive]
 
 
@@ -230,7 +292,9 @@ class Joiner(Generic[T]):
         self._type = join_type
         self._merge = merge
         self._window: _Window[T] = _Window(window_ms, window_from)
-        self._by_key: dict[bytes, list[list[_Record[T]]]] = {}
+        self._by_key: dict[bytes, list[list[Entry[T]]]] = {}
+        #: Records that arrived behind stream time by more than W (`"stream"` only).
+        self.late = 0
 
     @property
     def window_ms(self) -> int:
@@ -245,6 +309,9 @@ class Joiner(Generic[T]):
         timestamp_ms: int,
         token: T,
         now_ms: int,
+        *,
+        wall_ms: int | None = None,
+        ident: bytes = b"",
     ) -> Step[T]:
         """Feed one record from source `source_index`.
 
@@ -257,7 +324,11 @@ class Joiner(Generic[T]):
             value: The record value (opaque).
             timestamp_ms: The record timestamp.
             token: The record's token.
-            now_ms: The wall clock.
+            now_ms: The window clock (the wall clock, or stream time for `"stream"`).
+            wall_ms: The wall clock at arrival; the record's window also closes W after it
+                when `expire` is given `wall_ms`.
+            ident: The entry's name; an entry of the same name already held (the same record
+                consumed again after a restart) is replaced, not joined with.
 
         Returns:
             Outputs to send and tokens released.
@@ -274,7 +345,8 @@ class Joiner(Generic[T]):
             return step
         window = self._window
         deadline = window.deadline(timestamp_ms, now_ms)
-        if deadline <= now_ms:  # late: its window already closed
+        late = deadline <= now_ms
+        if late and window.window_from != "stream":  # late: its window already closed
             step.released.append(token)
             return step
         if key is None:
@@ -282,19 +354,60 @@ class Joiner(Generic[T]):
                 step.outputs.append(Output(key, value, timestamp_ms, token, (token,)))
             step.released.append(token)
             return step
-        record = _Record(source_index, key, value, timestamp_ms, token, deadline)
+        record = Entry("j", source_index, key, value, timestamp_ms, token, ident, deadline)
         sides = self._by_key.get(key)
         if sides is None:
             sides = [[] for _ in range(self._n)]
             self._by_key[key] = sides
+        if ident:
+            for old in sides[source_index]:
+                if old.ident == ident:  # consumed again: the new copy replaces it
+                    window.kill(old)
+                    sides[source_index].remove(old)
+                    step.released.append(old.token)
+                    if late:
+                        step.removed.append(old)
+                    break
         self._match(record, sides, step)
+        if late:
+            # Behind stream time by more than W: matched what is held, kept by nobody.
+            self.late += 1
+            if self._type == "outer" and not record.matched:
+                step.outputs.append(self._output([record], token))
+            step.released.append(token)
+            if not any(sides):
+                del self._by_key[key]
+            return step
         sides[source_index].append(record)
-        window.push(record)
+        window.push(record, wall_ms)
+        step.stored.append(record)
         return step
 
-    def _match(self, record: _Record[T], sides: list[list[_Record[T]]], step: Step[T]) -> None:
+    def load(self, entry: Entry[T], wall_ms: int | None = None) -> None:
+        """Put back a restored entry (from a changelog), without matching it.
+
+        Args:
+            entry: A `"j"` entry as listed in some `Step.stored`.
+            wall_ms: The wall clock now (the entry's wall-clock window starts again).
+        """
+        window = self._window
+        entry.alive = True
+        entry.deadline_ms = window.deadline(entry.timestamp_ms, entry.timestamp_ms)
+        sides = self._by_key.get(entry.key)
+        if sides is None:
+            sides = [[] for _ in range(self._n)]
+            self._by_key[entry.key] = sides
+        for old in sides[entry.source]:
+            if entry.ident and old.ident == entry.ident:
+                window.kill(old)
+                sides[entry.source].remove(old)
+                break
+        sides[entry.source].append(entry)
+        window.push(entry, wall_ms)
+
+    def _match(self, record: Entry[T], sides: list[list[Entry[T]]], step: Step[T]) -> None:
         w = self._window.window_ms
-        choices: list[list[_Record[T]]] = []
+        choices: list[list[Entry[T]]] = []
         for index, side in enumerate(sides):
             if index == record.source:
                 choices.append([record])
@@ -303,13 +416,16 @@ class Joiner(Generic[T]):
             if not near:
                 return
             choices.append(near)
+        outer = self._type == "outer"
         for combo in itertools.product(*choices):
             if _span_ok((r.timestamp_ms for r in combo), w):
                 for r in combo:
+                    if outer and not r.matched and r is not record:
+                        step.stored.append(r)  # its flag changed: an outer join reads it
                     r.matched = True
                 step.outputs.append(self._output(combo, record.token))
 
-    def _output(self, records: Sequence[_Record[T]], origin: T) -> Output[T]:
+    def _output(self, records: Sequence[Entry[T]], origin: T) -> Output[T]:
         timestamp = max(r.timestamp_ms for r in records)
         tokens = tuple(r.token for r in records)
         try:
@@ -318,29 +434,31 @@ class Joiner(Generic[T]):
             return Output(records[0].key, b"", timestamp, origin, tokens, f"cannot join: {exc}")
         return Output(records[0].key, value, timestamp, origin, tokens)
 
-    def expire(self, now_ms: int) -> Step[T]:
-        """Close every window that ended at or before `now_ms`.
+    def expire(self, now_ms: int, wall_ms: int | None = None) -> Step[T]:
+        """Close every window that ended at or before `now_ms` (or, if given, `wall_ms`).
 
         Outer joins emit the records still unmatched; every expired record is released.
 
         Args:
-            now_ms: The wall clock.
+            now_ms: The window clock.
+            wall_ms: The wall clock, when windows may also close on it (sources caught up).
 
         Returns:
             Outputs to send and tokens released.
         """
         step: Step[T] = Step()
-        while (record := self._window.pop_due(now_ms)) is not None:
+        while (record := self._window.pop_due(now_ms, wall_ms)) is not None:
             sides = self._by_key[record.key]
             sides[record.source].remove(record)
             if self._type == "outer" and not record.matched:
-                step.outputs.append(self._partial(record, sides))
+                step.outputs.append(self._partial(record, sides, step))
             step.released.append(record.token)
+            step.removed.append(record)
             if not any(sides):
                 del self._by_key[record.key]
         return step
 
-    def _partial(self, record: _Record[T], sides: list[list[_Record[T]]]) -> Output[T]:
+    def _partial(self, record: Entry[T], sides: list[list[Entry[T]]], step: Step[T]) -> Output[T]:
         w = self._window.window_ms
         group = [record]
         for index, side in enumerate(sides):
@@ -351,6 +469,7 @@ class Joiner(Generic[T]):
                     itertools.chain((r.timestamp_ms for r in group), (other.timestamp_ms,)), w
                 ):
                     group.append(other)
+                    step.stored.append(other)
                     break
         group.sort(key=lambda r: r.source)
         for r in group:
@@ -384,8 +503,12 @@ class Joiner(Generic[T]):
         return self._window.count
 
     def next_deadline(self) -> int | None:
-        """The wall-clock ms at which the next held record's window closes, None if none held."""
+        """When the next held record's window closes on the window's clock, None if none held."""
         return self._window.next_deadline()
+
+    def next_wall_deadline(self) -> int | None:
+        """When the next held record's window closes on the wall clock (if given), or None."""
+        return self._window.next_wall_deadline()
 
 
 class TriggerGate(Generic[T]):
@@ -435,8 +558,10 @@ class TriggerGate(Generic[T]):
         self._n = n_triggers
         self._all_needed = triggers_join_type == "inner"
         self._window: _Window[T] = _Window(window_ms, window_from)
-        self._triggers: dict[bytes, list[list[_Record[T]]]] = {}
-        self._waiting: dict[bytes, list[_Record[T]]] = {}
+        self._triggers: dict[bytes, list[list[Entry[T]]]] = {}
+        self._waiting: dict[bytes, list[Entry[T]]] = {}
+        #: Records that arrived behind stream time by more than W (`"stream"` only).
+        self.late = 0
 
     @property
     def window_ms(self) -> int:
@@ -452,6 +577,8 @@ class TriggerGate(Generic[T]):
         now_ms: int,
         *,
         contributors: Sequence[T] | None = None,
+        wall_ms: int | None = None,
+        ident: bytes = b"",
     ) -> Step[T]:
         """Feed one data record.
 
@@ -460,9 +587,11 @@ class TriggerGate(Generic[T]):
             value: The record value, passed on unchanged.
             timestamp_ms: The record timestamp.
             token: The record's token; the origin of the output.
-            now_ms: The wall clock.
+            now_ms: The window clock.
             contributors: The tokens this record stands for when it is the output of an earlier
                 stage; the gate releases these instead of `token`. Defaults to `(token,)`.
+            wall_ms: The wall clock at arrival (see `Joiner.add`).
+            ident: The entry's name if it has to wait.
 
         Returns:
             Outputs to send and tokens released (windows that closed by `now_ms` included).
@@ -471,24 +600,34 @@ class TriggerGate(Generic[T]):
         step = self.expire(now_ms)
         window = self._window
         deadline = window.deadline(timestamp_ms, now_ms)
-        if key is None or deadline <= now_ms:
+        late = deadline <= now_ms
+        if key is None or (late and window.window_from != "stream"):
             step.released.extend(held)
             return step
-        record = _Record(_DATA, key, value, timestamp_ms, token, deadline, held)
+        record = Entry("d", _DATA, key, value, timestamp_ms, token, ident, deadline, None, held)
         triggers = self._find(record)
         if triggers is not None:
             self._pass(record, triggers, step)
             return step
+        if late:
+            self.late += 1
+            step.released.extend(held)
+            return step
         self._waiting.setdefault(key, []).append(record)
-        window.push(record)
+        window.push(record, wall_ms)
+        step.stored.append(record)
         return step
 
-    def add_output(self, output: Output[T], now_ms: int) -> Step[T]:
+    def add_output(
+        self, output: Output[T], now_ms: int, *, wall_ms: int | None = None, ident: bytes = b""
+    ) -> Step[T]:
         """Feed an output of an earlier stage (joiner, batcher) as a data record.
 
         Args:
             output: The output; its origin becomes the token, its contributors are held.
-            now_ms: The wall clock.
+            now_ms: The window clock.
+            wall_ms: The wall clock at arrival (see `Joiner.add`).
+            ident: The entry's name if it has to wait.
 
         Returns:
             Outputs to send and tokens released.
@@ -500,6 +639,8 @@ class TriggerGate(Generic[T]):
             output.origin,
             now_ms,
             contributors=output.contributors,
+            wall_ms=wall_ms,
+            ident=ident,
         )
 
     def add_trigger(
@@ -509,6 +650,9 @@ class TriggerGate(Generic[T]):
         timestamp_ms: int,
         token: T,
         now_ms: int,
+        *,
+        wall_ms: int | None = None,
+        ident: bytes = b"",
     ) -> Step[T]:
         """Feed one trigger record (its payload is not needed).
 
@@ -517,7 +661,9 @@ class TriggerGate(Generic[T]):
             key: The record key.
             timestamp_ms: The record timestamp.
             token: The record's token.
-            now_ms: The wall clock.
+            now_ms: The window clock.
+            wall_ms: The wall clock at arrival (see `Joiner.add`).
+            ident: The entry's name.
 
         Returns:
             Outputs (data that this trigger lets through) and tokens released.
@@ -530,33 +676,78 @@ class TriggerGate(Generic[T]):
         step = self.expire(now_ms)
         window = self._window
         deadline = window.deadline(timestamp_ms, now_ms)
-        if key is None or deadline <= now_ms:
+        late = deadline <= now_ms
+        if key is None or (late and window.window_from != "stream"):
             step.released.append(token)
             return step
-        trigger = _Record(trigger_index, key, b"", timestamp_ms, token, deadline)
+        trigger = Entry("t", trigger_index, key, b"", timestamp_ms, token, ident, deadline)
         sides = self._triggers.get(key)
         if sides is None:
             sides = [[] for _ in range(self._n)]
             self._triggers[key] = sides
+        if ident:
+            for old in sides[trigger_index]:
+                if old.ident == ident:  # consumed again: the new copy replaces it
+                    window.kill(old)
+                    sides[trigger_index].remove(old)
+                    step.released.append(old.token)
+                    if late:
+                        step.removed.append(old)
+                    break
         sides[trigger_index].append(trigger)
-        window.push(trigger)
-        waiting = self._waiting.get(key)
-        if waiting:
-            still: list[_Record[T]] = []
-            for data in waiting:
-                triggers = self._find(data)
-                if triggers is None:
-                    still.append(data)
-                else:
-                    window.kill(data)
-                    self._pass(data, triggers, step)
-            if still:
-                self._waiting[key] = still
-            else:
-                del self._waiting[key]
+        self._release_waiting(key, step)
+        if late:
+            self.late += 1
+            sides[trigger_index].remove(trigger)
+            if not any(sides):
+                del self._triggers[key]
+            step.released.append(token)
+            return step
+        window.push(trigger, wall_ms)
+        step.stored.append(trigger)
         return step
 
-    def _find(self, record: _Record[T]) -> list[_Record[T]] | None:
+    def _release_waiting(self, key: bytes, step: Step[T]) -> None:
+        waiting = self._waiting.get(key)
+        if not waiting:
+            return
+        still: list[Entry[T]] = []
+        for data in waiting:
+            triggers = self._find(data)
+            if triggers is None:
+                still.append(data)
+            else:
+                self._window.kill(data)
+                self._pass(data, triggers, step)
+                step.removed.append(data)
+        if still:
+            self._waiting[key] = still
+        else:
+            del self._waiting[key]
+
+    def load(self, entry: Entry[T], wall_ms: int | None = None) -> None:
+        """Put back a restored `"t"` or `"d"` entry (from a changelog), without matching it.
+
+        Args:
+            entry: The entry as listed in some `Step.stored`.
+            wall_ms: The wall clock now (the entry's wall-clock window starts again).
+        """
+        window = self._window
+        entry.alive = True
+        entry.deadline_ms = window.deadline(entry.timestamp_ms, entry.timestamp_ms)
+        if entry.kind == "d":
+            if not entry.contributors:
+                entry.contributors = (entry.token,)
+            self._waiting.setdefault(entry.key, []).append(entry)
+        else:
+            sides = self._triggers.get(entry.key)
+            if sides is None:
+                sides = [[] for _ in range(self._n)]
+                self._triggers[entry.key] = sides
+            sides[entry.source].append(entry)
+        window.push(entry, wall_ms)
+
+    def _find(self, record: Entry[T]) -> list[Entry[T]] | None:
         sides = self._triggers.get(record.key)
         if sides is None:
             return None
@@ -579,7 +770,7 @@ class TriggerGate(Generic[T]):
         return None
 
     @staticmethod
-    def _pass(data: _Record[T], triggers: list[_Record[T]], step: Step[T]) -> None:
+    def _pass(data: Entry[T], triggers: list[Entry[T]], step: Step[T]) -> None:
         step.outputs.append(
             Output(
                 data.key,
@@ -591,23 +782,25 @@ class TriggerGate(Generic[T]):
         )
         step.released.extend(data.contributors)
 
-    def expire(self, now_ms: int) -> Step[T]:
-        """Close every window that ended at or before `now_ms`.
+    def expire(self, now_ms: int, wall_ms: int | None = None) -> Step[T]:
+        """Close every window that ended at or before `now_ms` (or, if given, `wall_ms`).
 
         Waiting data and triggers are released with no output.
 
         Args:
-            now_ms: The wall clock.
+            now_ms: The window clock.
+            wall_ms: The wall clock, when windows may also close on it (sources caught up).
 
         Returns:
             Tokens released (never outputs).
         """
         step: Step[T] = Step()
-        while (record := self._window.pop_due(now_ms)) is not None:
+        while (record := self._window.pop_due(now_ms, wall_ms)) is not None:
             step.released.extend(self._remove(record))
+            step.removed.append(record)
         return step
 
-    def _remove(self, record: _Record[T]) -> tuple[T, ...]:
+    def _remove(self, record: Entry[T]) -> tuple[T, ...]:
         if record.source == _DATA:
             waiting = self._waiting[record.key]
             waiting.remove(record)
@@ -645,5 +838,9 @@ class TriggerGate(Generic[T]):
         return self._window.count
 
     def next_deadline(self) -> int | None:
-        """The wall-clock ms at which the next held record's window closes, None if none held."""
+        """When the next held record's window closes on the window's clock, None if none held."""
         return self._window.next_deadline()
+
+    def next_wall_deadline(self) -> int | None:
+        """When the next held record's window closes on the wall clock (if given), or None."""
+        return self._window.next_wall_deadline()

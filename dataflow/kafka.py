@@ -90,10 +90,31 @@ def make_admin(settings: Settings) -> AIOKafkaAdminClient:
     )
 
 
+def make_restore_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """A consumer without a group, for reading a changelog back (assigned by hand)."""
+    fetch_max = min(settings.kafka_max_message_size_bytes, 2**31 - 1)
+    return AIOKafkaConsumer(
+        **_common(settings),
+        group_id=None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_partition_fetch_bytes=fetch_max,
+        fetch_max_bytes=max(fetch_max, 52428800),
+        isolation_level="read_committed",
+    )
+
+
 async def ensure_topics(
-    admin: AIOKafkaAdminClient, settings: Settings, topics: list[str] | tuple[str, ...]
+    admin: AIOKafkaAdminClient,
+    settings: Settings,
+    topics: list[str] | tuple[str, ...],
+    *,
+    partitions: int | None = None,
+    configs: dict[str, str] | None = None,
 ) -> None:
     """Create `topics` if missing, then poll until all are visible (spec 3.3).
+
+    `partitions` and `configs` override the default partition count and add topic configs.
 
     Raises:
         TopicError: a creation error other than "already exists", or topics still invisible
@@ -105,9 +126,12 @@ async def ensure_topics(
         [
             NewTopic(
                 name,
-                settings.kafka_partitions_default,
+                partitions or settings.kafka_partitions_default,
                 settings.kafka_replication_factor,
-                topic_configs={"max.message.bytes": str(settings.kafka_max_message_size_bytes)},
+                topic_configs={
+                    "max.message.bytes": str(settings.kafka_max_message_size_bytes),
+                    **(configs or {}),
+                },
             )
             for name in topics
         ],

@@ -61,6 +61,36 @@ class EngineCollector(Collector):
             "send_failures": CounterMetricFamily(
                 "dataflow_step_send_failures", "failed send attempts (retried)", labels=_LABELS
             ),
+            "empty": CounterMetricFamily(
+                "dataflow_step_records_empty",
+                "records that converted to nothing (no tensor left, an empty message)",
+                labels=_LABELS,
+            ),
+            "late": CounterMetricFamily(
+                "dataflow_step_records_late",
+                "records behind the step's stream time by more than the window",
+                labels=_LABELS,
+            ),
+            "restored": CounterMetricFamily(
+                "dataflow_step_state_restored",
+                "state entries read back from the changelog",
+                labels=_LABELS,
+            ),
+            "state_full": CounterMetricFamily(
+                "dataflow_step_state_full",
+                "times the step's state reached its bound",
+                labels=_LABELS,
+            ),
+        }
+        gauges = {
+            "state_records": GaugeMetricFamily(
+                "dataflow_step_state_records", "entries in the step's state", labels=_LABELS
+            ),
+            "state_bytes": GaugeMetricFamily(
+                "dataflow_step_state_bytes",
+                "key and value bytes in the step's state",
+                labels=_LABELS,
+            ),
         }
         convert = HistogramMetricFamily(
             "dataflow_step_convert_seconds", "wire conversion time per record", labels=_LABELS
@@ -81,6 +111,8 @@ class EngineCollector(Collector):
                 labels = [topology.name, str(topology.version), str(step.spec.index)]
                 for attr, counter in counters.items():
                     counter.add_metric(labels, getattr(step.stats, attr))
+                for attr, gauge in gauges.items():
+                    gauge.add_metric(labels, getattr(step.stats, attr))
                 for family, hist in (
                     (convert, step.stats.convert_seconds),
                     (latency, step.stats.latency_seconds),
@@ -89,6 +121,7 @@ class EngineCollector(Collector):
                 for tp, behind in step.lag().items():
                     lag.add_metric([*labels, tp.topic, str(tp.partition)], behind)
         yield from counters.values()
+        yield from gauges.values()
         yield convert
         yield latency
         yield lag

@@ -8,11 +8,12 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaProducer
 from loguru import logger
 
-from dataflow.kafka import make_consumer
+from dataflow.kafka import make_consumer, make_restore_consumer
 from dataflow.settings import Settings
 from dataflow.stages import StepStages
-from dataflow.step import Step, StepFailed
-from dataflow.topology import Topology, group_id
+from dataflow.step import StateOptions, Step, StepFailed
+from dataflow.store import changelog_topic
+from dataflow.topology import Topology, TopologyError, group_id
 
 READY = "pipeline data streams: ready"
 
@@ -25,6 +26,7 @@ class Pipeline:
         settings: engine settings (group ids, window defaults, client options).
         producer: the engine's shared producer.
         ensure_topic: creates a topic on demand (the default error topic).
+        ensure_changelog: creates a step's changelog topic (name, partitions) if missing.
         on_failure: called once with the reason when a step can no longer deliver.
         on_status: called with False when a rebalance starts after creation, True when every
             step owns its partitions again.
@@ -38,6 +40,7 @@ class Pipeline:
         ensure_topic: Callable[[str], Awaitable[None]],
         on_failure: Callable[[Pipeline, str], None],
         on_status: Callable[[Pipeline, bool], None] | None = None,
+        ensure_changelog: Callable[[str, int], Awaitable[None]] | None = None,
     ) -> None:
         self.topology = topology
         self.settings = settings
@@ -48,19 +51,29 @@ class Pipeline:
         self._rebalancing = False
         error_topic = topology.error_topic or settings.kafka_default_error_topic
         guard = StepStages.guard_for(topology)
-        self.steps = [
-            Step(
-                topology,
-                spec,
-                make_consumer(settings, group_id(settings.group_base(), topology.uid, spec.index)),
-                producer,
-                error_topic,
-                ensure_topic,
-                guard,
-                self._rebalanced,
+        self.steps = []
+        for spec in topology.steps:
+            group = group_id(settings.group_base(), topology.uid, spec.index)
+            state = StateOptions(
+                changelog=changelog_topic(group),
+                ensure_changelog=ensure_changelog or _no_changelog,
+                restore_consumer=lambda: make_restore_consumer(settings),
+                max_records=settings.state_max_records,
+                max_bytes=settings.state_max_bytes,
             )
-            for spec in topology.steps
-        ]
+            self.steps.append(
+                Step(
+                    topology,
+                    spec,
+                    make_consumer(settings, group),
+                    producer,
+                    error_topic,
+                    ensure_topic,
+                    guard,
+                    self._rebalanced,
+                    state,
+                )
+            )
         self._tasks: list[asyncio.Task[None]] = []
 
     @property
@@ -135,3 +148,30 @@ class Pipeline:
             for step in self.steps:
                 await step.consumer.stop()
         self._tasks.clear()
+
+
+def state_topics(topology: Topology, settings: Settings) -> list[str]:
+    """The changelog topics of the pipeline's stateful steps (joins, trigger gates, batches)."""
+    return [
+        changelog_topic(group_id(settings.group_base(), topology.uid, spec.index))
+        for spec in topology.steps
+        if spec.is_stateful
+    ]
+
+
+def check_state_bounds(topology: Topology, settings: Settings) -> None:
+    """Refuse a step whose batch cannot fit in the step's state bound.
+
+    Raises:
+        TopologyError: one line naming the step and the setting.
+    """
+    for spec in topology.steps:
+        if spec.batch_size and spec.batch_size > settings.state_max_records:
+            raise TopologyError(
+                f"step to {spec.sink}: batch size {spec.batch_size} exceeds "
+                f"SELDON_STATE_MAX_RECORDS ({settings.state_max_records})"
+            )
+
+
+async def _no_changelog(name: str, partitions: int) -> None:
+    raise RuntimeError(f"no changelog topic creation configured for {name}")

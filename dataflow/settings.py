@@ -93,6 +93,16 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password")
     kafka_sasl_password_path: str = Field("", description="file holding the SASL password")
 
+    # Step state (join windows, trigger gates, batches), per step.
+    state_max_records: int = Field(
+        500_000, ge=1, description="most records a step holds in state (then it stops fetching)"
+    )
+    state_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024,
+        description="most key and value bytes a step holds in state (then it stops fetching)",
+    )
+
     # Topic creation.
     topic_create_timeout_millis: int = Field(60000, ge=1, description="topic creation timeout")
     topic_describe_timeout_millis: int = Field(1000, ge=1, description="per describe call")

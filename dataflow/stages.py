@@ -5,10 +5,11 @@ reference's order (spec 4.4, 4.5): a join of the sources (or the record itself),
 (single-source steps into `...inputs` only), then the trigger gate. Pure: no I/O, the clock is
 passed in.
 
-Token contract (see `joins`): every `Ref` handed to a stage was held once by the step and comes
-back exactly once in some `released` list. An output handed from one stage to the next holds its
-contributors (through `hold`) until the next stage releases them; a final output's contributors
-are held by the step until the broker acknowledges it.
+State contract (see `joins`): what a stage keeps is an `Entry`, listed in `stored` when it
+enters (or changes) and in `removed` when it leaves. The step writes those to the changelog
+(`dataflow.store`), holding the offset of the record being processed until the writes are
+acknowledged; so no stage holds an offset, and `released` only says a token left the stages.
+A final output's contributors are held by the step until the broker acknowledges it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from dataflow.batches import Batcher
 from dataflow.cycles import RevisitGuard
-from dataflow.joins import Joiner, Output, Step, TriggerGate
+from dataflow.joins import Entry, Joiner, Output, Step, TriggerGate
 from dataflow.topology import StepSpec, Topology
 from dataflow.wire import batch_rows, merge_batch, merge_join
 
@@ -37,7 +38,14 @@ class Ref:
     headers: Headers
     timestamp: int
     received: float = 0.0  # perf_counter() when consumed, for the latency histogram
-    generation: int = 0  # the step's partition generation when consumed
+    generation: int = 0  # the step's partition generation when consumed (-1: restored)
+    pending: int = 0  # deliveries in flight that carry this record's data
+    deferred: list[Entry[Ref]] | None = None  # state removals waiting for those deliveries
+
+    @property
+    def restored(self) -> bool:
+        """True for a record read back from the changelog (its offset is long committed)."""
+        return self.generation < 0
 
 
 Result = Step[Ref]
@@ -46,12 +54,14 @@ Result = Step[Ref]
 class StepStages:
     """The stages of one step.
 
+    Joins and gates run on stream time (`now_ms` below: `dataflow.streamtime`), batches on the
+    wall clock. Every record a stage keeps is listed in `Result.stored` (and `removed` when it
+    leaves): the step mirrors it in the changelog, so no stage holds an offset.
+
     Args:
         spec: the step.
         output_topic: the pipeline's outputs topic (the cycle guard clears a request there).
         guard: the pipeline's shared revisit guard, or None when cycles are not allowed.
-        hold: holds a record's offset (the step's offset tracker) for outputs passed between
-            stages.
     """
 
     def __init__(
@@ -59,11 +69,9 @@ class StepStages:
         spec: StepSpec,
         output_topic: str,
         guard: RevisitGuard | None,
-        hold: Callable[[Ref], None],
     ) -> None:
         self.spec = spec
         self.guard = guard
-        self._hold = hold
         self._to_outputs = spec.sink == output_topic
         request = spec.sink_is_request
         self.joiner: Joiner[Ref] | None = None
@@ -75,81 +83,120 @@ class StepStages:
                 spec.join,
                 spec.window_ms,
                 partial(merge_join, request=request),
-                window_from="arrival",
+                window_from="stream",
             )
         elif request and (spec.batch_size or spec.batch_window_ms):
             self.batcher = Batcher(spec.batch_size, spec.batch_window_ms, merge_batch, batch_rows)
         if spec.triggers:
             self.gate = TriggerGate(
-                len(spec.triggers), spec.triggers_join, spec.window_ms, window_from="arrival"
+                len(spec.triggers), spec.triggers_join, spec.window_ms, window_from="stream"
             )
 
     @property
     def stateful(self) -> bool:
-        """True when some stage may hold records (the step then holds each one it hands in)."""
+        """True when some stage may hold records (the step then keeps a changelog)."""
         return self.joiner is not None or self.batcher is not None or self.gate is not None
+
+    @property
+    def timed(self) -> bool:
+        """True when some stage runs on stream time (a join or a trigger gate)."""
+        return self.joiner is not None or self.gate is not None
 
     @staticmethod
     def guard_for(topology: Topology) -> RevisitGuard | None:
         """The pipeline's shared revisit guard, when cycles are allowed."""
         return RevisitGuard(topology.max_step_revisits) if topology.allow_cycles else None
 
-    def add(self, index: int, ref: Ref, value: bytes, now_ms: int) -> Result:
-        """A converted record of source `index` (held once by the step if `stateful`)."""
+    def add(
+        self, index: int, ref: Ref, value: bytes, now_ms: int, wall_ms: int, ident: bytes
+    ) -> Result:
+        """A converted record of source `index` (`now_ms`: stream time; `ident`: its entry)."""
         if self.joiner is not None:
-            step = self.joiner.add(index, ref.key, value, ref.timestamp, ref, now_ms)
+            step = self.joiner.add(
+                index, ref.key, value, ref.timestamp, ref, now_ms, wall_ms=wall_ms, ident=ident
+            )
         elif self.batcher is not None:
-            step = self.batcher.add(ref.key, value, ref.timestamp, ref, now_ms)
+            step = self.batcher.add(ref.key, value, ref.timestamp, ref, wall_ms, ident=ident)
         else:
             output = Output(ref.key, value, ref.timestamp, ref, (ref,))
             if self.gate is None:
                 return Step([output], [])
             step = Step([output], [ref])
-        return self._through_gate(step, now_ms)
+        return self._through_gate(step, now_ms, wall_ms, ident)
 
-    def add_trigger(self, index: int, ref: Ref, now_ms: int) -> Result:
-        """A record of trigger `index` that carries the trigger's tensors (held by the step)."""
+    def add_trigger(self, index: int, ref: Ref, now_ms: int, wall_ms: int, ident: bytes) -> Result:
+        """A record of trigger `index` that carries the trigger's tensors."""
         if self.gate is None:
             return Step([], [ref])
-        return self.gate.add_trigger(index, ref.key, ref.timestamp, ref, now_ms)
+        return self.gate.add_trigger(
+            index, ref.key, ref.timestamp, ref, now_ms, wall_ms=wall_ms, ident=ident
+        )
 
-    def expire(self, now_ms: int) -> Result:
-        """Emit and release what left its window or batch by `now_ms`."""
+    def expire(self, now_ms: int | None, wall_ms: int, caught_up: bool) -> Result:
+        """Emit and release what left its window or batch.
+
+        Args:
+            now_ms: stream time (None while unknown: no window closes on it).
+            wall_ms: the wall clock (batches; windows too when `caught_up`).
+            caught_up: every source partition of the step is read to its end.
+        """
         step: Result = Step()
-        for stage in (self.joiner, self.batcher):
-            if stage is not None:
-                step.extend(self._through_gate(stage.expire(now_ms), now_ms))
+        stream = now_ms if now_ms is not None else -(2**62)
+        wall = wall_ms if caught_up else None
+        if self.joiner is not None:
+            step.extend(self._through_gate(self.joiner.expire(stream, wall), stream, wall_ms))
+        if self.batcher is not None:
+            step.extend(self._through_gate(self.batcher.expire(wall_ms), stream, wall_ms))
         if self.gate is not None:
-            step.extend(self.gate.expire(now_ms))
+            step.extend(self.gate.expire(stream, wall))
         if self.guard is not None:
-            self.guard.expire(now_ms)
+            self.guard.expire(wall_ms)
         return step
 
-    def _through_gate(self, step: Result, now_ms: int) -> Result:
+    def flush_batch(self, now_ms: int, wall_ms: int) -> Result:
+        """Emit the open batch early (the step's state is full)."""
+        if self.batcher is None:
+            return Step()
+        return self._through_gate(self.batcher.full(), now_ms, wall_ms)
+
+    def _through_gate(self, step: Result, now_ms: int, wall_ms: int, ident: bytes = b"") -> Result:
         if self.gate is None or not step.outputs:
             return step
-        gated: Result = Step([], list(step.released))
-        for output in step.outputs:
+        gated: Result = Step([], list(step.released), list(step.stored), list(step.removed))
+        for n, output in enumerate(step.outputs):
             if output.error:  # a failed merge goes straight to the error topic
                 gated.outputs.append(output)
                 continue
-            for ref in output.contributors:
-                self._hold(ref)
-            gated.extend(self.gate.add_output(output, now_ms))
+            name = (ident or b"d") + b"/" + str(n).encode() + b"/" + _origin_name(output.origin)
+            gated.extend(self.gate.add_output(output, now_ms, wall_ms=wall_ms, ident=name))
         return gated
 
+    def load(self, entry: Entry[Ref], wall_ms: int) -> None:
+        """Put back an entry restored from the changelog."""
+        if entry.kind == "j" and self.joiner is not None:
+            self.joiner.load(entry, wall_ms)
+        elif entry.kind in ("t", "d") and self.gate is not None:
+            self.gate.load(entry, wall_ms)
+        elif entry.kind == "b" and self.batcher is not None:
+            self.batcher.load(entry, entry.token.key, wall_ms)
+
     def next_deadline(self) -> int | None:
-        """Wall-clock ms of the next expiry, or None."""
+        """Wall-clock ms of the next expiry (batch windows; join windows once caught up)."""
         deadlines = [
-            d
-            for d in (
-                stage.next_deadline()
-                for stage in (self.joiner, self.batcher, self.gate)
-                if stage is not None
-            )
-            if d is not None
+            self.batcher.next_deadline() if self.batcher is not None else None,
+            self.joiner.next_wall_deadline() if self.joiner is not None else None,
+            self.gate.next_wall_deadline() if self.gate is not None else None,
         ]
-        return min(deadlines) if deadlines else None
+        found = [d for d in deadlines if d is not None]
+        return min(found) if found else None
+
+    def held(self) -> int:
+        """Records held by the stages."""
+        return sum(stage.held() for stage in (self.joiner, self.batcher, self.gate) if stage)
+
+    def late(self) -> int:
+        """Records that arrived behind stream time by more than the window."""
+        return sum(stage.late for stage in (self.joiner, self.gate) if stage is not None)
 
     def revisit(self, output: Output[Ref], now_ms: int) -> str | None:
         """The cycle guard's error text for `output`, or None to send it."""
@@ -158,8 +205,12 @@ class StepStages:
         key = output.key.decode(errors="replace")
         return self.guard.visit(key, self.spec.sink, self._to_outputs, now_ms)
 
-    def reset(self) -> None:
-        """Forget everything held (partitions were revoked: their records will be replayed)."""
+    def discard(self, predicate: Callable[[Ref], bool]) -> None:
+        """Forget what is held for records matching `predicate` (their partitions moved on)."""
         for stage in (self.joiner, self.batcher, self.gate):
             if stage is not None:
-                stage.discard(lambda _: True)
+                stage.discard(predicate)
+
+
+def _origin_name(ref: Ref) -> bytes:
+    return f"{ref.tp.topic}/{ref.tp.partition}/{ref.offset}".encode()

@@ -49,6 +49,12 @@ class StepStats:
     acked: int = 0
     errors: int = 0
     send_failures: int = 0
+    empty: int = 0  # converted to nothing (no tensor left, an empty message): no output
+    late: int = 0  # behind stream time by more than the window when read
+    state_records: int = 0  # entries held in the step's state store
+    state_bytes: int = 0  # their keys and values
+    restored: int = 0  # entries read back from the changelog
+    state_full: int = 0  # times the state reached its bound (fetching paused)
     last_error: str = ""
     convert_seconds: Histogram = field(default_factory=Histogram)
     latency_seconds: Histogram = field(default_factory=Histogram)

@@ -9,6 +9,7 @@ pipeline's error topic with a reason; the step carries on.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
@@ -21,11 +22,13 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from loguru import logger
 
 from dataflow import headers as hdr
+from dataflow import store
 from dataflow.cycles import RevisitGuard
-from dataflow.joins import Output
+from dataflow.joins import Entry, Output
 from dataflow.offsets import OffsetTracker
 from dataflow.stages import Headers, Ref, Result, StepStages
 from dataflow.stats import StepStats
+from dataflow.streamtime import StreamTime
 from dataflow.topology import Source, StepSpec, Topology, Trigger
 from dataflow.wire import ChainType, WireError, convert
 
@@ -38,6 +41,27 @@ COMMIT_INTERVAL = 0.2
 SEND_ATTEMPTS = 5
 #: Retry marker of an output the broker refused as too large (it goes to the error topic).
 TOO_LARGE = -1
+#: Longest a changelog restore may take before the step is reported failed.
+RESTORE_TIMEOUT = 120.0
+
+
+@dataclass(frozen=True)
+class StateOptions:
+    """Where a stateful step keeps its state and how much it may hold.
+
+    Attributes:
+        changelog: the step's changelog topic.
+        ensure_changelog: creates it (name, partitions) if missing.
+        restore_consumer: makes a group-less consumer to read it back.
+        max_records: most entries held before fetching is paused.
+        max_bytes: most key and value bytes held before fetching is paused.
+    """
+
+    changelog: str
+    ensure_changelog: Callable[[str, int], Awaitable[None]]
+    restore_consumer: Callable[[], AIOKafkaConsumer]
+    max_records: int = 500_000
+    max_bytes: int = 256 * 1024 * 1024
 
 
 def partition_for(key: bytes | None, partitions: int) -> int:
@@ -74,6 +98,7 @@ class Step:
         ensure_topic: creates a topic on demand (the default error topic).
         guard: the pipeline's shared revisit guard, when cycles are allowed.
         on_rebalance: called when the step loses or gets its partitions.
+        state: where a stateful step (join, trigger gate, batch) keeps its state.
     """
 
     def __init__(
@@ -86,6 +111,7 @@ class Step:
         ensure_topic: Callable[[str], Awaitable[None]],
         guard: RevisitGuard | None = None,
         on_rebalance: Callable[[], None] | None = None,
+        state: StateOptions | None = None,
     ) -> None:
         self.topology = topology
         self.spec = spec
@@ -96,7 +122,19 @@ class Step:
         self.stats = StepStats()
         self._on_rebalance = on_rebalance or (lambda: None)
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self.stages = StepStages(spec, topology.output_topic, guard, self._hold)
+        self.stages = StepStages(spec, topology.output_topic, guard)
+        if self.stages.stateful and state is None:
+            raise ValueError("a stateful step needs StateOptions")
+        self.state = state if self.stages.stateful else None
+        self._timed = self.stages.timed
+        self._clock: StreamTime[TopicPartition] = StreamTime()
+        # ident -> (input partition, bytes) of every entry held in state.
+        self._entries: dict[bytes, tuple[int, int]] = {}
+        self._owned: set[int] = set()  # input partition numbers whose state is loaded
+        self._tombstones: list[Entry[Ref]] = []  # removals whose deliveries were acked
+        self._paused: set[TopicPartition] = set()
+        self._full = False
+        self._changelog_partitions = 1
         self.assigned = asyncio.Event()
         self.log = logger.bind(pipeline=topology.name, step=spec.index)
         self._routing: dict[str, _Routing] = {}
@@ -121,7 +159,11 @@ class Step:
     # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Start the consumer and subscribe to the step's topics."""
+        """Create the changelog of a stateful step, start the consumer, subscribe."""
+        if self.state is not None:
+            counts = [len(await self.producer.partitions_for(t) or ()) for t in self.spec.topics]
+            self._changelog_partitions = max(1, *counts)
+            await self.state.ensure_changelog(self.state.changelog, self._changelog_partitions)
         await self.consumer.start()
         self.consumer.subscribe(list(self.spec.topics), listener=_Listener(self))
         partitions = await self.producer.partitions_for(self.spec.sink)
@@ -147,12 +189,15 @@ class Step:
                         # Revoked before this batch was processed: a new assignment starts
                         # again from the committed offsets, so the batch is fetched again.
                         continue
-                    now_ms = _now_ms()
-                    for tp, records in batch.items():
-                        for record in records:
-                            await self._on_record(tp, record, now_ms)
-                        self._positions[tp] = records[-1].offset + 1
-                    await self._send_all(self.stages.expire(_now_ms()), _now_ms())
+                    if self._timed:
+                        await self._process_in_time_order(batch)
+                    else:
+                        wall = _now_ms()
+                        for tp, records in batch.items():
+                            for record in records:
+                                await self._on_record(tp, record, wall, wall)
+                            self._positions[tp] = records[-1].offset + 1
+                    await self._after_batch()
                     await self._commit(force=False)
             await self._drain()
         finally:
@@ -179,11 +224,99 @@ class Step:
         fetched: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = getter.result()
         return fetched
 
+    async def _process_in_time_order(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> None:
+        """Records of a join or gate, across partitions in timestamp order, on stream time."""
+        await self._refresh_positions()
+        for tp, records in batch.items():
+            self._positions[tp] = records[0].offset
+        ends = self._ends()
+        parts = [[(r.timestamp, tp, r) for r in records] for tp, records in batch.items()]
+        for timestamp, tp, record in heapq.merge(*parts, key=lambda item: item[0]):
+            self._positions[tp] = record.offset + 1
+            self._clock.observe(tp, timestamp)
+            stream = self._clock.now(self._lagging(ends))
+            await self._on_record(tp, record, stream, _now_ms())
+
+    async def _after_batch(self) -> None:
+        """Close windows and batches, send what left the state, pace the sources."""
+        wall = _now_ms()
+        stream: int | None = wall
+        caught_up = True
+        lagging: list[TopicPartition] = []
+        if self._timed:
+            await self._refresh_positions()
+            lagging = self._lagging(self._ends())
+            caught_up = not lagging
+            stream = self._clock.now(lagging)
+        await self._send_all(self.stages.expire(stream, wall, caught_up), wall, None)
+        await self._flush_tombstones()
+        self._pace(lagging, stream, wall)
+
+    def _ends(self) -> dict[TopicPartition, int | None]:
+        ends: dict[TopicPartition, int | None] = {}
+        for tp in self.consumer.assignment():
+            lso = self.consumer.last_stable_offset(tp)
+            ends[tp] = lso if lso is not None else self.consumer.highwater(tp)
+        return ends
+
+    def _lagging(self, ends: dict[TopicPartition, int | None]) -> list[TopicPartition]:
+        """Partitions with records left to read (or not known yet)."""
+        lagging = []
+        for tp, end in ends.items():
+            position = self._positions.get(tp)
+            if end is None or position is None or position < end:
+                lagging.append(tp)
+        return lagging
+
+    async def _refresh_positions(self) -> None:
+        """Positions of partitions fetched from but not yet seen with records."""
+        for tp in self.consumer.assignment():
+            if tp not in self._positions and self.consumer.highwater(tp) is not None:
+                self._positions[tp] = await self.consumer.position(tp)
+
+    def _pace(self, lagging: list[TopicPartition], stream: int | None, wall: int) -> None:
+        """Pause sources read ahead of stream time, and all but the slowest when state is full."""
+        if self.state is None:
+            return
+        self.stats.state_records = len(self._entries)
+        full = (
+            len(self._entries) >= self.state.max_records
+            or self.stats.state_bytes >= self.state.max_bytes
+        )
+        if full and not self._full:
+            self.stats.state_full += 1
+            self.log.warning(
+                "state full ({} records, {} bytes): fetching only what holds stream time back",
+                len(self._entries),
+                self.stats.state_bytes,
+            )
+        self._full = full
+        if not self._timed:
+            return
+        wanted = self._clock.ahead(lagging, self.spec.window_ms)
+        if full:
+            wanted |= self._clock.ahead(lagging, 0)
+        assigned = self.consumer.assignment()
+        wanted &= assigned
+        pause = wanted - self._paused
+        resume = (self._paused & assigned) - wanted
+        if pause:
+            self.consumer.pause(*pause)
+        if resume:
+            self.consumer.resume(*resume)
+        self._paused = wanted
+
     async def _drain(self) -> None:
         """Wait for in-flight sends, then commit what is safe."""
         try:
             await self.producer.flush()
+            await asyncio.sleep(0)  # let the acks' callbacks run
             await self._resend()
+            await self._flush_tombstones()
+            await self.producer.flush()
+            await asyncio.sleep(0)
             await self._commit(force=True)
         except KafkaError as exc:
             self.log.warning("final commit failed: {}", exc)
@@ -197,7 +330,7 @@ class Step:
     # -- records ----------------------------------------------------------------------------
 
     async def _on_record(
-        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], now: int
+        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], stream: int | None, wall: int
     ) -> None:
         self.stats.records_in += 1
         ref = Ref(
@@ -212,19 +345,21 @@ class Step:
         self.tracker.hold(tp, record.offset)
         routing = self._routing.get(record.topic)
         matched = False
+        now = stream if stream is not None else -(2**62)
         try:
             if routing is not None:
                 for index, source, wanted in routing.sources:
                     if hdr.names_pipeline(record.headers, wanted):
                         matched = True
-                        await self._on_source(index, source, ref, record.value, now)
+                        await self._on_source(index, source, ref, record.value, now, wall)
                 for index, trigger, wanted_t in routing.triggers:
                     if hdr.names_pipeline(record.headers, wanted_t):
                         matched = True
                         fired = convert(record.value, _TRIGGER_CHAIN, trigger.tensors) is not None
                         if fired:
-                            self._hold(ref)
-                            await self._send_all(self.stages.add_trigger(index, ref, now), now)
+                            name = store.ident("t", index, tp.topic, tp.partition, record.offset)
+                            result = self.stages.add_trigger(index, ref, now, wall, name)
+                            await self._send_all(result, wall, ref)
         except WireError as exc:
             self._hold_all((ref,))
             await self._send_error(
@@ -235,23 +370,32 @@ class Step:
         self.tracker.release(tp, record.offset)
 
     async def _on_source(
-        self, index: int, source: Source, ref: Ref, value: bytes, now: int
+        self, index: int, source: Source, ref: Ref, value: bytes, now: int, wall: int
     ) -> None:
         t0 = time.perf_counter()
         converted = convert(value, source.chain, source.tensors, source.renames)
         self.stats.convert_seconds.observe(time.perf_counter() - t0)
         if converted is None:
+            # No tensor left after selection, or an empty message: the reference drops these.
+            self.stats.empty += 1
+            self.log.debug(
+                "{}[{}]@{} converted to nothing: no output",
+                ref.tp.topic,
+                ref.tp.partition,
+                ref.offset,
+            )
             return
-        if self.stages.stateful:
-            self._hold(ref)
-        await self._send_all(self.stages.add(index, ref, converted, now), now)
-
-    def _hold(self, ref: Ref) -> None:
-        self.tracker.hold(ref.tp, ref.offset)
+        name = store.ident("s", index, ref.tp.topic, ref.tp.partition, ref.offset)
+        await self._send_all(self.stages.add(index, ref, converted, now, wall, name), wall, ref)
 
     # -- sending ----------------------------------------------------------------------------
 
-    async def _send_all(self, result: Result, now_ms: int) -> None:
+    async def _send_all(self, result: Result, now_ms: int, cause: Ref | None) -> None:
+        """Send `result`'s outputs and mirror its state changes in the changelog.
+
+        `cause` is the record being processed: its offset stays held until the changelog has
+        every entry its processing wrote.
+        """
         for output in result.outputs:
             self._hold_all(output.contributors)
             error = output.error or self.stages.revisit(output, now_ms)
@@ -259,20 +403,217 @@ class Step:
                 await self._send_error(output.origin, error, output.contributors)
             else:
                 await self._deliver(self.spec.sink, output, (), attempt=1)
-        self._release_all(result.released)
+        if self.state is None:
+            return
+        for entry in result.stored:
+            await self._put(entry, cause)
+        for entry in result.removed:
+            self._remove(entry)
+        if self.stages.batcher is not None and self._full:
+            # A batch that cannot grow is sent now rather than holding fetching forever.
+            await self._send_all(self.stages.flush_batch(now_ms, now_ms), now_ms, None)
 
     # Every delivery owns one hold on each contributor's offset, taken before it starts and
     # handed on through retries and error routing, released only by the broker's ack.
 
-    def _hold_all(self, refs: Iterable[Ref]) -> None:
-        for ref in refs:
-            self.tracker.hold(ref.tp, ref.offset)
+    def _current(self, ref: Ref) -> bool:
+        """True unless `ref` was consumed before its partition was revoked (restored: True)."""
+        return ref.generation == self._generation or ref.restored
 
-    def _release_all(self, refs: Iterable[Ref]) -> None:
+    def _hold_all(self, refs: Iterable[Ref]) -> None:
+        generation = self._generation
+        for ref in refs:
+            ref.pending += 1
+            if ref.generation == generation:  # restored or revoked records need no hold
+                self.tracker.hold(ref.tp, ref.offset)
+
+    def _acked(self, refs: Iterable[Ref]) -> None:
+        """The delivery carrying `refs` was acknowledged."""
         generation = self._generation
         for ref in refs:
             if ref.generation == generation:  # holds of revoked partitions were forgotten
                 self.tracker.release(ref.tp, ref.offset)
+            ref.pending -= 1
+            if ref.pending <= 0 and ref.deferred:
+                self._tombstones.extend(ref.deferred)
+                ref.deferred = None
+
+    # -- state ------------------------------------------------------------------------------
+
+    async def _put(self, entry: Entry[Ref], cause: Ref | None) -> None:
+        """Write `entry` to the changelog; `cause`'s offset is held until it is acknowledged."""
+        assert self.state is not None
+        token = entry.token
+        value = store.encode(
+            entry.kind,
+            entry.source,
+            token.key,
+            entry.value,
+            entry.timestamp_ms,
+            entry.matched,
+            token.headers,
+            token.tp.topic,
+            token.tp.partition,
+            token.offset,
+        )
+        size = len(entry.value) + len(token.key or b"")
+        old = self._entries.get(entry.ident)
+        if old is not None:
+            self.stats.state_bytes -= old[1]
+        self._entries[entry.ident] = (token.tp.partition, size)
+        self.stats.state_bytes += size
+        held = cause is not None and cause.generation == self._generation
+        if held:
+            assert cause is not None
+            self.tracker.hold(cause.tp, cause.offset)
+        future = await self.producer.send(
+            self.state.changelog,
+            value,
+            key=entry.ident,
+            partition=token.tp.partition % self._changelog_partitions,
+        )
+        future.add_done_callback(partial(self._on_put, cause if held else None))
+
+    def _on_put(self, cause: Ref | None, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            exc = None if future.cancelled() else future.exception()
+            if cause is not None and cause.generation != self._generation:
+                return  # its partition was revoked: the next owner replays the record
+            # The record's offset stays held: the pipeline is rebuilt from the changelog.
+            self._failure = StepFailed(f"cannot write state to {self.state_topic}: {exc!r}")
+            return
+        if cause is not None and cause.generation == self._generation:
+            self.tracker.release(cause.tp, cause.offset)
+
+    @property
+    def state_topic(self) -> str:
+        """The changelog topic, or empty for a stateless step."""
+        return self.state.changelog if self.state is not None else ""
+
+    def _remove(self, entry: Entry[Ref]) -> None:
+        """`entry` left the state: its tombstone follows the deliveries that carry its data."""
+        old = self._entries.pop(entry.ident, None)
+        if old is not None:
+            self.stats.state_bytes -= old[1]
+        token = entry.token
+        if token.pending > 0:
+            if token.deferred is None:
+                token.deferred = []
+            token.deferred.append(entry)
+        else:
+            self._tombstones.append(entry)
+
+    async def _flush_tombstones(self) -> None:
+        if self.state is None or not self._tombstones:
+            return
+        tombstones, self._tombstones = self._tombstones, []
+        for entry in tombstones:
+            if entry.ident in self._entries:
+                continue  # written again since (the same record consumed again)
+            partition = entry.token.tp.partition % self._changelog_partitions
+            try:
+                await self.producer.send(
+                    self.state.changelog, None, key=entry.ident, partition=partition
+                )
+            except KafkaError as exc:  # the entry comes back on restore and expires again
+                self.log.warning("tombstone to {} failed: {}", self.state.changelog, exc)
+
+    async def _restore(self, assigned: set[TopicPartition]) -> None:
+        """Load the state of newly owned partitions from the changelog; drop the state of
+        partitions owned no more (their next owner restores it)."""
+        if self.state is None:
+            return
+        now_owned = {tp.partition for tp in assigned}
+        gone = self._owned - now_owned
+        if gone:
+            self.stages.discard(lambda ref: ref.tp.partition in gone)
+            for name, (partition, size) in list(self._entries.items()):
+                if partition in gone:
+                    del self._entries[name]
+                    self.stats.state_bytes -= size
+        new = now_owned - self._owned
+        self._owned = now_owned
+        if not new:
+            return
+        t0 = time.monotonic()
+        latest = await asyncio.wait_for(self._read_changelog(new), RESTORE_TIMEOUT)
+        wall = _now_ms()
+        loaded = 0
+        for name, value in latest.items():
+            if value is None:
+                continue
+            try:
+                restored = store.decode(value)
+            except ValueError as exc:
+                self.log.warning("skipping changelog entry {!r}: {}", name, exc)
+                continue
+            if restored.partition not in new:
+                continue
+            tp = TopicPartition(restored.topic, restored.partition)
+            ref = Ref(
+                tp,
+                restored.offset,
+                restored.key,
+                restored.headers,
+                restored.timestamp_ms,
+                time.perf_counter(),
+                -1,
+            )
+            entry: Entry[Ref] = Entry(
+                restored.kind,
+                restored.index,
+                restored.key or b"",
+                restored.value,
+                restored.timestamp_ms,
+                ref,
+                name,
+                matched=restored.matched,
+            )
+            self.stages.load(entry, wall)
+            size = len(restored.value) + len(restored.key or b"")
+            self._entries[name] = (restored.partition, size)
+            self.stats.state_bytes += size
+            loaded += 1
+        self.stats.restored += loaded
+        self.stats.state_records = len(self._entries)
+        self.log.info(
+            "restored {} state entries of partitions {} from {} in {:.2f}s",
+            loaded,
+            sorted(new),
+            self.state.changelog,
+            time.monotonic() - t0,
+        )
+
+    async def _read_changelog(self, partitions: set[int]) -> dict[bytes, bytes | None]:
+        """The latest value per key of the changelog partitions holding `partitions`."""
+        assert self.state is not None
+        consumer = self.state.restore_consumer()
+        await consumer.start()
+        latest: dict[bytes, bytes | None] = {}
+        try:
+            tps = sorted(
+                {
+                    TopicPartition(self.state.changelog, p % self._changelog_partitions)
+                    for p in partitions
+                }
+            )
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            ends = await consumer.end_offsets(tps)
+            remaining = {tp for tp in tps if ends[tp] > 0}
+            while remaining:
+                for tp in list(remaining):
+                    if await consumer.position(tp) >= ends[tp]:
+                        remaining.discard(tp)
+                if not remaining:
+                    break
+                batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=10000)
+                for records in batch.values():
+                    for r in records:
+                        latest[r.key] = r.value
+        finally:
+            await consumer.stop()
+        return latest
 
     def _record_parts(self, topic: str, output: Output[Ref], extra: Headers) -> tuple[int, Headers]:
         headers = hdr.rewrite(output.origin.headers, self.topology.name, self.topology.version)
@@ -286,7 +627,12 @@ class Step:
         partition, headers = self._record_parts(topic, output, extra)
         try:
             future = await self.producer.send(
-                topic, output.value, key=output.key, partition=partition, headers=headers
+                topic,
+                output.value,
+                key=output.key,
+                partition=partition,
+                headers=headers,
+                timestamp_ms=_timestamp(output),
             )
         except MessageSizeTooLargeError as exc:
             if topic == self.error_topic:
@@ -308,7 +654,7 @@ class Step:
         if future.cancelled() or future.exception() is not None:
             exc = None if future.cancelled() else future.exception()
             reason = "cancelled" if exc is None else repr(exc)
-            if output.origin.generation != self._generation:
+            if not self._current(output.origin):
                 return  # its partition was revoked: the next owner replays the record
             if isinstance(exc, MessageSizeTooLargeError) and topic != self.error_topic:
                 # The broker refused the record batch: retry this record alone.
@@ -323,7 +669,7 @@ class Step:
             return  # the holds stay with the retry: nothing past it is committed
         self.stats.acked += 1
         self.stats.latency_seconds.observe(time.perf_counter() - output.origin.received)
-        self._release_all(output.contributors)
+        self._acked(output.contributors)
 
     async def _resend(self) -> None:
         retries, self._retries = self._retries, []
@@ -332,7 +678,7 @@ class Step:
         # One pause per round, growing with the attempts, not one per record.
         await asyncio.sleep(0.1 * max(attempt for _, _, _, attempt, _ in retries))
         for topic, output, extra, attempt, reason in retries:
-            if output.origin.generation != self._generation:
+            if not self._current(output.origin):
                 continue
             if attempt == TOO_LARGE:
                 await self._send_alone(topic, output, extra, reason)
@@ -349,7 +695,12 @@ class Step:
         try:
             await self.producer.flush()
             await self.producer.send_and_wait(
-                topic, output.value, key=output.key, partition=partition, headers=headers
+                topic,
+                output.value,
+                key=output.key,
+                partition=partition,
+                headers=headers,
+                timestamp_ms=_timestamp(output),
             )
         except MessageSizeTooLargeError:
             await self._send_error(output.origin, why, output.contributors)
@@ -359,7 +710,7 @@ class Step:
             await self._deliver(topic, output, extra, attempt=2)
             return
         self.stats.acked += 1
-        self._release_all(output.contributors)
+        self._acked(output.contributors)
 
     async def _send_error(self, ref: Ref, reason: str, contributors: tuple[Ref, ...]) -> None:
         """Send `reason` to the error topic; the caller holds the contributors' offsets."""
@@ -415,14 +766,17 @@ class Step:
     async def on_revoked(self, revoked: set[TopicPartition]) -> None:
         """Deliver and commit before partitions move to another member.
 
-        Runs between two fetched batches (the batch lock): sends in flight are flushed and their
-        acks counted, then what is safe is committed. Records still held (in a window, a batch,
-        or a retry) are forgotten uncommitted, so the partition's next owner replays them.
+        Runs between two fetched batches (the batch lock): sends in flight (outputs and
+        changelog writes) are flushed and their acks counted, then what is safe is committed.
+        What the state holds stays in memory: it is in the changelog, so a partition that comes
+        back keeps it and one that moves is restored by its next owner. Records still held by a
+        retry are forgotten uncommitted, so the partition's next owner replays them.
         """
         async with self._batch_lock:
             try:
                 await self.producer.flush()
                 await asyncio.sleep(0)  # let the acks' callbacks run
+                await self._flush_tombstones()
                 await self._commit(force=True)
             except KafkaError as exc:
                 self.log.warning("commit on revoke failed: {}", exc)
@@ -431,13 +785,19 @@ class Step:
                 self.tracker.forget(tp)
                 self._positions.pop(tp, None)
             self._retries.clear()
-            self.stages.reset()
+            self._paused.clear()
             self.assigned.clear()
         self._on_rebalance()
 
-    def on_assigned(self, assigned: set[TopicPartition]) -> None:
-        """Mark the step ready once it owns partitions."""
+    async def on_assigned(self, assigned: set[TopicPartition]) -> None:
+        """Restore the state of new partitions, then mark the step ready."""
         self.log.debug("assigned {}", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
+        async with self._batch_lock:
+            self._clock.assign(assigned)
+            try:
+                await self._restore(assigned)
+            except Exception as exc:  # the pipeline is rebuilt; nothing past it was committed
+                self._failure = StepFailed(f"cannot restore state: {type(exc).__name__}: {exc}")
         self.assigned.set()
         self._on_rebalance()
 
@@ -450,8 +810,13 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.step.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        self.step.on_assigned(set(assigned))
+        await self.step.on_assigned(set(assigned))
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _timestamp(output: Output[Ref]) -> int | None:
+    """An output carries its input's timestamp (a join's or batch's: the latest part's)."""
+    return output.timestamp_ms if output.timestamp_ms >= 0 else None

@@ -83,6 +83,12 @@ class StepSpec:
         return len(self.sources) > 1
 
     @property
+    def is_stateful(self) -> bool:
+        """True when the step keeps state: a join, a trigger gate, or a batch of requests."""
+        batched = self.sink_is_request and bool(self.batch_size or self.batch_window_ms)
+        return self.is_join or bool(self.triggers) or batched
+
+    @property
     def sink_is_request(self) -> bool:
         """True when the sink carries requests (`...inputs`)."""
         return self.sink.rsplit(".", 1)[-1] == "inputs"

@@ -365,7 +365,7 @@ def test_joiner_arguments_validated() -> None:
     with pytest.raises(ValueError):
         Joiner(2, "inner", 0, bar)
     with pytest.raises(ValueError):
-        Joiner(2, "inner", W, bar, window_from="stream")  # type: ignore[arg-type]
+        Joiner(2, "inner", W, bar, window_from="bogus")  # type: ignore[arg-type]
     joiner: Joiner[str] = Joiner(2, "inner", W, bar)
     assert joiner.window_ms == W
     with pytest.raises(IndexError):
