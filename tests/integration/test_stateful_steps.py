@@ -261,3 +261,65 @@ async def test_join_survives_sigkill(tmp_path: Path, bootstrap: str, unique: str
     finally:
         run.stop()
     assert [tensors(r.value) for r in out] == [[("x", [1.0]), ("y", [2.0])]]
+
+
+async def test_outputs_carry_the_input_timestamp(
+    tmp_path: Path, bootstrap: str, unique: str
+) -> None:
+    """A chain's output keeps its input's timestamp, a join's the latest part's, an error record
+    the failed input's (Kafka Streams' rule), not the engine's produce time."""
+    run = Run(tmp_path, bootstrap, unique, "ts")
+    a, b, c = run.topic("a", "outputs"), run.topic("b", "outputs"), run.topic("c", "inputs")
+    x, y = run.topic("x", "outputs"), run.topic("y", "inputs")
+    errors = f"seldon.{run.ns}.errors.errors"
+    body = (
+        f"errorTopic: {errors}\nsteps:\n"
+        f"  - sources: [{a}, {b}]\n    sink: {c}\n    joinWindowMs: 5000\n"
+        f"  - sources: [{x}]\n    sink: {y}\n"
+    )
+    await run.start(body, a, b, x)
+    try:
+        then = int(time.time() * 1000) - 3_600_000  # an hour ago: surely not "now"
+        await send(bootstrap, x, b"k0", response("chain", ("x", 1.0)), run.name, then)
+        await send(bootstrap, x, b"k9", b"\xff\xff\xff", run.name, then + 7)  # malformed
+        await send(bootstrap, a, b"k1", response("left", ("x", 1.0)), run.name, then + 100)
+        await send(bootstrap, b, b"k1", response("right", ("y", 2.0)), run.name, then + 900)
+        chained = await consume(bootstrap, y, 1, timeout=20)
+        joined = await consume(bootstrap, c, 1, timeout=20)
+        failed = await consume(bootstrap, errors, 1, timeout=20)
+    finally:
+        run.stop()
+    assert [r.timestamp for r in chained] == [then]
+    assert [r.timestamp for r in joined] == [then + 900]
+    assert [r.timestamp for r in failed] == [then + 7]
+
+
+async def test_join_state_survives_a_graceful_restart_without_duplicates(
+    tmp_path: Path, bootstrap: str, unique: str
+) -> None:
+    """A record in a 60 s window is committed once its state is in the changelog: after a
+    graceful restart it is restored, not replayed, and joins its partner exactly once."""
+    run = Run(tmp_path, bootstrap, unique, "gj")
+    a, b, c = run.topic("a", "outputs"), run.topic("b", "outputs"), run.topic("c", "inputs")
+    await run.start(join_body(run, "inner", 60_000), a, b)
+    try:
+        await send(bootstrap, a, b"k1", response("left", ("x", 1.0)), run.name)
+        await send(bootstrap, b, b"k0", response("r0", ("y", 0.0)), run.name)
+        await send(bootstrap, a, b"k0", response("l0", ("x", 0.0)), run.name)
+        first = await consume(bootstrap, c, 1, timeout=20, settle=1.0)
+        assert run.engine is not None
+        assert run.engine.stop() == 0
+        log = run.engine.output()
+        run.restart_engine()
+        await send(bootstrap, b, b"k1", response("right", ("y", 2.0)), run.name)
+        out = await consume(bootstrap, c, 2, timeout=30, settle=2.0)
+        restarted = run.engine.output()
+    finally:
+        run.stop()
+    assert [ModelInferRequest().parse(r.value).id for r in first] == ["l0"]
+    assert [(r.key, tensors(r.value)) for r in out] == [
+        (b"k0", [("x", [0.0]), ("y", [0.0])]),
+        (b"k1", [("x", [1.0]), ("y", [2.0])]),
+    ], "the k0 pair is not joined again after the restart"
+    assert "restored 0 state entries" in log
+    assert "restored 3 state entries" in restarted
