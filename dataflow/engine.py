@@ -15,7 +15,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from loguru import logger
 
 from dataflow.kafka import ensure_topics, make_admin, make_producer
-from dataflow.pipeline import READY, Pipeline, check_state_bounds, state_topics
+from dataflow.pipeline import READY, Pipeline, state_topics
 from dataflow.proto.seldon.mlops.chainer import PipelineUpdateMessage
 from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessagePipelineOperation as Op,
@@ -23,7 +23,7 @@ from dataflow.proto.seldon.mlops.chainer import (
 from dataflow.settings import Settings
 from dataflow.store import CHANGELOG_CONFIG
 from dataflow.subscriber import Subscriber
-from dataflow.topology import TopologyError, topology_from
+from dataflow.topology import TopologyError, check_state_bounds, topology_from
 
 #: Seconds before a pipeline that failed at run time is rebuilt.
 RESTART_DELAY = 5.0
@@ -185,7 +185,7 @@ class Engine:
             del self.pipelines[uid]
         try:
             topology = topology_from(message, self.settings.kafka_join_window_millis)
-            check_state_bounds(topology, self.settings)
+            check_state_bounds(topology, self.settings.state_max_records)
         except TopologyError as exc:
             self._ack(message, Op.Create, False, f"failed to create pipeline: {exc}")
             return

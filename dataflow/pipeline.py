@@ -13,7 +13,7 @@ from dataflow.settings import Settings
 from dataflow.stages import StepStages
 from dataflow.step import StateOptions, Step, StepFailed
 from dataflow.store import changelog_topic
-from dataflow.topology import Topology, TopologyError, group_id
+from dataflow.topology import Topology, group_id
 
 READY = "pipeline data streams: ready"
 
@@ -157,20 +157,6 @@ def state_topics(topology: Topology, settings: Settings) -> list[str]:
         for spec in topology.steps
         if spec.is_stateful
     ]
-
-
-def check_state_bounds(topology: Topology, settings: Settings) -> None:
-    """Refuse a step whose batch cannot fit in the step's state bound.
-
-    Raises:
-        TopologyError: one line naming the step and the setting.
-    """
-    for spec in topology.steps:
-        if spec.batch_size and spec.batch_size > settings.state_max_records:
-            raise TopologyError(
-                f"step to {spec.sink}: batch size {spec.batch_size} exceeds "
-                f"SELDON_STATE_MAX_RECORDS ({settings.state_max_records})"
-            )
 
 
 async def _no_changelog(name: str, partitions: int) -> None:

@@ -241,3 +241,17 @@ def topology_from(message: PipelineUpdateMessage, default_window_ms: int) -> Top
         max_step_revisits=message.max_step_revisits,
         timestamp=message.timestamp,
     )
+
+
+def check_state_bounds(topology: Topology, max_records: int) -> None:
+    """Refuse a step whose batch cannot fit in a step's state bound.
+
+    Raises:
+        TopologyError: one line naming the step and the setting.
+    """
+    for spec in topology.steps:
+        if spec.batch_size and spec.batch_size > max_records:
+            raise TopologyError(
+                f"step to {spec.sink}: batch size {spec.batch_size} exceeds "
+                f"SELDON_STATE_MAX_RECORDS ({max_records})"
+            )

@@ -12,7 +12,13 @@ from dataflow.proto.seldon.mlops.chainer import (
     PipelineTopic,
     PipelineUpdateMessage,
 )
-from dataflow.topology import TopologyError, group_id, step_for, topology_from
+from dataflow.topology import (
+    TopologyError,
+    check_state_bounds,
+    group_id,
+    step_for,
+    topology_from,
+)
 from dataflow.wire import ChainType
 
 SINK = "seldon.namespace.sinkModel.inputs"
@@ -175,3 +181,31 @@ def test_group_ids_hash_long_uids() -> None:
     long = group_id("ns-seldon-dataflow", "c9r2l3ohkd4s73e5gkf0", 2)
     assert long.startswith("ns-seldon-dataflow-") and long.endswith("-s2")
     assert len(long.split("-")[-2]) == 32
+
+
+def test_a_batch_larger_than_the_state_bound_is_refused() -> None:
+    message = PipelineUpdateMessage(
+        pipeline=P,
+        uid="u",
+        updates=[update(topic(out("a")), batch=Batch(size=4294967295))],
+    )
+    topology = topology_from(message, 60000)
+    check_state_bounds(topology, 4294967295)
+    with pytest.raises(TopologyError) as refused:
+        check_state_bounds(topology, 500_000)
+    assert str(refused.value) == (
+        f"step to {SINK}: batch size 4294967295 exceeds SELDON_STATE_MAX_RECORDS (500000)"
+    )
+
+
+def test_stateful_steps_are_joins_gates_and_request_batches() -> None:
+    join = step_for(update(topic(out("a")), topic(out("b"))), 0, 1000)
+    gate = step_for(update(topic(out("a")), triggers=[topic(out("t"))]), 0, 1000)
+    batch = step_for(update(topic(out("a")), batch=Batch(size=3)), 0, 1000)
+    chain = step_for(update(topic(out("a"))), 0, 1000)
+    assert [s.is_stateful if s else None for s in (join, gate, batch, chain)] == [
+        True,
+        True,
+        True,
+        False,
+    ]
