@@ -323,3 +323,21 @@ async def test_join_state_survives_a_graceful_restart_without_duplicates(
     ], "the k0 pair is not joined again after the restart"
     assert "restored 0 state entries" in log
     assert "restored 3 state entries" in restarted
+
+
+async def test_a_record_that_converts_to_nothing_is_counted_and_logged(
+    tmp_path: Path, bootstrap: str, unique: str
+) -> None:
+    """No tensor left after selection: no output (as the reference), but never unseen."""
+    run = Run(tmp_path, bootstrap, unique, "em")
+    a, b = run.topic("a", "outputs"), run.topic("b", "inputs")
+    await run.start(f"steps:\n  - sources: [{{topic: {a}, tensor: wanted}}]\n    sink: {b}\n", a)
+    try:
+        await send(bootstrap, a, b"k1", response("other", ("unwanted", 1.0)), run.name)
+        await send(bootstrap, a, b"k2", response("kept", ("wanted", 2.0)), run.name)
+        out = await consume(bootstrap, b, 1, timeout=20, settle=1.0)
+    finally:
+        run.stop()
+    assert [ModelInferRequest().parse(r.value).id for r in out] == ["kept"]
+    assert run.engine is not None
+    assert f"{a}[0]@0 converted to nothing: no output" in run.engine.output()
