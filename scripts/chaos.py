@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -577,6 +578,44 @@ async def create_topics(bootstrap: str, names: list[str], timeout: float = 60) -
         await admin.close()
 
 
+class LagProbe:
+    """Records of a pipeline's topics not yet committed by the engine's step groups.
+
+    The groups are found by name (`...-<uid or its MD5>-s<step>`, dataflow.topology.group_id).
+    """
+
+    def __init__(self, bootstrap: str, uid: str) -> None:
+        self.keys = {uid, hashlib.md5(uid.encode()).hexdigest()}
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+
+    async def __aenter__(self) -> LagProbe:
+        await self.admin.start()
+        await self.consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+        await self.admin.close()
+
+    async def lag(self) -> dict[str, int] | None:
+        """Per topic, end offset minus committed offset; None when no group is found."""
+        groups = [g[0] for g in await self.admin.list_consumer_groups()]
+        mine = [g for g in groups if any(f"-{k}-s" in g for k in self.keys)]
+        if not mine:
+            return None
+        committed: dict[TopicPartition, int] = {}
+        for group in mine:
+            offsets = await self.admin.list_consumer_group_offsets(group)
+            for tp, meta in offsets.items():
+                committed[tp] = meta.offset
+        end = await self.consumer.end_offsets(list(committed))
+        lag: Counter[str] = Counter()
+        for tp, offset in committed.items():
+            lag[tp.topic] += end[tp] - max(offset, 0)
+        return dict(lag)
+
+
 @contextlib.contextmanager
 def engine_source(path: Path | None) -> Iterator[None]:
     """Child processes (engine, proxy) import `dataflow` from `path` instead of the repository."""
@@ -687,6 +726,15 @@ class Run:
         with log.open("ab") as handle:
             handle.write(f"\n===== chaos: engine start #{self.engine_starts} =====\n".encode())
         self.engine = engine(self.logs, self.bootstrap, self.proxy, log_level_app="INFO")
+
+    def state(self, name: str) -> str | None:
+        """The pipeline's state at the proxy (Ready once the engine acked its (re)creation)."""
+        assert self.proxy is not None
+        try:
+            pipeline = self.proxy.pipeline(name)
+        except OSError:
+            return None
+        return None if pipeline is None else str(pipeline["state"])
 
     async def wait_engine(self, timeout: float) -> int | None:
         assert self.engine is not None
@@ -875,17 +923,44 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         await produce
         run.say(f"producer stopped: {producer.ids} ids, {producer.stats()}")
 
-        # Drain: until no output for `quiet` s (an outer join's lone records wait a window).
+        # Drain: until nothing moves for `quiet` s: no output, no engine (re)start, no change
+        # of the engine's uncommitted input, the pipeline Ready at the proxy (an outer join's
+        # lone records wait a window).
         quiet = cfg.quiet
         if cfg.case == "outer":
             quiet = max(quiet, cfg.window_ms / 1000 + 5)
         stopped = time.monotonic()
-        while time.monotonic() - max(watcher.last, stopped, run.last_start) < quiet:
-            if time.monotonic() - stopped > cfg.drain_cap:
-                run.say(f"drain cap {cfg.drain_cap:g}s reached")
-                break
-            await asyncio.sleep(0.5)
-        run.say(f"drained {time.monotonic() - stopped:.1f}s: {watcher.count} outputs seen live")
+        lag: dict[str, int] | None = None
+        lag_changed = stopped
+        ready_since: float | None = None
+        async with LagProbe(bootstrap, name) as probe:
+            while True:
+                with contextlib.suppress(KafkaError, KeyError):
+                    now_lag = await probe.lag()
+                    if now_lag != lag:
+                        lag, lag_changed = now_lag, time.monotonic()
+                state = await asyncio.to_thread(run.state, name)
+                if state != "Ready":
+                    ready_since = None
+                elif ready_since is None:
+                    ready_since = time.monotonic()
+                moved = max(
+                    watcher.last,
+                    stopped,
+                    run.last_start,
+                    lag_changed,
+                    ready_since or time.monotonic(),
+                )
+                if time.monotonic() - moved >= quiet:
+                    break
+                if time.monotonic() - stopped > cfg.drain_cap:
+                    run.say(f"drain cap {cfg.drain_cap:g}s reached")
+                    break
+                await asyncio.sleep(1.0)
+        run.say(
+            f"drained {time.monotonic() - stopped:.1f}s: {watcher.count} outputs seen live; "
+            f"engine input lag {lag}"
+        )
         run.expect_down = True
         assert run.engine is not None
         final = await asyncio.to_thread(run.engine.stop, cfg.term_timeout)
@@ -904,6 +979,7 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
             **counted,
             "longest_gap_began_s": round(gap_at, 1),
             "producer": producer.stats(),
+            "engine_lag_after_drain": lag,
             "live_outputs": watcher.count,
             "live_consumer_errors": dict(watcher.errors),
             "engine_starts": run.engine_starts,
