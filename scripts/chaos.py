@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -616,6 +617,40 @@ class LagProbe:
         return dict(lag)
 
 
+class _Tally(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: Counter[str] = Counter()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines[record.levelname] += 1
+
+
+@contextlib.contextmanager
+def client_log(path: Path) -> Iterator[Counter[str]]:
+    """aiokafka's log lines of this process (producer, consumers) to `path`, not the terminal.
+
+    While a broker is down they come by the hundred thousand (reconnect attempts).
+    """
+    logger = logging.getLogger("aiokafka")
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    tally = _Tally()
+    saved = (logger.level, logger.propagate)
+    logger.setLevel(logging.WARNING)
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.addHandler(tally)
+    try:
+        yield tally.lines
+    finally:
+        logger.removeHandler(handler)
+        logger.removeHandler(tally)
+        handler.close()
+        logger.setLevel(saved[0])
+        logger.propagate = saved[1]
+
+
 @contextlib.contextmanager
 def engine_source(path: Path | None) -> Iterator[None]:
     """Child processes (engine, proxy) import `dataflow` from `path` instead of the repository."""
@@ -866,8 +901,10 @@ async def run_one(
     `engine_src`: a folder holding the `dataflow` package the engine and proxy run (default: the
     repository's), e.g. a `snapshot` of a git revision.
     """
-    with engine_source(engine_src):
+    logs.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
+    with engine_source(engine_src), client_log(logs / "clients.log") as lines:
         result = await _run_one(cfg, bootstrap, logs, tag)
+    result.details["client_log_lines"] = dict(lines)
     result.details["engine"] = engine_label
     (logs / "result.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
