@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import ssl
 import sys
 from collections.abc import Sequence
 
@@ -26,9 +27,18 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    engine = Engine(settings)
-    health = HealthServer(engine, settings.health_server_port)
-    await health.start()
+    try:
+        engine = Engine(settings)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot load a TLS file (Kafka or scheduler): {exc}") from exc
+    health = HealthServer(engine, settings.health_server_port, settings.health_server_host)
+    try:
+        await health.start()
+    except OSError as exc:
+        raise StartupError(
+            f"cannot start the health server on "
+            f"{settings.health_server_host}:{settings.health_server_port}: {exc}"
+        ) from exc
     try:
         try:
             await engine.start()

@@ -36,12 +36,7 @@ class Engine:
         self.settings = settings
         self.producer: AIOKafkaProducer = make_producer(settings)
         self.admin: AIOKafkaAdminClient = make_admin(settings)
-        self.subscriber = Subscriber(
-            settings.upstream_host,
-            settings.upstream_port,
-            settings.dataflow_replica_id,
-            self._on_update,
-        )
+        self.subscriber = Subscriber.from_settings(settings, self._on_update, self._on_malformed)
         self.pipelines: dict[str, Pipeline] = {}
         self.startup_done = asyncio.Event()
         self._latest: dict[str, PipelineUpdateMessage] = {}
@@ -126,6 +121,11 @@ class Engine:
         if uid not in self._workers:
             self._workers[uid] = asyncio.create_task(self._work(uid), name=f"control:{uid}")
 
+    def _on_malformed(self, message: PipelineUpdateMessage, reason: str) -> None:
+        """An update that does not decode: acked as failed, never built (op as far as read)."""
+        if not self._stopping:
+            self._ack(message, Op.Delete if message.op == Op.Delete else Op.Create, False, reason)
+
     async def _work(self, uid: str) -> None:
         try:
             while uid in self._pending:
@@ -183,6 +183,19 @@ class Engine:
         if existing is not None:
             await existing.stop(self.settings.shutdown_timeout_seconds)
             del self.pipelines[uid]
+        for other_uid, other in self.pipelines.items():
+            if other.topology.name == message.pipeline and other_uid != uid:
+                # A version handover: the scheduler deletes the old uid once the new one is
+                # Ready; until then both consume and produce (README, Configuration).
+                logger.warning(
+                    "pipeline {} v{} (uid {}) created while v{} (uid {}) of that name runs: "
+                    "both process records until the old uid is deleted",
+                    message.pipeline,
+                    message.version,
+                    uid,
+                    other.topology.version,
+                    other_uid,
+                )
         try:
             topology = topology_from(message, self.settings.kafka_join_window_millis)
             check_state_bounds(topology, self.settings.state_max_records)

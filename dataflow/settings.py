@@ -9,11 +9,12 @@ defaults. The settings object is frozen and built once in `__main__`; library mo
 from __future__ import annotations
 
 import argparse
+import secrets
 import socket
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "SELDON_"
@@ -21,8 +22,9 @@ ENV_PREFIX = "SELDON_"
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "WARN", "ERROR", "CRITICAL"]
 
 
-def _hostname() -> str:
-    return socket.gethostname() or "seldon-dataflow-engine"
+def _replica_id() -> str:
+    """The host name and 6 random hex digits: unique per process, even on one host."""
+    return f"{socket.gethostname() or 'seldon-dataflow-engine'}-{secrets.token_hex(3)}"
 
 
 class Settings(BaseSettings):
@@ -38,11 +40,27 @@ class Settings(BaseSettings):
 
     # Engine identity and control plane.
     dataflow_replica_id: str = Field(
-        default_factory=_hostname,
-        description="subscriber name sent to the scheduler (unique per replica)",
+        default_factory=_replica_id,
+        min_length=1,
+        description="subscriber name sent to the scheduler, unique per replica "
+        "(default: host name and 6 random hex digits, new for every process)",
     )
     upstream_host: str = Field("0.0.0.0", description="scheduler (Chainer service) host")
     upstream_port: int = Field(9008, ge=1, le=65535, description="scheduler (Chainer) port")
+    upstream_security_protocol: Literal["PLAINTEXT", "SSL"] = Field(
+        "PLAINTEXT", description="PLAINTEXT, or SSL: TLS to the scheduler (mutual with a cert)"
+    )
+    upstream_tls_ca_path: str = Field(
+        "", description="CA of the scheduler's certificate (PEM; empty: the system CAs)"
+    )
+    upstream_tls_cert_path: str = Field(
+        "", description="client certificate for the scheduler (PEM, mutual TLS)"
+    )
+    upstream_tls_key_path: str = Field(
+        "",
+        validate_default=True,
+        description="private key of the client certificate (PEM, mutual TLS)",
+    )
     pipeline_ctlops_threads: int = Field(
         8, ge=1, description="pipelines created or deleted at the same time"
     )
@@ -52,6 +70,11 @@ class Settings(BaseSettings):
         ge=0,
         le=65535,
         description="port of /live, /ready, /startup and /metrics (0: any free port)",
+    )
+    health_server_host: str = Field(
+        "0.0.0.0",
+        min_length=1,
+        description="address the health server binds (0.0.0.0: all interfaces, for probes)",
     )
 
     # Kafka.
@@ -120,6 +143,18 @@ class Settings(BaseSettings):
     # Accepted for compatibility with the 2022 demo and old manifests; not used.
     num_cores: int | None = Field(None, ge=1, description="ignored (2022 demo flag)")
     cores_count: int | None = Field(None, ge=1, description="ignored (old setting)")
+
+    @field_validator("upstream_tls_ca_path", "upstream_tls_cert_path", "upstream_tls_key_path")
+    @classmethod
+    def _tls_needs_ssl(cls, value: str, info: ValidationInfo) -> str:
+        if value and info.data.get("upstream_security_protocol") != "SSL":
+            raise ValueError("only used with SELDON_UPSTREAM_SECURITY_PROTOCOL=SSL")
+        cert = info.data.get("upstream_tls_cert_path")
+        if info.field_name == "upstream_tls_key_path" and bool(value) != bool(cert):
+            raise ValueError(
+                "give SELDON_UPSTREAM_TLS_CERT_PATH and SELDON_UPSTREAM_TLS_KEY_PATH together"
+            )
+        return value
 
     @field_validator("log_level_app", "log_level_kafka", mode="before")
     @classmethod

@@ -2,19 +2,37 @@
 
 Parity with the reference (spec 2.3): exponential backoff from 50 ms to 5 s between attempts,
 keepalive pings every 60 s with a 2 s timeout, and acks retried with full jitter.
+
+Updates are decoded strictly (`dataflow.chainer`): one that does not fit the current
+`chainer.proto` (the 2022 layout, say) is handed to `on_malformed` with what can be read of its
+identity, never to `on_update`, and the stream goes on. Plaintext by default; TLS and mutual TLS
+with `SELDON_UPSTREAM_SECURITY_PROTOCOL=SSL`. The subscription and every ack carry this
+process's instance id (`x-dataflow-instance` metadata) so the scheduler can tell this engine
+reconnecting from another one using the same subscriber name.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
+import secrets
+import ssl
 from collections.abc import Callable
+from pathlib import Path
 
 from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.const import Cardinality
 from loguru import logger
 
+from dataflow.chainer import (
+    INSTANCE_METADATA,
+    MalformedMessage,
+    StrictCodec,
+    client_context,
+    decode,
+    header,
+)
 from dataflow.proto.seldon.mlops.chainer import (
     ChainerStub,
     PipelineSubscriptionRequest,
@@ -24,6 +42,7 @@ from dataflow.proto.seldon.mlops.chainer import (
 from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessagePipelineOperation as Op,
 )
+from dataflow.settings import Settings
 
 SUBSCRIBE_PATH = "/seldon.mlops.chainer.Chainer/SubscribePipelineUpdates"
 BACKOFF_MIN = 0.05
@@ -39,6 +58,29 @@ def backoff_delays(minimum: float = BACKOFF_MIN, maximum: float = BACKOFF_MAX) -
     return delays
 
 
+MALFORMED = "malformed PipelineUpdateMessage"
+"""Start of the reason of the failed ack of an update that does not decode."""
+
+
+def upstream_tls(settings: Settings) -> ssl.SSLContext | None:
+    """The client TLS context of the settings, None for PLAINTEXT.
+
+    Raises:
+        OSError, ssl.SSLError: a CA, certificate or key file that cannot be used.
+    """
+    if settings.upstream_security_protocol != "SSL":
+        return None
+
+    def path(value: str) -> Path | None:
+        return Path(value) if value else None
+
+    return client_context(
+        path(settings.upstream_tls_ca_path),
+        path(settings.upstream_tls_cert_path),
+        path(settings.upstream_tls_key_path),
+    )
+
+
 class Subscriber:
     """Keeps one subscription to the scheduler alive and delivers its messages.
 
@@ -47,13 +89,27 @@ class Subscriber:
         port: scheduler port.
         name: this replica's subscriber name (echoed as `stream` in acks).
         on_update: called with every `PipelineUpdateMessage`, in arrival order; must not block.
+        on_malformed: called instead with the identity read from an update that does not
+            decode, and the reason (`malformed PipelineUpdateMessage: ...`); must not block.
+        tls: the client TLS context (None: plaintext).
+        instance: this process's instance id (default: a random one).
     """
 
     def __init__(
-        self, host: str, port: int, name: str, on_update: Callable[[PipelineUpdateMessage], None]
+        self,
+        host: str,
+        port: int,
+        name: str,
+        on_update: Callable[[PipelineUpdateMessage], None],
+        on_malformed: Callable[[PipelineUpdateMessage, str], None] | None = None,
+        *,
+        tls: ssl.SSLContext | None = None,
+        instance: str | None = None,
     ) -> None:
         self.name = name
         self.on_update = on_update
+        self.on_malformed = on_malformed
+        self.instance = instance or secrets.token_hex(8)
         self.connected = False
         self.subscriptions = 0
         config = Configuration(
@@ -61,9 +117,50 @@ class Subscriber:
             _keepalive_timeout=2.0,
             _keepalive_permit_without_calls=False,
         )
-        self._channel = Channel(host, port, config=config)
+        self._channel = Channel(host, port, ssl=tls, config=config, codec=StrictCodec())
         self._stub = ChainerStub(self._channel)
-        self._target = f"{host}:{port}"
+        self._metadata = {INSTANCE_METADATA: self.instance}
+        self._target = f"{host}:{port}" + (" (TLS)" if tls is not None else "")
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        on_update: Callable[[PipelineUpdateMessage], None],
+        on_malformed: Callable[[PipelineUpdateMessage, str], None] | None = None,
+    ) -> Subscriber:
+        """The subscriber of an engine: scheduler address, replica id and TLS of `settings`.
+
+        Raises:
+            OSError, ssl.SSLError: a TLS file that cannot be used.
+        """
+        return cls(
+            settings.upstream_host,
+            settings.upstream_port,
+            settings.dataflow_replica_id,
+            on_update,
+            on_malformed,
+            tls=upstream_tls(settings),
+        )
+
+    def _deliver(self, raw: bytes) -> None:
+        try:
+            message = decode(PipelineUpdateMessage, raw)
+        except MalformedMessage as exc:
+            identity = header(raw)
+            reason = f"{MALFORMED}: {exc}"
+            logger.warning(
+                "refused an update from the scheduler ({} v{}, uid {}, ts {}): {}",
+                identity.pipeline or "<no pipeline>",
+                identity.version,
+                identity.uid or "-",
+                identity.timestamp,
+                reason,
+            )
+            if self.on_malformed is not None:
+                self.on_malformed(identity, reason)
+            return
+        self.on_update(message)
 
     async def run(self) -> None:
         """Subscribe, and resubscribe after every end or error, until cancelled."""
@@ -76,7 +173,8 @@ class Subscriber:
                     SUBSCRIBE_PATH,
                     Cardinality.UNARY_STREAM,
                     PipelineSubscriptionRequest,
-                    PipelineUpdateMessage,
+                    bytes,
+                    metadata=self._metadata,
                 ) as stream:
                     await stream.send_message(PipelineSubscriptionRequest(name=self.name), end=True)
                     # The request reached the scheduler over a live connection: the stream is up,
@@ -84,8 +182,8 @@ class Subscriber:
                     self.connected = True
                     self.subscriptions += 1
                     failures = 0
-                    async for message in stream:
-                        self.on_update(message)
+                    async for raw in stream:
+                        self._deliver(raw)
                 logger.info("scheduler stream ended; resubscribing")
             except asyncio.CancelledError:
                 raise
@@ -126,7 +224,7 @@ class Subscriber:
         )
         for attempt in range(ACK_ATTEMPTS):
             try:
-                await self._stub.pipeline_update_event(message, timeout=10)
+                await self._stub.pipeline_update_event(message, timeout=10, metadata=self._metadata)
                 logger.info(
                     "ack {} {} v{} (uid {}, ts {}) {}: {}",
                     op.name,

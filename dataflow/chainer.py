@@ -1,0 +1,304 @@
+"""The Chainer control plane as both ends speak it: strict decoding, TLS contexts, identity.
+
+betterproto decodes whatever it is given: a field whose wire type does not match the schema
+becomes a value of the wrong type (an `int` in a message field), and the error surfaces later, far
+from its cause. Bytes of the 2022 `chainer.proto` (spec 1.2: `PipelineStepUpdate{1 repeated
+string sources, 2 string sink, 3 enum ty}`) decode that way. Here every field of a known number
+must carry its type's wire type (packed repeated scalars may also be length-delimited), nested
+messages are checked the same way, strings must be UTF-8, and the bytes must parse to their end;
+anything else is a `MalformedMessage`. Unknown field numbers are skipped (a newer scheduler may
+add fields), as protobuf does. No library does this check: Google's protobuf treats a known field
+with the wrong wire type as an unknown field instead of refusing it.
+
+`StrictCodec` is the grpclib codec of the proxy and the engine; `bytes` as a message type passes
+raw bytes through, so the engine can ack a malformed update instead of dropping its stream.
+
+`INSTANCE_METADATA` is the gRPC metadata key an engine sends with its subscription and acks: a
+random id per engine process, so the proxy tells the same engine reconnecting (same id) from
+another engine using a name that is already connected.
+"""
+
+from __future__ import annotations
+
+import ssl
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import betterproto
+from grpclib.const import Status
+from grpclib.encoding.proto import ProtoCodec
+from grpclib.exceptions import GRPCError
+
+from dataflow.proto.seldon.mlops.chainer import (
+    PipelineUpdateMessage,
+    PipelineUpdateMessagePipelineOperation,
+)
+
+INSTANCE_METADATA = "x-dataflow-instance"
+"""gRPC metadata key of an engine process's instance id (lowercase, as HTTP/2 requires)."""
+
+VARINT, FIXED64, LENGTH, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
+_WIRE_NAMES = {
+    VARINT: "varint",
+    FIXED64: "64-bit",
+    LENGTH: "length-delimited",
+    START_GROUP: "start-group",
+    END_GROUP: "end-group",
+    FIXED32: "32-bit",
+}
+_WIRE_OF_TYPE = {
+    **dict.fromkeys(
+        ("enum", "bool", "int32", "int64", "uint32", "uint64", "sint32", "sint64"), VARINT
+    ),
+    **dict.fromkeys(("fixed64", "sfixed64", "double"), FIXED64),
+    **dict.fromkeys(("fixed32", "sfixed32", "float"), FIXED32),
+    **dict.fromkeys(("string", "bytes", "message", "map"), LENGTH),
+}
+_MAX_DEPTH = 64
+
+M = TypeVar("M", bound=betterproto.Message)
+
+
+class MalformedMessage(ValueError):
+    """Bytes that are not a valid message of the expected type; str() is the reason."""
+
+
+def _bad(where: str, text: str) -> MalformedMessage:
+    return MalformedMessage(f"{where}: {text}" if where else text)
+
+
+def _varint(data: bytes, pos: int, end: int, where: str) -> tuple[int, int]:
+    result = shift = 0
+    for _ in range(10):
+        if pos >= end:
+            raise _bad(where, f"truncated varint at byte {pos}")
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+    raise _bad(where, f"varint longer than 10 bytes at byte {pos}")
+
+
+def _skip(data: bytes, pos: int, end: int, wire: int, number: int, where: str, depth: int) -> int:
+    """The position after a field's value (groups skipped to their matching end)."""
+    if wire == VARINT:
+        return _varint(data, pos, end, where)[1]
+    if wire in (FIXED64, FIXED32):
+        size = 8 if wire == FIXED64 else 4
+        if pos + size > end:
+            raise _bad(where, f"truncated {_WIRE_NAMES[wire]} value at byte {pos}")
+        return pos + size
+    if wire == LENGTH:
+        size, pos = _varint(data, pos, end, where)
+        if pos + size > end:
+            raise _bad(where, f"length {size} at byte {pos} runs past the end")
+        return pos + size
+    if wire == START_GROUP:
+        if depth > _MAX_DEPTH:
+            raise _bad(where, "groups nested too deeply")
+        while True:
+            key, pos = _varint(data, pos, end, where)
+            inner, inner_wire = key >> 3, key & 7
+            if inner_wire == END_GROUP:
+                if inner != number:
+                    raise _bad(where, f"group {number} ended as {inner}")
+                return pos
+            pos = _skip(data, pos, end, inner_wire, inner, where, depth + 1)
+    raise _bad(where, f"bad wire type {wire} at byte {pos}")
+
+
+def _fields(
+    data: bytes, start: int, end: int, where: str, depth: int
+) -> list[tuple[int, int, int, int]]:
+    """(number, wire type, value start, value end) of every field of one message level."""
+    out: list[tuple[int, int, int, int]] = []
+    pos = start
+    while pos < end:
+        key, pos = _varint(data, pos, end, where)
+        number, wire = key >> 3, key & 7
+        if number == 0:
+            raise _bad(where, f"field number 0 at byte {pos}")
+        if wire == END_GROUP:
+            raise _bad(where, f"unexpected end-group at byte {pos}")
+        value_end = _skip(data, pos, end, wire, number, where, depth)
+        if wire == LENGTH:
+            pos = _varint(data, pos, end, where)[1]
+        out.append((number, wire, pos, value_end))
+        pos = value_end
+    return out
+
+
+def _is_repeated(cls: type[betterproto.Message], name: str) -> bool:
+    hint = cls._type_hint(name)
+    return typing.get_origin(hint) is list
+
+
+def _check(
+    cls: type[betterproto.Message], data: bytes, start: int, end: int, where: str, depth: int
+) -> None:
+    if depth > _MAX_DEPTH:
+        raise _bad(where, "messages nested too deeply")
+    info: Any = cls()._betterproto  # type: ignore[arg-type]
+    fields = _fields(data, start, end, where, depth)
+    # Wire types of this level first: the clearest sign of a message of another schema.
+    counts: dict[int, int] = {}
+    nested: list[tuple[type[betterproto.Message], int, int, str]] = []
+    for number, wire, a, b in fields:
+        name = info.field_name_by_number.get(number)
+        if name is None:
+            continue  # unknown field: skipped, as protobuf does
+        meta = info.meta_by_field_name[name]
+        index = counts.get(number, 0)
+        counts[number] = index + 1
+        repeated = _is_repeated(cls, name)
+        label = f"{where}.{name}" if where else name
+        label += f"[{index}]" if repeated else ""
+        expected = _WIRE_OF_TYPE.get(meta.proto_type, LENGTH)
+        packed = repeated and meta.proto_type in betterproto.PACKED_TYPES and wire == LENGTH
+        if wire != expected and not packed:
+            raise MalformedMessage(
+                f"{label} (field {number}): wire type {_WIRE_NAMES[wire]}, "
+                f"expected {_WIRE_NAMES[expected]} ({meta.proto_type})"
+            )
+        if meta.proto_type == "string":
+            try:
+                data[a:b].decode("utf-8")
+            except UnicodeDecodeError:
+                raise MalformedMessage(f"{label} (field {number}): not UTF-8 text") from None
+        elif meta.proto_type == "message":
+            nested.append((info.cls_by_field[name], a, b, label))
+    for child, a, b, label in nested:
+        _check(child, data, a, b, label, depth + 1)
+
+
+def check_wire(cls: type[betterproto.Message], data: bytes) -> None:
+    """Check that `data` is a well-formed message of `cls` (see the module docstring).
+
+    Raises:
+        MalformedMessage: the first problem, naming the field path, e.g.
+            `updates[0].sink (field 3): wire type varint, expected length-delimited (message)`.
+    """
+    _check(cls, data, 0, len(data), "", 0)
+
+
+def decode(cls: type[M], data: bytes) -> M:
+    """Decode `data` as a `cls` message after `check_wire`.
+
+    Raises:
+        MalformedMessage: the bytes are not a valid `cls`.
+    """
+    check_wire(cls, data)
+    try:
+        return cls().parse(data)
+    except Exception as exc:  # betterproto raises whatever its parsing hits
+        raise MalformedMessage(f"does not parse: {type(exc).__name__}: {exc}") from None
+
+
+def header(data: bytes) -> PipelineUpdateMessage:
+    """What can be read of a `PipelineUpdateMessage`'s identity, for the ack of a refusal.
+
+    Fields 1-4 (op, pipeline, version, uid) have the same layout in every `chainer.proto` since
+    2022; 10 (timestamp) and 11 (stream) were added later. Fields with the wrong wire type or
+    text that is not UTF-8 are left unset; reading stops at the first byte that does not parse.
+    """
+    message = PipelineUpdateMessage()
+    try:
+        fields = _fields(data, 0, len(data), "", 0)
+    except MalformedMessage:
+        fields = []
+    for number, wire, a, b in fields:
+        if wire == VARINT and number in (1, 3, 10):
+            value = _varint(data, a, b, "")[0]
+            if number == 1:
+                try:
+                    message.op = PipelineUpdateMessagePipelineOperation(value)
+                except ValueError:
+                    message.op = PipelineUpdateMessagePipelineOperation.Unknown
+            elif number == 3:
+                message.version = value & 0xFFFFFFFF
+            else:
+                message.timestamp = value
+        elif wire == LENGTH and number in (2, 4):
+            try:
+                text = data[a:b].decode("utf-8")
+            except UnicodeDecodeError:
+                continue
+            if number == 2:
+                message.pipeline = text
+            else:
+                message.uid = text
+    return message
+
+
+class StrictCodec(ProtoCodec):
+    """grpclib's protobuf codec with `decode` made strict; `bytes` passes through unchanged.
+
+    A malformed message is refused with `INVALID_ARGUMENT` and the reason.
+    """
+
+    def encode(self, message: Any, message_type: Any) -> bytes:
+        """Serialise `message` (`bytes` are sent as they are)."""
+        if message_type is bytes:
+            return bytes(message)
+        return super().encode(message, message_type)
+
+    def decode(self, data: bytes, message_type: Any) -> Any:
+        """Decode strictly (`bytes`: the raw message).
+
+        Raises:
+            GRPCError: `INVALID_ARGUMENT`, `malformed <type>: <reason>`.
+        """
+        if message_type is bytes:
+            return data
+        try:
+            return decode(message_type, data)
+        except MalformedMessage as exc:
+            raise GRPCError(
+                Status.INVALID_ARGUMENT, f"malformed {message_type.__name__}: {exc}"
+            ) from None
+
+
+def server_context(cert: Path, key: Path, client_ca: Path | None = None) -> ssl.SSLContext:
+    """TLS for a Chainer server: its certificate, and with `client_ca` mutual TLS.
+
+    Args:
+        cert: the server certificate chain (PEM).
+        key: its private key (PEM).
+        client_ca: CA certificates (PEM) that sign the clients' certificates; when given, a
+            client without a certificate signed by one of them cannot connect.
+
+    Raises:
+        OSError, ssl.SSLError: a file that cannot be read or used.
+    """
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(cert, key)
+    if client_ca is not None:
+        context.load_verify_locations(cafile=client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+def client_context(
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """TLS for a Chainer client: the server is checked against `ca` (default: the system CAs).
+
+    Args:
+        ca: CA certificates (PEM) of the server's certificate.
+        cert: the client certificate (PEM), for a server that asks for one (mutual TLS).
+        key: its private key (PEM).
+
+    Raises:
+        OSError, ssl.SSLError: a file that cannot be read or used.
+    """
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    context.set_alpn_protocols(["h2"])
+    return context
