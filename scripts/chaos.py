@@ -3,11 +3,12 @@
 For each (case, fault) pair: a private broker (scripts/kafka in a temporary folder; or the broker
 of --bootstrap), the proxy scheduler with one explicit pipeline, one engine process, a steady
 producer of unique ids and a live consumer of the pipeline's output topic. The fault is applied
-while the producer runs; afterwards the engine runs on until no output arrives for --quiet
-seconds. Then the input topic(s) and the output topic are read back from the beginning
-(read_committed): `sent` is the ids on the input (for joins: on both sources), `lost` the sent
-ids with no output, `duplicated` the outputs beyond the first per id. The longest output gap is
-the largest wall-clock gap between output records as the live consumer received them.
+while the producer runs; afterwards the engine runs on until nothing moves for --quiet seconds
+(no output, no change of the engine's uncommitted input, the pipeline Ready). Then the input
+topic(s) and the output topic are read back from the beginning (read_committed): `sent` is the
+ids on the input (for joins: on both sources), `lost` the sent ids with no output, `duplicated`
+the outputs beyond the first per id. The longest output gap is the largest wall-clock gap
+between output records as the live consumer received them.
 
 Records: key = the id (b"c-0000123"), header `pipeline: <name>`, value a V2 ModelInferResponse
 with id = the id and one INT64 tensor [1, 1] holding the id's number, so merged batches can be
