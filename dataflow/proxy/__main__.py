@@ -1,9 +1,13 @@
 """`python -m dataflow.proxy`: run the proxy scheduler, or talk to a running one.
 
 python -m dataflow.proxy [serve] [--pipelines PATH...] [--port 10101] [--control-port 10102]
-python -m dataflow.proxy load FILE... [--url URL] [--wait SECONDS]
-python -m dataflow.proxy unload NAME [--url URL] [--wait SECONDS]
-python -m dataflow.proxy status [--url URL] [--json]
+                         [--state-dir .proxy-state] [--token-path FILE] [--tls-cert-path ...]
+python -m dataflow.proxy load FILE... [--url URL] [--wait SECONDS] [--token-path FILE]
+python -m dataflow.proxy unload NAME [--url URL] [--wait SECONDS] [--token-path FILE]
+python -m dataflow.proxy status [--url URL] [--json] [--token-path FILE]
+
+The bearer token is never a flag (command lines are visible to every user of the host):
+`SELDON_PROXY_TOKEN` in the environment or `.env`, or a file (`--token-path`).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import argparse
 import asyncio
 import json
 import signal
+import ssl
 import sys
 from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
@@ -20,13 +25,27 @@ from typing import Any
 from loguru import logger
 from pydantic import ValidationError
 
+from dataflow.chainer import server_context
 from dataflow.proxy.client import ClientError, ControlClient
+from dataflow.proxy.database import StateDatabase, StateError
 from dataflow.proxy.server import ProxyServer
 from dataflow.proxy.settings import ProxySettings, env_name
 from dataflow.specs import SpecError, spec_files
 
 PROG = "python -m dataflow.proxy"
-SERVE_OPTIONS = ("host", "port", "control_port", "pipelines", "namespace", "topic_prefix")
+SERVE_OPTIONS = (
+    "host",
+    "port",
+    "control_port",
+    "pipelines",
+    "namespace",
+    "topic_prefix",
+    "state_dir",
+    "token_path",
+    "tls_cert_path",
+    "tls_key_path",
+    "tls_client_ca_path",
+)
 CLIENT_COMMANDS = ("load", "unload", "status")
 
 
@@ -35,6 +54,8 @@ def _help(field: str) -> str:
     default = info.get_default(call_default_factory=True)
     if isinstance(default, list):
         default = ",".join(map(str, default)) or "none"
+    if default == "":
+        default = "none"
     return f"{info.description} [env {env_name(field)}, default: {default}]"
 
 
@@ -56,7 +77,9 @@ def serve_parser() -> argparse.ArgumentParser:
             "Proxy scheduler for dataflow engines. Serves seldon.mlops.chainer.Chainer\n"
             "(SubscribePipelineUpdates, PipelineUpdateEvent) for engines and an HTTP control\n"
             "API: GET/POST /pipelines, GET/DELETE /pipelines/{name}, GET /subscribers.\n"
-            "Options come from flags, then SELDON_PROXY_* environment variables, then .env."
+            "Pipelines, versions, uids and acks are kept in --state-dir across restarts.\n"
+            "Options come from flags, then SELDON_PROXY_* environment variables, then .env;\n"
+            f"the control API's bearer token from {env_name('token')} or --token-path."
         ),
         epilog=(
             "commands:\n"
@@ -77,6 +100,11 @@ def serve_parser() -> argparse.ArgumentParser:
     _option(parser, "pipelines", metavar="PATH", type=Path, nargs="+")
     _option(parser, "namespace", metavar="NS")
     _option(parser, "topic_prefix", metavar="PREFIX")
+    _option(parser, "state_dir", metavar="DIR", type=Path)
+    _option(parser, "token_path", metavar="FILE")
+    _option(parser, "tls_cert_path", metavar="FILE")
+    _option(parser, "tls_key_path", metavar="FILE")
+    _option(parser, "tls_client_ca_path", metavar="FILE")
     _add_log_level(parser)
     return parser
 
@@ -111,6 +139,7 @@ def client_parser(command: str) -> argparse.ArgumentParser:
             "--json", action="store_true", default=False, help="print the JSON of the API"
         )
     _option(parser, "url", metavar="URL")
+    _option(parser, "token_path", metavar="FILE")
     return parser
 
 
@@ -130,13 +159,16 @@ def _line(record: dict[str, Any]) -> str:
 
 def _streams(record: dict[str, Any]) -> str:
     streams: dict[str, dict[str, Any]] = record["streams"]
-    if not streams:
-        return "no dataflow engines"
     acked = [f"{name} {s['state']}" for name, s in streams.items() if s["op"] is not None]
     waiting = [name for name, s in streams.items() if s["op"] is None]
     parts = ([f"acked: {', '.join(acked)}"] if acked else []) + (
         [f"waiting: {', '.join(waiting)}"] if waiting else []
     )
+    if not streams:
+        parts = ["no dataflow engines"]
+    retiring = [f"v{r['version']} {r['state']}" for r in record.get("retiring", [])]
+    if retiring:
+        parts.append(f"retiring: {', '.join(retiring)}")
     return "; ".join(parts)
 
 
@@ -196,11 +228,16 @@ _COMMANDS: dict[str, Callable[[ControlClient, argparse.Namespace], int]] = {
 
 def _client(command: str, argv: Sequence[str]) -> int:
     args = client_parser(command).parse_args(argv)
-    settings = _settings({"url": args.url} if "url" in args else {})
+    settings = _settings({k: getattr(args, k) for k in ("url", "token_path") if k in args})
     if settings is None:
         return 2
     try:
-        return _COMMANDS[command](ControlClient(settings.url), args)
+        token = settings.bearer_token()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        return _COMMANDS[command](ControlClient(settings.url, token=token), args)
     except (ClientError, SpecError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -223,20 +260,68 @@ async def serve(settings: ProxySettings) -> int:
     """Run the proxy until SIGINT or SIGTERM.
 
     Returns:
-        0 after a clean stop, 1 if a server cannot start, 2 for a bad pipeline file.
+        0 after a clean stop, 1 if a server cannot start or the state cannot be used, 2 for a
+        bad pipeline file, token or TLS file.
     """
-    proxy = ProxyServer(
-        host=settings.host,
-        port=settings.port,
-        control_port=settings.control_port,
-        default_namespace=settings.namespace,
-        prefix=settings.topic_prefix,
-    )
     try:
+        token = settings.bearer_token()
+        tls = _tls(settings)
+    except (ValueError, OSError, ssl.SSLError) as e:
+        logger.error("{}", e)
+        return 2
+    try:
+        database = StateDatabase.open(settings.state_dir)
+    except StateError as e:
+        logger.error("{}", e)
+        return 1
+    try:
+        return await _serve(settings, database, token, tls)
+    finally:
+        database.close()
+
+
+def _tls(settings: ProxySettings) -> ssl.SSLContext | None:
+    """The Chainer service's TLS context, None for plaintext.
+
+    Raises:
+        ValueError: a file that cannot be used (one line naming it).
+    """
+    if not settings.tls_cert_path:
+        return None
+    ca = Path(settings.tls_client_ca_path) if settings.tls_client_ca_path else None
+    try:
+        return server_context(Path(settings.tls_cert_path), Path(settings.tls_key_path), ca)
+    except (OSError, ssl.SSLError) as e:
+        reason = getattr(e, "strerror", None) or str(e)
+        files = ", ".join(
+            p
+            for p in (settings.tls_cert_path, settings.tls_key_path, settings.tls_client_ca_path)
+            if p
+        )
+        raise ValueError(f"cannot use the TLS files ({files}): {reason}") from None
+
+
+async def _serve(
+    settings: ProxySettings, database: StateDatabase, token: str | None, tls: ssl.SSLContext | None
+) -> int:
+    try:
+        proxy = ProxyServer(
+            host=settings.host,
+            port=settings.port,
+            control_port=settings.control_port,
+            default_namespace=settings.namespace,
+            prefix=settings.topic_prefix,
+            database=database,
+            token=token,
+            tls=tls,
+        )
         proxy.load_paths(settings.pipelines)
     except SpecError as e:
         logger.error("{}", e)
         return 2
+    except StateError as e:
+        logger.error("{}", e)
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

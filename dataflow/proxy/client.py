@@ -22,14 +22,20 @@ class ControlClient:
     Args:
         url: base URL of the control API, e.g. `http://127.0.0.1:10102`.
         timeout: seconds per HTTP request.
+        token: the bearer token to send (None: none).
     """
 
-    def __init__(self, url: str = DEFAULT_URL, timeout: float = 10.0) -> None:
+    def __init__(
+        self, url: str = DEFAULT_URL, timeout: float = 10.0, token: str | None = None
+    ) -> None:
         self.url = url.rstrip("/")
         self.timeout = timeout
+        self._token = token
 
     def _call(self, method: str, path: str, body: bytes | None = None) -> Any:
         request = urllib.request.Request(self.url + path, data=body, method=method)
+        if self._token:
+            request.add_header("Authorization", f"Bearer {self._token}")
         if body is not None:
             request.add_header("Content-Type", "application/yaml")
         try:

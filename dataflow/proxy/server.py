@@ -1,13 +1,23 @@
 """The proxy's I/O: the Chainer gRPC service for engines and the HTTP control API.
 
-gRPC (grpclib, the generated `ChainerBase`), service `seldon.mlops.chainer.Chainer`:
+gRPC (grpclib), service `seldon.mlops.chainer.Chainer`, messages decoded strictly
+(`dataflow.chainer.StrictCodec`: a malformed one is refused with `INVALID_ARGUMENT`), optionally
+over TLS or mutual TLS:
 
 * `SubscribePipelineUpdates`: registers the subscriber by its name with its own queue and
-  streams the messages the store decides to send it; a second subscription of the same name
-  replaces (ends) the first; when the stream ends the subscriber is removed.
-* `PipelineUpdateEvent`: an engine's ack, recorded by the store and logged on one line.
+  streams the messages the store decides to send it; when the stream ends the subscriber is
+  removed. A second subscription of a name that is connected is refused (`ALREADY_EXISTS`)
+  unless it comes from the same engine process reconnecting: the same instance id in the
+  `x-dataflow-instance` metadata as the live one; it then replaces (ends) the first. Dead
+  connections are found by keepalive pings (every 20 s, 10 s to answer).
+* `PipelineUpdateEvent`: an engine's ack, recorded by the store and logged on one line. An ack
+  for a connected stream that carries another instance id than its subscription is refused
+  (`PERMISSION_DENIED`).
 
-HTTP (aiohttp), JSON bodies:
+Every change of the store is saved (`dataflow.proxy.database`) before its messages are sent.
+
+HTTP (aiohttp), JSON bodies; with a bearer token set every route but `GET /health` needs
+`Authorization: Bearer <token>` (401 `{"error"}` otherwise):
 
 * `GET /pipelines`: list of pipeline objects (`PipelineRecord.as_dict`).
 * `GET /pipelines/{name}`: one pipeline object, 404 if unknown.
@@ -16,28 +26,35 @@ HTTP (aiohttp), JSON bodies:
   unchanged or retried, 400 `{"error": "<SpecError line>"}` for a bad spec.
 * `DELETE /pipelines/{name}`: 200 `{"outcome", "pipeline"}`, 404 `{"error"}` if unknown.
 * `GET /subscribers`: `{"subscribers": [names]}`.
+* `GET /health`: `{"status": "UP"}` (for container health checks; no token needed).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import socket
-from collections.abc import AsyncIterator, Iterable
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
-from grpclib.server import Server
+from grpclib.config import Configuration
+from grpclib.const import Cardinality, Handler, Status
+from grpclib.exceptions import GRPCError
+from grpclib.server import Server, Stream
 from loguru import logger
 
+from dataflow.chainer import INSTANCE_METADATA, StrictCodec
 from dataflow.proto.seldon.mlops.chainer import (
-    ChainerBase,
     PipelineSubscriptionRequest,
     PipelineUpdateMessage,
     PipelineUpdateStatusMessage,
     PipelineUpdateStatusResponse,
 )
+from dataflow.proxy.database import StateDatabase, StateError
 from dataflow.proxy.store import (
     Ack,
     LoadResult,
@@ -51,13 +68,27 @@ from dataflow.specs import PipelineSpec, SpecError, load_spec, parse_spec, spec_
 from dataflow.topics import DEFAULT_NAMESPACE, DEFAULT_PREFIX
 
 SHUTDOWN_GRACE_S = 2.0
+SUBSCRIBE_PATH = "/seldon.mlops.chainer.Chainer/SubscribePipelineUpdates"
+EVENT_PATH = "/seldon.mlops.chainer.Chainer/PipelineUpdateEvent"
+UNAUTHORIZED = "unauthorized: missing or wrong bearer token"
+
+# Server-side keepalive: a subscription whose engine vanished (no FIN, no RST) is found within
+# 30 s, so that its name can be used again.
+_GRPC_CONFIG = Configuration(
+    _keepalive_time=20.0,
+    _keepalive_timeout=10.0,
+    _http2_max_pings_without_data=0,
+    _http2_min_sent_ping_interval_without_data=10.0,
+)
 
 
 class _Subscription:
     """One open `SubscribePipelineUpdates` stream."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, instance: str | None, peer: str) -> None:
         self.name = name
+        self.instance = instance
+        self.peer = peer
         self.queue: asyncio.Queue[PipelineUpdateMessage | None] = asyncio.Queue()
         self.ended = asyncio.Event()
 
@@ -65,25 +96,60 @@ class _Subscription:
         self.queue.put_nowait(None)
 
 
-class ChainerService(ChainerBase):  # type: ignore[misc]
-    """`seldon.mlops.chainer.Chainer` backed by a `ProxyServer`."""
+def _instance(stream: Stream[Any, Any]) -> str | None:
+    value = stream.metadata.get(INSTANCE_METADATA) if stream.metadata else None
+    return str(value) if value else None
+
+
+def _peer(stream: Stream[Any, Any]) -> str:
+    address = stream.peer.addr()
+    return f"{address[0]}:{address[1]}" if address else "?"
+
+
+class ChainerService:
+    """`seldon.mlops.chainer.Chainer` backed by a `ProxyServer`.
+
+    Its handlers take grpclib streams (not only the decoded request) to read the engine's
+    instance id and address.
+    """
 
     def __init__(self, proxy: ProxyServer) -> None:
         self._proxy = proxy
 
-    async def subscribe_pipeline_updates(
-        self, pipeline_subscription_request: PipelineSubscriptionRequest
-    ) -> AsyncIterator[PipelineUpdateMessage]:
-        """Stream pipeline updates to one engine replica until it or the proxy goes away."""
-        async for message in self._proxy.subscription(str(pipeline_subscription_request.name)):
-            yield message
+    def __mapping__(self) -> dict[str, Handler]:
+        return {
+            SUBSCRIBE_PATH: Handler(
+                self._subscribe,
+                Cardinality.UNARY_STREAM,
+                PipelineSubscriptionRequest,
+                PipelineUpdateMessage,
+            ),
+            EVENT_PATH: Handler(
+                self._event,
+                Cardinality.UNARY_UNARY,
+                PipelineUpdateStatusMessage,
+                PipelineUpdateStatusResponse,
+            ),
+        }
 
-    async def pipeline_update_event(
-        self, pipeline_update_status_message: PipelineUpdateStatusMessage
-    ) -> PipelineUpdateStatusResponse:
+    async def _subscribe(
+        self, stream: Stream[PipelineSubscriptionRequest, PipelineUpdateMessage]
+    ) -> None:
+        """Stream pipeline updates to one engine replica until it or the proxy goes away."""
+        request = await stream.recv_message()
+        assert request is not None
+        subscription = self._proxy.subscription(str(request.name), _instance(stream), _peer(stream))
+        async for message in subscription:
+            await stream.send_message(message)
+
+    async def _event(
+        self, stream: Stream[PipelineUpdateStatusMessage, PipelineUpdateStatusResponse]
+    ) -> None:
         """Record one ack."""
-        self._proxy.record_ack(pipeline_update_status_message)
-        return PipelineUpdateStatusResponse()
+        request = await stream.recv_message()
+        assert request is not None
+        self._proxy.record_ack(request, _instance(stream), _peer(stream))
+        await stream.send_message(PipelineUpdateStatusResponse())
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -104,18 +170,25 @@ class ProxyServer:
         control_port: HTTP control API port (0: any free port).
         default_namespace: topic namespace of Seldon resources without `metadata.namespace`.
         prefix: topic prefix of Seldon resources.
-        store: the store (default: a new one).
+        store: the store (default: a new one, or the one restored from `database`).
+        database: where every change is saved and the pipelines are restored from (None:
+            nothing is kept across restarts).
+        token: the bearer token of the control API (None: no authentication).
+        tls: the TLS context of the Chainer gRPC service (None: plaintext).
     """
 
     def __init__(
         self,
         *,
-        host: str = "0.0.0.0",
+        host: str = "127.0.0.1",
         port: int = 10101,
         control_port: int = 10102,
         default_namespace: str = DEFAULT_NAMESPACE,
         prefix: str = DEFAULT_PREFIX,
         store: PipelineStore | None = None,
+        database: StateDatabase | None = None,
+        token: str | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.host = host
         self._port = port
@@ -123,6 +196,20 @@ class ProxyServer:
         self.default_namespace = default_namespace
         self.prefix = prefix
         self.store = store if store is not None else PipelineStore()
+        self.database = database
+        self._token = token.encode() if token else None
+        self._tls = tls
+        if database is not None:
+            restored = database.load()
+            for record, max_version in restored:
+                self.store.restore(record, max_version)
+            if restored:
+                logger.info(
+                    "restored {} pipeline(s) from {}: {}",
+                    len(restored),
+                    database.path,
+                    ", ".join(f"{r.name} v{r.version} {r.state}" for r, _ in restored),
+                )
         self._subscriptions: dict[str, _Subscription] = {}
         self._grpc: Server | None = None
         self._runner: web.AppRunner | None = None
@@ -138,6 +225,29 @@ class ProxyServer:
         return self._control_port
 
     # Pipelines.
+
+    def _persist(self) -> None:
+        """Save what changed in the store.
+
+        Raises:
+            StateError: the save failed (the changes are saved with the next one).
+        """
+        records = self.store.take_dirty()
+        if self.database is None or not records:
+            return
+        try:
+            self.database.save(records, self.store.max_version)
+        except StateError:
+            self.store.keep_dirty(records)
+            raise
+
+    def _commit(self, sends: Iterable[Send]) -> None:
+        """Save, then send. Messages about known uids go out even if the save failed."""
+        try:
+            self._persist()
+        except StateError as e:
+            logger.error("{}", e)
+        self._dispatch(sends)
 
     def _dispatch(self, sends: Iterable[Send]) -> None:
         for send in sends:
@@ -157,8 +267,14 @@ class ProxyServer:
             )
 
     def load(self, spec: PipelineSpec) -> LoadResult:
-        """Load a spec into the store and send what it decides."""
+        """Load a spec into the store, save it, and send what it decides.
+
+        Raises:
+            StateError: the new state could not be saved; nothing was sent (a new uid is
+                never sent before it is saved).
+        """
         result = self.store.load(spec)
+        self._persist()
         record = result.record
         logger.info(
             "load {}: {} v{} (uid {}, ts {}) from {}",
@@ -213,27 +329,73 @@ class ProxyServer:
             record.uid,
             record.timestamp,
         )
-        self._dispatch(result.sends)
+        self._commit(result.sends)
         return result
 
-    def record_ack(self, message: PipelineUpdateStatusMessage) -> None:
-        """Record and log one ack (one line)."""
-        result = self.store.ack(Ack.from_message(message))
+    def record_ack(
+        self, message: PipelineUpdateStatusMessage, instance: str | None = None, peer: str = "?"
+    ) -> None:
+        """Record and log one ack (one line).
+
+        Raises:
+            GRPCError: `PERMISSION_DENIED` when the ack's stream is connected under another
+                instance id than `instance`.
+        """
+        ack = Ack.from_message(message)
+        live = self._subscriptions.get(ack.stream)
+        if live is not None and live.instance is not None and live.instance != instance:
+            logger.warning(
+                "refused an ack for stream {!r} from {}: another engine holds that subscription",
+                ack.stream,
+                peer,
+            )
+            raise GRPCError(
+                Status.PERMISSION_DENIED,
+                f"stream {ack.stream!r} is connected from another engine",
+            )
+        result = self.store.ack(ack)
         if result.accepted:
             logger.info("{}", result.describe())
         else:
             logger.warning("{}", result.describe())
+        self._commit(result.sends)
 
-    async def subscription(self, name: str) -> AsyncIterator[PipelineUpdateMessage]:
-        """The messages of one subscriber, until its stream or the proxy ends."""
-        subscription = _Subscription(name)
+    async def subscription(
+        self, name: str, instance: str | None = None, peer: str = "?"
+    ) -> AsyncIterator[PipelineUpdateMessage]:
+        """The messages of one subscriber, until its stream or the proxy ends.
+
+        Args:
+            name: the subscriber name.
+            instance: the engine process's instance id (`x-dataflow-instance`), if it sent one.
+            peer: its address, for logs.
+
+        Raises:
+            GRPCError: `INVALID_ARGUMENT` for an empty name, `ALREADY_EXISTS` when the name is
+                connected and this is not the same engine reconnecting.
+        """
+        if not name:
+            raise GRPCError(Status.INVALID_ARGUMENT, "a subscription needs a subscriber name")
         previous = self._subscriptions.get(name)
+        if previous is not None and (instance is None or previous.instance != instance):
+            logger.warning(
+                "refused a subscription as {!r} from {}: that name is connected from {}",
+                name,
+                peer,
+                previous.peer,
+            )
+            raise GRPCError(
+                Status.ALREADY_EXISTS,
+                f"subscriber name {name!r} is already connected from another engine "
+                "(give every engine its own SELDON_DATAFLOW_REPLICA_ID)",
+            )
+        subscription = _Subscription(name, instance, peer)
         self._subscriptions[name] = subscription
         if previous is not None:
-            logger.warning("subscription from {} replaces its previous stream", name)
+            logger.warning("subscription from {} ({}) replaces its previous stream", name, peer)
             previous.close()
-        logger.info("subscription from {}", name)
-        self._dispatch(self.store.subscribe(name))
+        logger.info("subscription from {} ({})", name, peer)
+        self._commit(self.store.subscribe(name))
         try:
             while True:
                 message = await subscription.queue.get()
@@ -245,12 +407,37 @@ class ProxyServer:
             if self._subscriptions.get(name) is subscription:
                 del self._subscriptions[name]
                 logger.info("subscription of {} ended", name)
-                self._dispatch(self.store.unsubscribe(name))
+                self._commit(self.store.unsubscribe(name))
 
     # HTTP control API.
 
+    @web.middleware
+    async def _auth(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        if self._token is None or request.path == "/health":
+            return await handler(request)
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(
+            value.strip().encode(), self._token
+        ):
+            logger.warning(
+                "control API: {} {} from {} refused: {}",
+                request.method,
+                request.path,
+                request.remote,
+                UNAUTHORIZED,
+            )
+            return web.json_response(
+                {"error": UNAUTHORIZED},
+                status=401,
+                headers={"WWW-Authenticate": 'Bearer realm="dataflow-proxy"'},
+            )
+        return await handler(request)
+
     def _app(self) -> web.Application:
-        app = web.Application()
+        app = web.Application(middlewares=[self._auth])
+        app.router.add_get("/health", self._http_health)
         app.router.add_get("/pipelines", self._http_list)
         app.router.add_post("/pipelines", self._http_load)
         app.router.add_get("/pipelines/{name}", self._http_get)
@@ -276,6 +463,9 @@ class ProxyServer:
         except SpecError as e:
             logger.warning("load refused: {}", e)
             return _json({"error": str(e)}, 400)
+        except StateError as e:
+            logger.error("load not sent: {}", e)
+            return _json({"error": str(e)}, 500)
         except UnicodeDecodeError:
             return _json({"error": f"{source}: body is not UTF-8 text"}, 400)
         body = {
@@ -295,6 +485,9 @@ class ProxyServer:
     async def _http_subscribers(self, request: web.Request) -> web.Response:
         return _json({"subscribers": list(self.store.subscribers)})
 
+    async def _http_health(self, request: web.Request) -> web.Response:
+        return _json({"status": "UP"})
+
     # Lifecycle.
 
     async def start(self) -> None:
@@ -305,8 +498,8 @@ class ProxyServer:
         """
         grpc_socket = _bind(self.host, self._port)
         self._port = grpc_socket.getsockname()[1]
-        self._grpc = Server([ChainerService(self)])
-        await self._grpc.start(sock=grpc_socket)
+        self._grpc = Server([ChainerService(self)], codec=StrictCodec(), config=_GRPC_CONFIG)
+        await self._grpc.start(sock=grpc_socket, ssl=self._tls)
         try:
             control_socket = _bind(self.host, self._control_port)
             self._control_port = control_socket.getsockname()[1]
@@ -319,11 +512,13 @@ class ProxyServer:
             await self.stop()
             raise
         logger.info(
-            "proxy scheduler: Chainer gRPC on {}:{}, control API on http://{}:{}",
+            "proxy scheduler: Chainer gRPC on {}:{} ({}), control API on http://{}:{} ({})",
             self.host,
             self._port,
+            "TLS" if self._tls is not None else "plaintext",
             self.host,
             self._control_port,
+            "bearer token" if self._token is not None else "no token",
         )
 
     async def stop(self) -> None:

@@ -13,8 +13,15 @@ It follows the Seldon scheduler's Chainer server (spec 2.3, `scheduler/pkg/kafka
   one succeeded, Failed when all failed; later `Ready` acks (ok: Ready, failed: Failed) and
   `Rebalance` acks (Rebalancing) update it; Delete acks make it Terminating, then Terminated
   when all streams removed it (Failed if one could not).
+* Versions: loading the same content again changes nothing. Changed content is the next
+  version with a new uid; the previous version *retires*: it keeps running until the new one is
+  Ready, then its uid gets a Delete (topics kept), resent on every rebalance until every engine
+  acked it. A failed new version leaves the old one running. A Delete that no engine could
+  receive (none connected) is kept the same way and sent when an engine subscribes.
 
 The store only decides; it returns the messages to send (`Send`) and the caller delivers them.
+It records which pipelines changed (`take_dirty`) so that the caller can persist them
+(`dataflow.proxy.database`) before it sends anything.
 """
 
 from __future__ import annotations
@@ -159,16 +166,106 @@ class Send:
     message: PipelineUpdateMessage
 
 
+@dataclass(frozen=True)
+class Definition:
+    """One version of a pipeline as the engines receive it, fixed when it is loaded.
+
+    The messages are kept as bytes, so a restarted proxy sends exactly what it sent before,
+    whatever the spec parser of the day would make of the file.
+
+    Attributes:
+        name: pipeline name.
+        version: the version.
+        uid: its uid.
+        source: the spec file it came from.
+        fingerprint: digest of the spec's content (`PipelineSpec.fingerprint`).
+        create: the Create message (timestamp 0).
+        unload: the Delete message of a user unload (lists the topics to delete when the spec
+            sets `cleanTopicsOnDelete`).
+        loaded_at: when it was loaded (Unix time).
+    """
+
+    name: str
+    version: int
+    uid: str
+    source: str
+    fingerprint: str
+    create: bytes
+    unload: bytes
+    loaded_at: float
+
+    @classmethod
+    def of(cls, spec: PipelineSpec, version: int, uid: str, loaded_at: float) -> Definition:
+        """The definition of `spec` as version `version` with uid `uid`."""
+        return cls(
+            name=spec.name,
+            version=version,
+            uid=uid,
+            source=spec.source,
+            fingerprint=spec.fingerprint(),
+            create=bytes(spec.to_message(version, uid)),
+            unload=bytes(spec.to_delete_message(version, uid, keep_topics=False)),
+            loaded_at=loaded_at,
+        )
+
+    def create_message(self, timestamp: int) -> PipelineUpdateMessage:
+        """The Create message of an iteration."""
+        message = PipelineUpdateMessage().parse(self.create)
+        message.timestamp = timestamp
+        return message
+
+    def delete_message(self, timestamp: int, *, keep_topics: bool) -> PipelineUpdateMessage:
+        """The Delete message of an iteration: bare, or the user unload's (`keep_topics` False)."""
+        if keep_topics:
+            message = PipelineUpdateMessage(
+                op=Op.Delete, pipeline=self.name, version=self.version, uid=self.uid
+            )
+        else:
+            message = PipelineUpdateMessage().parse(self.unload)
+        message.timestamp = timestamp
+        return message
+
+
+@dataclass
+class Retiring:
+    """An earlier version of a pipeline that still has to be deleted from the engines.
+
+    Attributes:
+        definition: the version.
+        timestamp: the iteration its Delete was sent in; 0 while it waits for the current
+            version to be Ready.
+        streams: the streams its Delete was sent to and what each answered.
+        keep_topics: False for a user unload no engine received (its topics are deleted as
+            the spec asks); True for a version replaced by another.
+    """
+
+    definition: Definition
+    timestamp: int = 0
+    streams: dict[str, StreamAck] = field(default_factory=dict)
+    keep_topics: bool = True
+
+    @property
+    def deleting(self) -> bool:
+        """True once its Delete was sent (or is due at the next subscription)."""
+        return self.timestamp > 0
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON form: version, uid, state (`waiting` or `deleting`), timestamp, streams."""
+        return {
+            "version": self.definition.version,
+            "uid": self.definition.uid,
+            "state": "deleting" if self.deleting else "waiting",
+            "timestamp": self.timestamp,
+            "streams": {name: ack.as_dict() for name, ack in self.streams.items()},
+        }
+
+
 @dataclass
 class PipelineRecord:
     """The current version of one pipeline name and its current iteration.
 
     Attributes:
-        name: pipeline name.
-        version: current version.
-        uid: uid of the current version.
-        spec: the spec the version was made from.
-        fingerprint: digest of the spec's content.
+        definition: the current version.
         state: pipeline state.
         reason: the last accepted ack's reason, or what the proxy did last.
         timestamp: the current iteration's timestamp.
@@ -176,13 +273,11 @@ class PipelineRecord:
         streams: the expected streams of the iteration and what each reported.
         outdated: how many acks were ignored for this name since the version was loaded.
         last_outdated: why the last one was ignored.
+        retiring: earlier versions still to be deleted from the engines, oldest first.
+        updated_at: when the record last changed (Unix time).
     """
 
-    name: str
-    version: int
-    uid: str
-    spec: PipelineSpec
-    fingerprint: str
+    definition: Definition
     state: PipelineState = PipelineState.CREATING
     reason: str = ""
     timestamp: int = 0
@@ -190,6 +285,28 @@ class PipelineRecord:
     streams: dict[str, StreamAck] = field(default_factory=dict)
     outdated: int = 0
     last_outdated: str | None = None
+    retiring: list[Retiring] = field(default_factory=list)
+    updated_at: float = 0.0
+
+    @property
+    def name(self) -> str:
+        """Pipeline name."""
+        return self.definition.name
+
+    @property
+    def version(self) -> int:
+        """Current version."""
+        return self.definition.version
+
+    @property
+    def uid(self) -> str:
+        """Uid of the current version."""
+        return self.definition.uid
+
+    @property
+    def fingerprint(self) -> str:
+        """Digest of the current version's spec."""
+        return self.definition.fingerprint
 
     def summary(self) -> str:
         """Counts of the iteration's streams, e.g. `1/2 ready, 1/2 waiting, 0/2 failed`."""
@@ -222,7 +339,10 @@ class PipelineRecord:
             "streams": {name: ack.as_dict() for name, ack in self.streams.items()},
             "outdated_acks": self.outdated,
             "last_outdated": self.last_outdated,
-            "source": self.spec.source,
+            "source": self.definition.source,
+            "loaded_at": self.definition.loaded_at,
+            "updated_at": self.updated_at,
+            "retiring": [r.as_dict() for r in self.retiring],
         }
 
 
@@ -270,12 +390,14 @@ class AckResult:
         accepted: False when it was outdated (ignored for the state).
         note: the resulting state, or why it was ignored.
         record: the pipeline's record, or None for an unknown pipeline.
+        sends: messages to deliver (the Delete of a retiring version once the new one is Ready).
     """
 
     ack: Ack
     accepted: bool
     note: str
     record: PipelineRecord | None
+    sends: list[Send] = field(default_factory=list)
 
     def describe(self) -> str:
         """One log line: the ack, then `-> <state> (...)` or `-> ignored (outdated: ...)`."""
@@ -309,14 +431,21 @@ class PipelineStore:
 
     Args:
         uid_factory: makes the uid of a new version (default `new_uid`).
+        clock: the wall clock, for the records' times (default `time.time`).
     """
 
-    def __init__(self, uid_factory: Callable[[], str] = new_uid) -> None:
+    def __init__(
+        self,
+        uid_factory: Callable[[], str] = new_uid,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self._uid_factory = uid_factory
+        self._now = clock
         self._records: dict[str, PipelineRecord] = {}
         self._subscribers: list[str] = []
         self._clock: dict[str, int] = {}
         self._versions: dict[str, int] = {}
+        self._dirty: set[str] = set()
 
     @property
     def subscribers(self) -> tuple[str, ...]:
@@ -331,6 +460,36 @@ class PipelineStore:
         """Every pipeline record (terminated ones included), sorted by name."""
         return [self._records[name] for name in sorted(self._records)]
 
+    def max_version(self, name: str) -> int:
+        """The highest version a pipeline name ever had (0 if none)."""
+        return self._versions.get(name, 0)
+
+    # Persistence.
+
+    def restore(self, record: PipelineRecord, max_version: int) -> None:
+        """Put back a record saved by an earlier run (before any subscriber connects).
+
+        Its timestamp continues the name's counter; its streams keep the last acks.
+        """
+        self._records[record.name] = record
+        self._clock[record.name] = max(record.timestamp, self._clock.get(record.name, 0))
+        self._versions[record.name] = max(max_version, record.version)
+
+    def take_dirty(self) -> list[PipelineRecord]:
+        """The records changed since the last call (to persist), sorted by name."""
+        names, self._dirty = sorted(self._dirty), set()
+        return [self._records[name] for name in names]
+
+    def keep_dirty(self, records: list[PipelineRecord]) -> None:
+        """Mark records as changed again (their saving failed)."""
+        self._dirty.update(record.name for record in records)
+
+    def _touch(self, record: PipelineRecord) -> None:
+        record.updated_at = self._now()
+        self._dirty.add(record.name)
+
+    # Iterations.
+
     def _iterate(self, record: PipelineRecord, operation: str) -> list[Send]:
         """Start a new iteration: next timestamp, expected = current subscribers, messages."""
         timestamp = self._clock.get(record.name, 0) + 1
@@ -338,28 +497,51 @@ class PipelineStore:
         record.timestamp = timestamp
         record.operation = operation
         record.streams = {name: StreamAck() for name in self._subscribers}
+        self._touch(record)
         if operation == "Create":
-            message = record.spec.to_message(record.version, record.uid)
+            message = record.definition.create_message(timestamp)
             record.state = PipelineState.CREATING
         else:
-            message = record.spec.to_delete_message(record.version, record.uid, keep_topics=False)
+            message = record.definition.delete_message(timestamp, keep_topics=False)
             record.state = PipelineState.TERMINATING
-        message.timestamp = timestamp
         if not self._subscribers:
             record.reason = NO_ENGINES
             if operation == "Delete":
                 record.state = PipelineState.TERMINATED
+                # An engine that is away may still run it: it gets the Delete when it is back.
+                if all(r.definition.uid != record.uid for r in record.retiring):
+                    record.retiring.append(
+                        Retiring(record.definition, timestamp, keep_topics=False)
+                    )
             return []
         record.reason = f"{operation} sent to {', '.join(self._subscribers)}"
         return [Send(name, message) for name in self._subscribers]
 
+    def _retire(self, record: PipelineRecord, retirees: list[Retiring]) -> list[Send]:
+        """Send the Delete (topics kept) of earlier versions to every subscriber."""
+        sends: list[Send] = []
+        for retiree in retirees:
+            retiree.timestamp = record.timestamp
+            retiree.streams = {name: StreamAck() for name in self._subscribers}
+            message = retiree.definition.delete_message(
+                record.timestamp, keep_topics=retiree.keep_topics
+            )
+            sends += [Send(name, message) for name in self._subscribers]
+        if retirees:
+            self._touch(record)
+        return sends
+
     def _rebalance(self) -> list[Send]:
-        """A new iteration for every pipeline not terminated (subscribers changed)."""
+        """A new iteration for every pipeline not terminated (subscribers changed); the Deletes
+        of retiring versions are sent again."""
         sends: list[Send] = []
         for record in self.records():
             if record.state != PipelineState.TERMINATED:
                 sends += self._iterate(record, record.operation)
+            sends += self._retire(record, [r for r in record.retiring if r.deleting])
         return sends
+
+    # Commands.
 
     def load(self, spec: PipelineSpec) -> LoadResult:
         """Load a spec: a new pipeline, a new version of one, or nothing if unchanged.
@@ -368,7 +550,8 @@ class PipelineStore:
             spec: the pipeline spec; its pinned version/uid are used when present.
 
         Returns:
-            The record, the outcome and the Create (and old-version Delete) messages.
+            The record, the outcome and the Create messages. The version a new one replaces
+            retires: its Delete follows once the new version is Ready (`ack`).
         """
         fingerprint = spec.fingerprint()
         old = self._records.get(spec.name)
@@ -379,12 +562,11 @@ class PipelineStore:
             if old.state == PipelineState.FAILED:
                 return LoadResult(old, "retried", self._iterate(old, "Create"))
             return LoadResult(old, "unchanged", [])
-        version = spec.version if spec.version is not None else self._versions.get(spec.name, 0) + 1
-        self._versions[spec.name] = max(version, self._versions.get(spec.name, 0))
+        version = spec.version if spec.version is not None else self.max_version(spec.name) + 1
+        self._versions[spec.name] = max(version, self.max_version(spec.name))
         uid = spec.uid if spec.uid is not None else self._uid_factory()
-        record = PipelineRecord(spec.name, version, uid, spec, fingerprint)
-        self._records[spec.name] = record
-        sends = self._iterate(record, "Create")
+        definition = Definition.of(spec, version, uid, self._now())
+        retiring = list(old.retiring) if old is not None else []
         warning = None
         if old is not None and running and old.uid == uid:
             warning = (
@@ -392,13 +574,21 @@ class PipelineStore:
                 "uid keep the old content (pin a new uid, or none)"
             )
         elif old is not None and running:
-            delete = old.spec.to_delete_message(old.version, old.uid, keep_topics=True)
-            delete.timestamp = record.timestamp
-            sends = [Send(name, delete) for name in self._subscribers] + sends
+            retiring.append(Retiring(old.definition))
+        elif old is not None and old.state != PipelineState.TERMINATED:
+            # Its Delete is under way: its acks still count.
+            retiring.append(Retiring(old.definition, old.timestamp, old.streams, keep_topics=False))
+        record = PipelineRecord(
+            definition, retiring=[r for r in retiring if r.definition.uid != uid]
+        )
+        self._records[spec.name] = record
+        sends = self._iterate(record, "Create")
         return LoadResult(record, "updated" if running else "created", sends, warning)
 
     def unload(self, name: str) -> UnloadResult:
         """Unload a pipeline: Delete to every subscriber, then Terminating -> Terminated.
+
+        Retiring versions still waiting get their Delete now too.
 
         Raises:
             UnknownPipelineError: no pipeline of that name.
@@ -410,7 +600,9 @@ class PipelineStore:
             return UnloadResult(record, "already terminated", [])
         if record.operation == "Delete" and record.state == PipelineState.TERMINATING:
             return UnloadResult(record, "already terminating", [])
+        waiting = [r for r in record.retiring if not r.deleting]
         sends = self._iterate(record, "Delete")
+        sends += self._retire(record, waiting)
         return UnloadResult(record, str(record.state).lower(), sends)
 
     def subscribe(self, name: str) -> list[Send]:
@@ -430,6 +622,8 @@ class PipelineStore:
         self._subscribers.remove(name)
         return self._rebalance()
 
+    # Acks.
+
     def _outdated(self, record: PipelineRecord, ack: Ack) -> str | None:
         if ack.uid != record.uid:
             return f"uid {ack.uid} is not the current version's ({record.uid})"
@@ -444,26 +638,66 @@ class PipelineStore:
             return f"{op_name(ack.op)} ack while the pipeline is being created"
         return None
 
+    @staticmethod
+    def _retiree_of(record: PipelineRecord, ack: Ack) -> Retiring | None:
+        """The retiring version a Delete ack answers, if it is one."""
+        for retiree in record.retiring:
+            if (
+                retiree.definition.uid == ack.uid
+                and retiree.deleting
+                and ack.timestamp == retiree.timestamp
+                and ack.stream in retiree.streams
+                and ack.op == Op.Delete
+            ):
+                return retiree
+        return None
+
+    def _ack_retiree(self, record: PipelineRecord, retiree: Retiring, ack: Ack) -> AckResult:
+        retiree.streams[ack.stream] = StreamAck(
+            _stream_state(ack.op, ack.success), op_name(ack.op), ack.success, ack.reason
+        )
+        self._touch(record)
+        label = f"retiring v{retiree.definition.version} (uid {retiree.definition.uid})"
+        states = [s.state for s in retiree.streams.values()]
+        if states.count(StreamState.TERMINATED) == len(states):
+            record.retiring.remove(retiree)
+            return AckResult(ack, True, f"{label} deleted from every engine", record)
+        done = states.count(StreamState.TERMINATED)
+        return AckResult(ack, True, f"{label}: {done}/{len(states)} deleted", record)
+
     def ack(self, ack: Ack) -> AckResult:
         """Record an engine's ack and update the pipeline's state.
 
         Returns:
-            Whether it counted, and the resulting state or why it was ignored.
+            Whether it counted, the resulting state or why it was ignored, and the Deletes of
+            retiring versions when the current version became Ready.
         """
         record = self._records.get(ack.pipeline)
         if record is None:
             return AckResult(ack, False, f"unknown pipeline {ack.pipeline!r}", None)
+        retiree = self._retiree_of(record, ack)
+        if retiree is not None:
+            return self._ack_retiree(record, retiree, ack)
         why = self._outdated(record, ack)
         if why is not None:
             record.outdated += 1
             record.last_outdated = why
+            self._touch(record)
             return AckResult(ack, False, why, record)
         record.streams[ack.stream] = StreamAck(
             _stream_state(ack.op, ack.success), op_name(ack.op), ack.success, ack.reason
         )
         record.reason = ack.reason
         record.state = self._state(record, ack)
-        return AckResult(ack, True, f"{record.state} ({record.summary()})", record)
+        self._touch(record)
+        sends: list[Send] = []
+        if record.state == PipelineState.READY:
+            sends = self._retire(record, [r for r in record.retiring if not r.deleting])
+        note = f"{record.state} ({record.summary()})"
+        if sends:
+            retired = ", ".join(f"v{r.definition.version}" for r in record.retiring if r.deleting)
+            note += f"; Delete of {retired} sent"
+        return AckResult(ack, True, note, record, sends)
 
     @staticmethod
     def _state(record: PipelineRecord, ack: Ack) -> PipelineState:

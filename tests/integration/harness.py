@@ -111,6 +111,9 @@ class Proxy:
             str(self.port),
             "--control-port",
             str(self.control_port),
+            # Its own durable state: same folder and port, same proxy across a restart.
+            "--state-dir",
+            str(self.tmp / f"proxy-{self.port}.state"),
         ]
         if pipelines:
             args += ["--pipelines", *map(str, pipelines)]

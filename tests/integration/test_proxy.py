@@ -322,13 +322,18 @@ async def test_help_lists_options_with_env_names() -> None:
     assert code == 0
     text = " ".join(out.split())
     for flag, env, default in [
-        ("--host", "SELDON_PROXY_HOST", "0.0.0.0"),
+        ("--host", "SELDON_PROXY_HOST", "127.0.0.1"),
         ("--port", "SELDON_PROXY_PORT", "10101"),
         ("--control-port", "SELDON_PROXY_CONTROL_PORT", "10102"),
         ("--pipelines", "SELDON_PROXY_PIPELINES", "none"),
         ("--namespace", "SELDON_PROXY_NAMESPACE", "default"),
         ("--topic-prefix", "SELDON_PROXY_TOPIC_PREFIX", "seldon"),
         ("--log-level", "SELDON_PROXY_LOG_LEVEL", "INFO"),
+        ("--state-dir", "SELDON_PROXY_STATE_DIR", ".proxy-state"),
+        ("--token-path", "SELDON_PROXY_TOKEN_PATH", "none"),
+        ("--tls-cert-path", "SELDON_PROXY_TLS_CERT_PATH", "none"),
+        ("--tls-key-path", "SELDON_PROXY_TLS_KEY_PATH", "none"),
+        ("--tls-client-ca-path", "SELDON_PROXY_TLS_CLIENT_CA_PATH", "none"),
     ]:
         assert flag in text
         assert f"[env {env}, default: {default}]" in text
@@ -350,6 +355,8 @@ async def test_serve_loads_the_demo_folder_and_stops_on_sigterm(tmp_path: Path) 
         "0",
         "--host",
         "127.0.0.1",
+        "--state-dir",
+        str(tmp_path / "state"),
         cwd=REPO,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "NO_COLOR": "1", "SELDON_PROXY_LOG_LEVEL": "debug"},
@@ -383,6 +390,15 @@ async def _line(process: asyncio.subprocess.Process) -> str:
 async def test_serve_refuses_a_bad_pipeline_file(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("kind: PipelineUpdate\nname: x\nsteps: []\n")
-    code, _, err = await run_cli("--pipelines", str(bad), "--port", "0", "--control-port", "0")
+    code, _, err = await run_cli(
+        "--pipelines",
+        str(bad),
+        "--port",
+        "0",
+        "--control-port",
+        "0",
+        "--state-dir",
+        str(tmp_path / "state"),
+    )
     assert code == 2
     assert f"{bad}: steps: a pipeline needs at least one step" in err

@@ -45,10 +45,13 @@ def explicit(uid: str = "1234", sink: str = "b.inputs", version: int = 1) -> Pip
     return parse_spec(text, "demo.yaml")
 
 
+NOW = 1_700_000_000.0
+
+
 @pytest.fixture
 def store() -> PipelineStore:
     counter = itertools.count(1)
-    return PipelineStore(uid_factory=lambda: f"uid{next(counter)}")
+    return PipelineStore(uid_factory=lambda: f"uid{next(counter)}", clock=lambda: NOW)
 
 
 def ack(
@@ -288,32 +291,34 @@ def test_clean_topics_on_delete(store: PipelineStore) -> None:
 def test_versions_unchanged_updated_retried(store: PipelineStore) -> None:
     store.subscribe("a")
     v1 = store.load(seldon()).sends[0].message
+    store.ack(ack(v1, "a"))
     same = store.load(seldon())
     assert same.outcome == "unchanged" and same.sends == []
     changed = store.load(seldon(model="m2"))
     assert changed.outcome == "updated"
     record = changed.record
     assert (record.version, record.uid) == (2, "uid2")
-    # the old version is deleted (topics kept), then the new one created, same iteration
-    delete, create = (s.message for s in changed.sends)
-    assert (delete.op, delete.uid, delete.version, delete.updates) == (Op.Delete, "uid1", 1, [])
+    # only the new version is created; the old one runs on until the new one is Ready
+    [create] = (s.message for s in changed.sends)
     assert (create.op, create.uid, create.version) == (Op.Create, "uid2", 2)
-    assert delete.timestamp == create.timestamp == v1.timestamp + 1
-    # acks about the old version are outdated; the new one's count
-    assert not store.ack(ack(delete, "a", reason="pipeline removed")).accepted
+    assert create.timestamp == v1.timestamp + 1
+    assert [(r.definition.uid, r.deleting) for r in record.retiring] == [("uid1", False)]
     store.ack(ack(create, "a", False, reason="failed to create all pipeline steps"))
     assert state(record) is PipelineState.FAILED
+    assert [r.definition.uid for r in record.retiring] == ["uid1"]  # a failed version: old kept
     retried = store.load(seldon(model="m2"))
     assert retried.outcome == "retried" and retried.record is record
-    assert only(retried.sends, "a").timestamp == create.timestamp + 1
-
-
-def test_reload_after_termination_is_a_new_version(store: PipelineStore) -> None:
-    store.load(seldon())
-    store.unload("chain")
-    result = store.load(seldon())
-    assert result.outcome == "created"
-    assert (result.record.version, result.record.uid, result.record.timestamp) == (2, "uid2", 3)
+    again = only(retried.sends, "a")
+    assert again.timestamp == create.timestamp + 1
+    ready = store.ack(ack(again, "a"))
+    assert state(record) is PipelineState.READY
+    [delete] = (s.message for s in ready.sends)
+    assert (delete.op, delete.uid, delete.version, delete.updates) == (Op.Delete, "uid1", 1, [])
+    assert delete.timestamp == again.timestamp
+    assert ready.note.endswith("; Delete of v1 sent")
+    done = store.ack(ack(delete, "a", reason="pipeline removed"))
+    assert done.accepted and done.note == "retiring v1 (uid uid1) deleted from every engine"
+    assert record.retiring == [] and state(record) is PipelineState.READY
 
 
 def test_pinned_version_and_uid(store: PipelineStore) -> None:
@@ -324,11 +329,19 @@ def test_pinned_version_and_uid(store: PipelineStore) -> None:
     assert same_uid.outcome == "updated" and same_uid.warning is not None
     assert "keeps uid '1234'" in same_uid.warning
     assert [s.message.op for s in same_uid.sends] == [Op.Create]  # never Delete the same uid
+    assert same_uid.record.retiring == []
     new = store.load(explicit(uid="5678", sink="d.inputs", version=2))
-    assert [(s.message.op, s.message.uid) for s in new.sends] == [
-        (Op.Delete, "1234"),
-        (Op.Create, "5678"),
-    ]
+    assert [(s.message.op, s.message.uid) for s in new.sends] == [(Op.Create, "5678")]
+    ready = store.ack(ack(new.sends[0].message, "a"))
+    assert [(s.message.op, s.message.uid) for s in ready.sends] == [(Op.Delete, "1234")]
+
+
+def test_reload_after_termination_is_a_new_version(store: PipelineStore) -> None:
+    store.load(seldon())
+    store.unload("chain")
+    result = store.load(seldon())
+    assert result.outcome == "created"
+    assert (result.record.version, result.record.uid, result.record.timestamp) == (2, "uid2", 3)
 
 
 def test_unsubscribe_rebalances_the_rest(store: PipelineStore) -> None:
@@ -401,6 +414,9 @@ def test_ack_from_message_and_json_shape(store: PipelineStore) -> None:
         "outdated_acks": 0,
         "last_outdated": None,
         "source": "demo.yaml",
+        "loaded_at": NOW,
+        "updated_at": NOW,
+        "retiring": [],
     }
 
 
@@ -416,3 +432,87 @@ def test_timestamps_are_per_name_and_never_reset(store: PipelineStore) -> None:
     x = store.get("x")
     assert x is not None and x.timestamp == 4 and y.timestamp == 2
     assert [r.name for r in store.records()] == ["x", "y"]
+
+
+def test_retiring_versions_wait_for_every_engine_and_are_resent_on_rebalance(
+    store: PipelineStore,
+) -> None:
+    store.subscribe("a")
+    store.subscribe("b")
+    v1 = store.load(seldon()).sends[0].message
+    v2 = store.load(seldon(model="m2")).sends[0].message
+    store.ack(ack(v2, "a"))
+    assert store.ack(ack(v2, "b")).sends[0].message.uid == v1.uid  # Ready: Delete of v1
+    record = store.get("chain")
+    assert record is not None
+    sends = store.subscribe("c")  # a rebalance: Create of v2 and the Delete of v1 again
+    assert sorted((s.subscriber, s.message.op.name, s.message.uid) for s in sends) == [
+        ("a", "Create", "uid2"),
+        ("a", "Delete", "uid1"),
+        ("b", "Create", "uid2"),
+        ("b", "Delete", "uid1"),
+        ("c", "Create", "uid2"),
+        ("c", "Delete", "uid1"),
+    ]
+    delete = next(s.message for s in sends if s.message.op == Op.Delete)
+    assert set(record.retiring[0].streams) == {"a", "b", "c"}
+    for stream in ("a", "b"):
+        assert store.ack(ack(delete, stream, reason="pipeline removed")).accepted
+    failed = store.ack(ack(delete, "c", False, reason="kafka topic deletion error"))
+    assert failed.accepted and failed.note == "retiring v1 (uid uid1): 2/3 deleted"
+    assert record.retiring[0].as_dict()["streams"]["c"]["state"] == "FailedTerminating"
+    again = [s for s in store.unsubscribe("c") if s.message.op == Op.Delete]
+    assert [s.subscriber for s in again] == ["a", "b"]
+
+
+def test_unload_deletes_a_waiting_retiree_too(store: PipelineStore) -> None:
+    store.subscribe("a")
+    store.load(seldon())
+    store.load(seldon(model="m2"))
+    sends = store.unload("chain").sends
+    assert [(s.message.op, s.message.uid) for s in sends] == [
+        (Op.Delete, "uid2"),
+        (Op.Delete, "uid1"),
+    ]
+
+
+def test_a_delete_no_engine_received_is_sent_when_one_subscribes(store: PipelineStore) -> None:
+    store.load(seldon(clean=True))
+    assert store.unload("chain").outcome == "terminated"
+    record = store.get("chain")
+    assert record is not None and [r.deleting for r in record.retiring] == [True]
+    delete = only(store.subscribe("a"), "a")
+    assert delete.op == Op.Delete and delete.uid == "uid1"
+    assert [u.sink.topic_name for u in delete.updates] == ["seldon.default.pipeline.chain.outputs"]
+    store.ack(ack(delete, "a", reason="pipeline removed"))
+    assert record.retiring == [] and state(record) is PipelineState.TERMINATED
+    assert store.subscribe("b") == []
+
+
+def test_a_reload_of_the_same_pinned_uid_drops_its_pending_delete(store: PipelineStore) -> None:
+    store.load(explicit())
+    store.unload("demo")
+    result = store.load(explicit())
+    assert result.outcome == "created" and result.record.retiring == []
+    assert [s.message.op for s in store.subscribe("a")] == [Op.Create]
+
+
+def test_dirty_records_and_restore(store: PipelineStore) -> None:
+    assert store.take_dirty() == []
+    store.subscribe("a")
+    message = store.load(seldon()).sends[0].message
+    assert [r.name for r in store.take_dirty()] == ["chain"]
+    assert store.take_dirty() == []
+    store.ack(ack(message, "a"))
+    [record] = store.take_dirty()
+    store.keep_dirty([record])
+    assert store.take_dirty() == [record]
+
+    restarted = PipelineStore(uid_factory=lambda: "fresh", clock=lambda: NOW)
+    restarted.restore(record, max_version=3)
+    assert restarted.load(seldon()).outcome == "unchanged"
+    assert restarted.max_version("chain") == 3
+    create = only(restarted.subscribe("a"), "a")
+    assert (create.uid, create.timestamp) == ("uid1", message.timestamp + 1)
+    changed = restarted.load(seldon(model="m2")).record
+    assert (changed.version, changed.uid) == (4, "fresh")
