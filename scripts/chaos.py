@@ -248,6 +248,7 @@ class Result:
     duplicated_s: float = 0.0
     longest_gap_s: float = 0.0
     exits: str = ""
+    notes: str = ""
     run_s: float = 0.0
     logs: str = ""
     details: dict[str, Any] = field(default_factory=dict)
@@ -263,6 +264,7 @@ class Result:
             f"{self.longest_gap_s:.1f}",
             self.exits or "-",
             f"{self.run_s:.0f}",
+            self.notes or "-",
         ]
 
 
@@ -276,6 +278,7 @@ HEADER = [
     "longest output gap (s)",
     "engine exits",
     "run (s)",
+    "notes",
 ]
 
 
@@ -848,6 +851,29 @@ def _exits_summary(exits: list[dict[str, Any]]) -> str:
     return ", ".join(parts)
 
 
+def _notes(counted: dict[str, Any], producer: Producer, lag: dict[str, int] | None) -> str:
+    """What else deserves a look: split outer-join pairs, bad input, a drain left short."""
+    notes = []
+    if counted["partial_join_outputs"]:
+        notes.append(f"{counted['partial_join_outputs']} one-sided join outputs")
+    if counted["input_duplicates"]:
+        notes.append(f"{counted['input_duplicates']} duplicated input records")
+    if producer.failed:
+        notes.append(f"{producer.failed} sends failed")
+    if counted["outputs_not_sent"] or counted["undecodable_outputs"]:
+        notes.append(
+            f"{counted['outputs_not_sent']} outputs of unsent ids, "
+            f"{counted['undecodable_outputs']} undecodable"
+        )
+    if lag is None:
+        notes.append("no engine consumer groups found")
+    elif not lag:
+        notes.append("engine committed no offsets")
+    elif sum(lag.values()):
+        notes.append(f"{sum(lag.values())} input records uncommitted at the end")
+    return "; ".join(notes)
+
+
 def count(
     cfg: Config, inputs: list[list[tuple[bytes, bytes]]], outputs: list[bytes]
 ) -> dict[str, Any]:
@@ -1013,6 +1039,7 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         result.duplicated_s = counted["duplicated"] / cfg.rate
         result.longest_gap_s = gap
         result.exits = _exits_summary(run.exits)
+        result.notes = _notes(counted, producer, lag)
         result.details = {
             **counted,
             "longest_gap_began_s": round(gap_at, 1),
