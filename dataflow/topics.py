@@ -138,7 +138,10 @@ def check_topic(topic: str) -> str:
     if topic in ("", ".", ".."):
         raise TopicError(f"bad topic name {topic!r}")
     if len(topic) > MAX_TOPIC_LENGTH:
-        raise TopicError(f"topic name longer than {MAX_TOPIC_LENGTH} characters: {topic!r}")
+        raise TopicError(
+            f"topic name {topic[:40]!r}... of {len(topic)} characters: "
+            f"Kafka's limit is {MAX_TOPIC_LENGTH}"
+        )
     if not _TOPIC_CHARS.match(topic):
         raise TopicError(f"bad topic name {topic!r}: use letters, digits, '.', '_' and '-' only")
     return topic

@@ -17,6 +17,7 @@ from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessage,
     PipelineUpdateMessagePipelineOperation,
 )
+from dataflow.specs.limits import LIMIT_NOTES
 
 
 class SpecError(ValueError):
@@ -63,6 +64,10 @@ def _reason(error: ErrorDetails) -> str:
         return f'expected a string, got {_show(value)} (quote it: "{value}")'
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}, got {_show(value)}"
+    if kind == "less_than_equal":
+        limit = error.get("ctx", {}).get("le")
+        note = LIMIT_NOTES.get(limit, "") if isinstance(limit, int) else ""
+        return f"{_show(value)} is above the limit of {limit}{note}"
     if kind == "literal_error":
         expected = error.get("ctx", {}).get("expected", "")
         if "'inner'" in expected:

@@ -51,10 +51,10 @@ from dataflow.specs.base import (
     PipelineSpec,
     SpecError,
     SpecModel,
-    UInt32,
     fail,
     join_type,
 )
+from dataflow.specs.limits import BatchSize, StepRevisits, WindowMs, find_cycle, topic_edges
 from dataflow.topics import TopicError, check_name, check_topic
 
 KIND = "PipelineUpdate"
@@ -94,10 +94,10 @@ class ExplicitTensorMapping(SpecModel):
 
 
 class ExplicitBatch(SpecModel):
-    """`batch`, passed as is."""
+    """`batch`, passed as is (within the bounds of `dataflow.specs.limits`)."""
 
-    size: UInt32 | None = None
-    window_ms: UInt32 | None = None
+    size: BatchSize | None = None
+    window_ms: WindowMs | None = None
     rolling: bool = False
 
 
@@ -109,7 +109,7 @@ class ExplicitStep(SpecModel):
     triggers: list[ExplicitTopic] = Field(default_factory=list)
     input_join_type: JoinTypeName | None = None
     triggers_join_type: JoinTypeName | None = None
-    join_window_ms: UInt32 | None = None
+    join_window_ms: WindowMs | None = None
     tensor_map: list[ExplicitTensorMapping] = Field(default_factory=list)
     batch: ExplicitBatch | None = None
 
@@ -124,7 +124,7 @@ class ExplicitPipeline(SpecModel):
     output_topic: str = ""
     error_topic: str = ""
     allow_cycles: bool = False
-    max_step_revisits: UInt32 = 0
+    max_step_revisits: StepRevisits = 0
     steps: list[ExplicitStep]
 
 
@@ -208,6 +208,25 @@ def _check_text(source: str, path: str, value: str | None, what: str) -> None:
         raise fail(source, path, f"empty {what}")
 
 
+def _check_cycles(source: str, steps: list[ExplicitStep]) -> None:
+    """Refuse a step that reads a topic it, or a step downstream of it, writes."""
+    graph = [
+        ([t.topic for t in [*step.sources, *step.triggers]], step.sink.topic) for step in steps
+    ]
+    cycle = find_cycle(topic_edges(graph))
+    if cycle is None:
+        return
+    first = next(
+        i for i, (reads, sink) in enumerate(graph) if cycle[0] in reads and sink == cycle[1]
+    )
+    raise fail(
+        source,
+        f"steps[{first}]",
+        f"cycle {' -> '.join(cycle)}: a step reads a topic it or a later step writes "
+        "(set allowCycles: true to allow it, bounded by maxStepRevisits)",
+    )
+
+
 def build_explicit_spec(source: str, pipeline: ExplicitPipeline) -> ExplicitPipelineSpec:
     """Check a parsed explicit file.
 
@@ -248,6 +267,8 @@ def build_explicit_spec(source: str, pipeline: ExplicitPipeline) -> ExplicitPipe
                 )
             _check_text(source, f"{where}.tensorName", mapping.tensor_name, "tensor name")
             _check_pipeline_name(source, f"{where}.pipelineName", mapping.pipeline_name)
+    if not pipeline.allow_cycles:
+        _check_cycles(source, pipeline.steps)
     return ExplicitPipelineSpec(
         name=pipeline.name,
         source=source,

@@ -38,13 +38,23 @@ from dataflow.specs.base import (
     PipelineSpec,
     SpecError,
     SpecModel,
-    UInt32,
     fail,
     join_type,
 )
+from dataflow.specs.limits import (
+    BatchSize,
+    StepRevisits,
+    WindowMs,
+    find_cycle,
+    shorten,
+    topic_edges,
+    topic_too_long,
+)
 from dataflow.topics import (
     INPUTS,
+    MODEL_SEGMENT,
     OUTPUTS,
+    SEPARATOR,
     StepRef,
     TopicError,
     TopicNamer,
@@ -61,8 +71,8 @@ KIND = "Pipeline"
 class SeldonBatch(SpecModel):
     """`spec.steps[].batch`."""
 
-    size: UInt32 | None = None
-    window_ms: UInt32 | None = None
+    size: BatchSize | None = None
+    window_ms: WindowMs | None = None
     rolling: bool = False
 
 
@@ -75,7 +85,7 @@ class SeldonStep(SpecModel):
     tensor_map: dict[str, str] = Field(default_factory=dict)
     inputs_join_type: JoinTypeName = "inner"
     triggers_join_type: JoinTypeName = "inner"
-    join_window_ms: UInt32 | None = None
+    join_window_ms: WindowMs | None = None
     batch: SeldonBatch | None = None
 
 
@@ -87,7 +97,7 @@ class SeldonInput(SpecModel):
     tensor_map: dict[str, str] = Field(default_factory=dict)
     join_type: JoinTypeName = "inner"
     triggers_join_type: JoinTypeName = "inner"
-    join_window_ms: UInt32 | None = None
+    join_window_ms: WindowMs | None = None
 
 
 class SeldonOutput(SpecModel):
@@ -99,7 +109,7 @@ class SeldonOutput(SpecModel):
     steps: list[str] = Field(default_factory=list)
     steps_join: JoinTypeName | None = None
     join_type: JoinTypeName | None = None
-    join_window_ms: UInt32 = 0
+    join_window_ms: WindowMs = 0
     tensor_map: dict[str, str] = Field(default_factory=dict)
 
 
@@ -117,7 +127,7 @@ class SeldonSpecBody(SpecModel):
     output: SeldonOutput | None = None
     dataflow: SeldonDataflow | None = None
     allow_cycles: bool = False
-    max_step_revisits: UInt32 = 0
+    max_step_revisits: StepRevisits = 0
 
 
 class SeldonMetadata(SpecModel):
@@ -387,6 +397,61 @@ class _Checker:
             visit(step, [])
 
 
+def _check_lengths(source: str, resource: SeldonPipeline, namer: TopicNamer) -> None:
+    """Refuse a name whose topics Kafka cannot create (longer than 249 characters)."""
+    name = resource.metadata.name
+
+    def named(kind: str, value: str) -> str:
+        return f"{kind} {shorten(value, 20)!r} ({len(value)} characters)"
+
+    checks = [
+        ("metadata.namespace", namer.errors(), named("namespace", namer.namespace)),
+        ("metadata.name", namer.pipeline(name, OUTPUTS), named("pipeline name", name)),
+    ]
+    for i, step in enumerate(resource.spec.steps):
+        checks.append(
+            (
+                f"spec.steps[{i}].name",
+                namer.model(step.name, OUTPUTS),
+                named("step name", step.name),
+            )
+        )
+    if resource.spec.input is not None:
+        for kind, references in (
+            ("externalInputs", resource.spec.input.external_inputs),
+            ("externalTriggers", resource.spec.input.external_triggers),
+        ):
+            for j, reference in enumerate(references):
+                topic = namer.resolve_external(reference).topic
+                checks.append((f"spec.input.{kind}[{j}]", topic, named("reference", reference)))
+    for path, topic, what in checks:
+        why = topic_too_long(topic, what)
+        if why is not None:
+            raise fail(source, path, why)
+
+
+def _check_topic_cycles(source: str, spec: SeldonPipelineSpec) -> None:
+    """Refuse a loop through the topics the steps read and write, models included (a step
+    reading the pipeline's own outputs, say), which the step graph of `_Checker` cannot see."""
+    message = spec.to_message(0, "")
+    steps = [
+        ([t.topic_name for t in [*u.sources, *u.triggers]], u.sink.topic_name)
+        for u in message.updates
+    ]
+    base = f"{spec.namer.prefix}{SEPARATOR}{spec.namer.namespace}{SEPARATOR}"
+    model = f"{base}{MODEL_SEGMENT}{SEPARATOR}"
+    models = [
+        (t, t.removesuffix(INPUTS) + OUTPUTS)
+        for reads, sink in steps
+        for t in [*reads, sink]
+        if t.startswith(model) and t.endswith(SEPARATOR + INPUTS)
+    ]
+    cycle = find_cycle(topic_edges(steps, models))
+    if cycle is not None:
+        shown = " -> ".join(t.removeprefix(base) for t in cycle)
+        raise fail(source, "spec.steps", f"cycle {shown} (set spec.allowCycles: true to allow it)")
+
+
 def build_seldon_spec(
     source: str, resource: SeldonPipeline, *, default_namespace: str, prefix: str
 ) -> SeldonPipelineSpec:
@@ -407,6 +472,10 @@ def build_seldon_spec(
         namer = TopicNamer(namespace, prefix)
     except TopicError as e:
         raise fail(source, "metadata.namespace", str(e)) from None
-    return SeldonPipelineSpec(
+    _check_lengths(source, resource, namer)
+    spec = SeldonPipelineSpec(
         name=resource.metadata.name, source=source, resource=resource, namer=namer
     )
+    if not resource.spec.allow_cycles:
+        _check_topic_cycles(source, spec)
+    return spec
