@@ -52,6 +52,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa:
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
 from aiokafka.errors import KafkaError  # noqa: E402
 
+from tests.integration import harness  # noqa: E402
 from tests.integration.harness import Process, Proxy, engine, free_port  # noqa: E402
 
 CASES = ("chain", "join", "outer", "batch")
@@ -655,6 +656,33 @@ def client_log(path: Path) -> Iterator[Counter[str]]:
         logger.propagate = saved[1]
 
 
+class LegacyProxy(Proxy):
+    """The harness's proxy without `--state-dir`, for revisions of the proxy that lack it."""
+
+    def start(self, *pipelines: Path) -> Proxy:
+        args = [sys.executable, "-m", "dataflow.proxy", "--host", "127.0.0.1"]
+        args += ["--port", str(self.port), "--control-port", str(self.control_port)]
+        if pipelines:
+            args += ["--pipelines", *map(str, pipelines)]
+        log = self.tmp / f"proxy-{self.port}.log"
+        self.process = Process("proxy", args, harness._env({}), log).start()
+        harness.wait_until(self._answers, 20, "the proxy control API")
+        return self
+
+
+def proxy_class() -> type[Proxy]:
+    """Proxy, or LegacyProxy when the `dataflow.proxy` children will run knows no --state-dir."""
+    help_text = subprocess.run(
+        [sys.executable, "-m", "dataflow.proxy", "--help"],
+        capture_output=True,
+        text=True,
+        env=harness._env({}),
+        cwd=REPO,
+        check=False,
+    ).stdout
+    return Proxy if "--state-dir" in help_text else LegacyProxy
+
+
 @contextlib.contextmanager
 def engine_source(path: Path | None) -> Iterator[None]:
     """Child processes (engine, proxy) import `dataflow` from `path` instead of the repository."""
@@ -964,7 +992,8 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         await create_topics(bootstrap, [t for t, _ in lay.sources] + [lay.sink])
         spec = logs / f"{name}.yaml"
         spec.write_text(f"kind: PipelineUpdate\nname: {name}\nversion: 1\nuid: {name}\n{lay.body}")
-        run.proxy = await asyncio.to_thread(Proxy(logs).start, spec)
+        proxy = (await asyncio.to_thread(proxy_class))(logs)
+        run.proxy = await asyncio.to_thread(proxy.start, spec)
         run.start_engine()
         await asyncio.to_thread(run.proxy.wait_state, name, "Ready", 90)
         run.say("pipeline Ready")
