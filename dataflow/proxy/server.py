@@ -211,6 +211,7 @@ class ProxyServer:
                     ", ".join(f"{r.name} v{r.version} {r.state}" for r, _ in restored),
                 )
         self._subscriptions: dict[str, _Subscription] = {}
+        self._stopping = False
         self._grpc: Server | None = None
         self._runner: web.AppRunner | None = None
 
@@ -407,7 +408,8 @@ class ProxyServer:
             if self._subscriptions.get(name) is subscription:
                 del self._subscriptions[name]
                 logger.info("subscription of {} ended", name)
-                self._commit(self.store.unsubscribe(name))
+                if not self._stopping:  # the proxy leaving is no engine leaving: state kept
+                    self._commit(self.store.unsubscribe(name))
 
     # HTTP control API.
 
@@ -523,6 +525,7 @@ class ProxyServer:
 
     async def stop(self) -> None:
         """End every subscription (streams finish normally), then close both servers."""
+        self._stopping = True
         subscriptions = list(self._subscriptions.values())
         for subscription in subscriptions:
             subscription.close()
