@@ -415,6 +415,31 @@ def test_services_and_wiring(compose: dict[str, Any]) -> None:
     assert consumer["depends_on"]["producer"]["condition"] == "service_completed_successfully"
 
 
+def test_ports_are_published_on_the_loopback_only(compose: dict[str, Any]) -> None:
+    published = [
+        (name, port)
+        for name, service in compose["services"].items()
+        for port in service.get("ports", [])
+    ]
+    assert {name for name, _ in published} == {"kafka", "proxy", "engine"}
+    for name, port in published:
+        assert isinstance(port, str) and port.startswith("127.0.0.1:"), (name, port)
+
+
+def test_proxy_listens_inside_the_network_and_keeps_its_state(compose: dict[str, Any]) -> None:
+    proxy = compose["services"]["proxy"]
+    env = service_environment(proxy)
+    assert env["SELDON_PROXY_HOST"] == "0.0.0.0"  # the engine connects as proxy:10101
+    assert _default(ProxySettings, "host") == "127.0.0.1"  # outside compose: this host only
+    state = env["SELDON_PROXY_STATE_DIR"]
+    assert f"proxy-state:{state}" in proxy["volumes"]
+    assert "proxy-state" in compose["volumes"]
+    probe = " ".join(proxy["healthcheck"]["test"])
+    assert "/health" in probe  # answers without the control API's token
+    dockerfile = DOCKERFILE.read_text()
+    assert f"mkdir {state} && chown 10001:10001 {state}" in dockerfile
+
+
 @pytest.mark.parametrize("tool", ["producer", "consumer"])
 def test_demo_tool_flags_exist(compose: dict[str, Any], tool: str) -> None:
     source = (REPO / "scripts" / f"{tool}.py").read_text()
