@@ -414,6 +414,8 @@ class UnknownPipelineError(KeyError):
 
 
 _CREATE_ACK_OPS = {Op.Create, Op.Ready, Op.Rebalance}
+_CONFIRMED_BY_ENGINES = {PipelineState.CREATING, PipelineState.READY, PipelineState.REBALANCING}
+RESTORED = "restored after a proxy restart, waiting for the engines"
 
 
 def _stream_state(op: int, success: bool) -> StreamState:
@@ -469,8 +471,13 @@ class PipelineStore:
     def restore(self, record: PipelineRecord, max_version: int) -> None:
         """Put back a record saved by an earlier run (before any subscriber connects).
 
-        Its timestamp continues the name's counter; its streams keep the last acks.
+        Its timestamp continues the name's counter; its streams keep the last acks. A running
+        pipeline is Creating again until the engines, once back, confirm it (a Ready from before
+        the restart is not claimed); Failed, Terminating and Terminated ones keep their state.
         """
+        if record.operation == "Create" and record.state in _CONFIRMED_BY_ENGINES:
+            record.reason = f"{RESTORED} (last: {record.state}: {record.reason or '-'})"
+            record.state = PipelineState.CREATING
         self._records[record.name] = record
         self._clock[record.name] = max(record.timestamp, self._clock.get(record.name, 0))
         self._versions[record.name] = max(max_version, record.version)

@@ -65,10 +65,15 @@ async def test_a_restarted_proxy_keeps_pipelines_uids_and_acks(tmp_path: Path) -
         record = again.store.get("tfsimples")
         assert record is not None
         after = record.as_dict()
-        # what the engines last said is kept; the stream of engine-a was not seen again yet
-        for key in ("version", "uid", "state", "reason", "source", "loaded_at"):
+        # what the engines last said is kept; Ready again once they confirm it
+        for key in ("version", "uid", "timestamp", "source", "loaded_at", "streams"):
             assert after[key] == before[key], key
         assert after["streams"]["engine-a"]["state"] == "Ready"
+        assert after["state"] == "Creating"
+        assert after["reason"] == (
+            "restored after a proxy restart, waiting for the engines "
+            "(last: Ready: pipeline data streams: ready)"
+        )
         assert [r.outcome for r in again.load_paths([CHAIN])] == ["unchanged"]
         engine_b = FakeEngine(again.port, "engine-a")
         resent = await engine_b.next()
@@ -237,6 +242,10 @@ async def test_kill_9_of_the_proxy_under_load_multiplies_nothing(
     assert outcome.ok, outcome
     assert len(outcome.statuses) == 1 + 2 * 3
     for line in outcome.statuses:
-        assert re.match(r"(restarted: |engine back: )?restart-\w+  v1  Ready  ", line), line
+        if line.startswith("restarted: "):  # the saved state, before the engine is back
+            assert re.match(r"restarted: restart-\w+  v1  Creating  restored after", line), line
+            assert line.endswith("[acked: engine-a Ready]"), line
+        else:
+            assert re.match(r"(engine back: )?restart-\w+  v1  Ready  ", line), line
     assert outcome.engine_warnings == []
     assert time.monotonic() - started < 25

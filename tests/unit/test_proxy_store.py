@@ -510,9 +510,27 @@ def test_dirty_records_and_restore(store: PipelineStore) -> None:
 
     restarted = PipelineStore(uid_factory=lambda: "fresh", clock=lambda: NOW)
     restarted.restore(record, max_version=3)
+    assert state(restarted.get("chain")) is PipelineState.CREATING  # until the engines confirm
+    assert record.reason.startswith("restored after a proxy restart, waiting for the engines")
+    assert record.streams["a"].state is StreamState.READY
     assert restarted.load(seldon()).outcome == "unchanged"
     assert restarted.max_version("chain") == 3
     create = only(restarted.subscribe("a"), "a")
     assert (create.uid, create.timestamp) == ("uid1", message.timestamp + 1)
     changed = restarted.load(seldon(model="m2")).record
     assert (changed.version, changed.uid) == (4, "fresh")
+
+
+def test_restore_keeps_failed_and_terminated_states(store: PipelineStore) -> None:
+    store.subscribe("a")
+    failed = store.load(seldon("f")).sends[0].message
+    store.ack(ack(failed, "a", False, reason="failed to create all pipeline steps"))
+    store.load(seldon("t"))
+    delete = store.unload("t").sends[0].message
+    store.ack(ack(delete, "a", reason="pipeline removed"))
+    restarted = PipelineStore(clock=lambda: NOW)
+    for record in store.records():
+        restarted.restore(record, record.version)
+    assert state(restarted.get("f")) is PipelineState.FAILED
+    assert state(restarted.get("t")) is PipelineState.TERMINATED
+    assert restarted.load(seldon("f")).outcome == "retried"
