@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import functools
 import json
 import signal
 import subprocess
@@ -200,6 +202,7 @@ async def run(
     proxy = Proxy(logs).start(spec)
     eng: Process | None = None
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    producing: asyncio.Task[None] | None = None
     try:
         eng = engine(logs, bootstrap, proxy, name="engine-a", log_level_app="INFO")
         first = await asyncio.to_thread(proxy.wait_state, name, "Ready", 90)
@@ -246,7 +249,7 @@ async def run(
             restored = await asyncio.to_thread(status, proxy)
             after = await asyncio.to_thread(
                 wait_until,
-                lambda p=proxy, b=before: ready_again(p, name, b["timestamp"]),
+                functools.partial(ready_again, proxy, name, before["timestamp"]),
                 60,
                 "the pipeline Ready again",
             )
@@ -270,6 +273,10 @@ async def run(
             line for line in eng.output().splitlines() if "of that name runs" in line
         ]
     finally:
+        if producing is not None and not producing.done():
+            producing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await producing
         await producer.stop()
         if eng is not None:
             eng.stop()
