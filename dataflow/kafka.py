@@ -65,8 +65,11 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
-def make_consumer(settings: Settings, group_id: str, **extra: Any) -> AIOKafkaConsumer:
-    """A step consumer: manual commits, sizes from the settings, range assignment."""
+def make_consumer(
+    settings: Settings, group_id: str, instance: str | None = None, **extra: Any
+) -> AIOKafkaConsumer:
+    """A step consumer: manual commits, sizes from the settings, range assignment, and static
+    membership as `instance` (see `dataflow.membership`) when given."""
     from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
     fetch_max = min(settings.kafka_max_message_size_bytes, 2**31 - 1)
@@ -79,6 +82,10 @@ def make_consumer(settings: Settings, group_id: str, **extra: Any) -> AIOKafkaCo
         fetch_max_bytes=max(fetch_max, 52428800),
         partition_assignment_strategy=(RangePartitionAssignor,),
         isolation_level="read_committed",
+        group_instance_id=instance,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
         **extra,
     )
 

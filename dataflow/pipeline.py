@@ -9,6 +9,7 @@ from aiokafka import AIOKafkaProducer
 from loguru import logger
 
 from dataflow.kafka import make_consumer, make_restore_consumer
+from dataflow.membership import instance_id
 from dataflow.settings import Settings
 from dataflow.stages import StepStages
 from dataflow.step import StateOptions, Step, StepFailed
@@ -51,6 +52,7 @@ class Pipeline:
         self._rebalancing = False
         error_topic = topology.error_topic or settings.kafka_default_error_topic
         guard = StepStages.guard_for(topology)
+        instance = instance_id(settings)
         self.steps = []
         for spec in topology.steps:
             group = group_id(settings.group_base(), topology.uid, spec.index)
@@ -65,7 +67,7 @@ class Pipeline:
                 Step(
                     topology,
                     spec,
-                    make_consumer(settings, group),
+                    make_consumer(settings, group, instance),
                     producer,
                     error_topic,
                     ensure_topic,

@@ -116,6 +116,25 @@ class Settings(BaseSettings):
     kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password")
     kafka_sasl_password_path: str = Field("", description="file holding the SASL password")
 
+    # Consumer groups (static membership, KIP-345).
+    kafka_group_instance_id: str = Field(
+        "",
+        description="static member id of this engine's consumers; empty: the replica id if set, "
+        "else the host name and a slot number free on this host (stable across restarts)",
+    )
+    kafka_session_timeout_ms: int = Field(
+        10000, ge=1000, description="a consumer silent this long leaves its group"
+    )
+    kafka_heartbeat_interval_ms: int = Field(
+        1000, ge=100, description="consumer heartbeats; rebalances are noticed this fast"
+    )
+    kafka_rebalance_timeout_ms: int = Field(
+        10000, ge=1000, description="how long a rebalance waits for every member to rejoin"
+    )
+    broker_ready_timeout_ms: int = Field(
+        5000, ge=100, description="/ready turns 503 after this long without reaching the broker"
+    )
+
     # Step state (join windows, trigger gates, batches), per step.
     state_max_records: int = Field(
         500_000, ge=1, description="most records a step holds in state (then it stops fetching)"

@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from loguru import logger
 
 from dataflow import headers as hdr
-from dataflow import store
+from dataflow import membership, store
 from dataflow.cycles import RevisitGuard
 from dataflow.joins import Entry, Output
 from dataflow.offsets import OffsetTracker
@@ -322,6 +322,16 @@ class Step:
             self.log.warning("final commit failed: {}", exc)
 
     async def _close(self) -> None:
+        instance = self.consumer._group_instance_id
+        group = self.consumer._group_id
+        if instance and group:
+            # A static member leaves explicitly, so that the others take its partitions now.
+            try:
+                code = await asyncio.wait_for(membership.leave(self.consumer, group, instance), 5)
+                if code not in (0, -1):
+                    self.log.debug("leave group {}: error code {}", group, code)
+            except (KafkaError, TimeoutError, OSError) as exc:
+                self.log.debug("leave group {}: {}", group, exc)
         try:
             await self.consumer.stop()
         except Exception as exc:

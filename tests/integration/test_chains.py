@@ -302,3 +302,53 @@ async def test_sigterm_mid_stream_loses_nothing(
     ids = {ModelInferRequest().parse(r.value).id for r in out}
     assert len(out) >= total
     assert ids == {str(i) for i in range(total)}
+
+
+async def _both_ready(proxy: Proxy, name: str, engines: tuple[str, ...]) -> None:
+    for _ in range(300):
+        p = proxy.pipeline(name) or {}
+        streams = p.get("streams", {})
+        if p.get("state") == "Ready" and all(streams.get(n, {}).get("success") for n in engines):
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"pipeline {name} not Ready on {engines}: {proxy.pipeline(name)}")
+
+
+async def test_static_members_leave_on_sigterm_and_rejoin_after_kill(
+    tmp_path: Path, bootstrap: str, unique: str
+) -> None:
+    """With a 60 s session timeout, partitions move at once when a replica stops gracefully
+    (it leaves its groups), and a replica killed with -9 takes its own back when it restarts
+    (static membership), neither waiting for the session to expire."""
+    ns, name = f"sm{unique}", f"sm-{unique}"
+    src, sink = f"seldon.{ns}.model.a.outputs", f"seldon.{ns}.model.b.inputs"
+    path = write(tmp_path, name, f"steps:\n  - sources: [{src}]\n    sink: {sink}\n")
+    await create_topics(bootstrap, src, sink, partitions=2)
+    proxy = Proxy(tmp_path).start(path)
+    slow = {"kafka_session_timeout_ms": "60000", "kafka_rebalance_timeout_ms": "60000"}
+    a = engine(tmp_path, bootstrap, proxy, name="engine-a", **slow)
+    b = engine(tmp_path, bootstrap, proxy, name="engine-b", **slow)
+    try:
+        await _both_ready(proxy, name, ("engine-a", "engine-b"))
+
+        def batch(tag: str) -> list[tuple[bytes, bytes, list[tuple[str, bytes]]]]:
+            return [
+                (f"{i % 2}.{tag}.{i}".encode(), response(f"{tag}{i}"), header(name))
+                for i in range(100)
+            ]
+
+        assert b.stop() == 0  # leaves: engine-a gets both partitions now
+        await produce(bootstrap, src, batch("after-stop-"))
+        first = await consume(bootstrap, sink, 100, timeout=30)
+        a.signal(signal.SIGKILL)
+        a.wait(10)
+        a = engine(tmp_path, bootstrap, proxy, name="engine-a", **slow)
+        await produce(bootstrap, src, batch("after-kill-"))
+        second = await consume(bootstrap, sink, 200, timeout=30)
+    finally:
+        for e in (a, b):
+            e.stop()
+        proxy.stop()
+    assert len(first) == 100, "partitions of the stopped replica were not taken over"
+    ids = {ModelInferRequest().parse(r.value).id for r in second}
+    assert {f"after-kill-{i}" for i in range(100)} <= ids, "the killed replica did not rejoin"
