@@ -20,6 +20,7 @@ from dataflow.proto.seldon.mlops.chainer import PipelineUpdateMessage
 from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessagePipelineOperation as Op,
 )
+from dataflow.reachability import BrokerWatch
 from dataflow.settings import Settings
 from dataflow.store import CHANGELOG_CONFIG
 from dataflow.subscriber import Subscriber
@@ -50,6 +51,10 @@ class Engine:
         self._ack_tails: dict[str, asyncio.Task[bool]] = {}
         self._restarts: dict[str, asyncio.TimerHandle] = {}
         self._stopping = False
+        self.broker = BrokerWatch(
+            self.producer.client.fetch_all_metadata, settings.broker_ready_timeout_ms / 1000
+        )
+        self._broker_watch: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -57,6 +62,7 @@ class Engine:
         """Connect to Kafka, then subscribe to the scheduler."""
         await self.producer.start()
         await self.admin.start()
+        self._broker_watch = asyncio.create_task(self.broker.run(), name="broker-watch")
         self._subscription = asyncio.create_task(self.subscriber.run(), name="subscriber")
         self.startup_done.set()
         logger.info(
@@ -76,9 +82,10 @@ class Engine:
         self._stopping = True
         for handle in self._restarts.values():
             handle.cancel()
-        if self._subscription is not None:
-            self._subscription.cancel()
-            await asyncio.gather(self._subscription, return_exceptions=True)
+        for background in (self._subscription, self._broker_watch):
+            if background is not None:
+                background.cancel()
+                await asyncio.gather(background, return_exceptions=True)
         for worker in list(self._workers.values()):
             worker.cancel()
         await asyncio.gather(*self._workers.values(), return_exceptions=True)

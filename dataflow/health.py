@@ -56,6 +56,7 @@ class HealthServer:
             if p.failed is None and not p.assigned
         )
         return {
+            "kafka": engine.broker.check(),
             "grpc-chainer": (
                 connected,
                 "scheduler stream is up" if connected else "scheduler stream is down",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 from typing import Any
 
 import orjson
@@ -15,13 +16,45 @@ _STDLIB_LEVELS = {
 }  # fmt: skip
 
 
+#: Client-library lines let through per second, all loggers together; the rest are counted.
+CLIENT_LINES_PER_SECOND = 3
+
+
+class _Budget:
+    """At most `CLIENT_LINES_PER_SECOND` client lines a second (a broker outage makes aiokafka
+    log a thousand a second); what is held back is counted for `take_suppressed`."""
+
+    window = 0
+    used = 0
+    suppressed = 0
+
+    @classmethod
+    def allow(cls) -> bool:
+        now = int(time.monotonic())
+        if now != cls.window:
+            cls.window, cls.used = now, 0
+        if cls.used < CLIENT_LINES_PER_SECOND:
+            cls.used += 1
+            return True
+        cls.suppressed += 1
+        return False
+
+
+def take_suppressed() -> int:
+    """How many client log lines were held back since the last call."""
+    held, _Budget.suppressed = _Budget.suppressed, 0
+    return held
+
+
 class _InterceptHandler(logging.Handler):
-    """Routes stdlib records into loguru; client-library records below `kafka_level` dropped."""
+    """Routes stdlib records into loguru; client-library records below `kafka_level` dropped,
+    the others rate-limited."""
 
     kafka_level = logging.WARNING
 
     def emit(self, record: logging.LogRecord) -> None:
-        if record.levelno < self.kafka_level and record.name.startswith(_KAFKA_LOGGERS):
+        client = record.name.startswith(_KAFKA_LOGGERS)
+        if client and (record.levelno < self.kafka_level or not _Budget.allow()):
             return
         try:
             level: str | int = logger.level(record.levelname).name

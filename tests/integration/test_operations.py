@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -267,9 +269,10 @@ async def test_probes_and_metrics_then_liveness_without_broker(
     base = f"http://127.0.0.1:{port}"
     try:
         wait_until(lambda: get(base + "/live")[0] == 200, 20, "the health server")
+        # The health server answers before the engine has started: /startup says when it has.
+        wait_until(lambda: get(base + "/startup")[0] == 200, 20, "/startup 200")
         status, body = get(base + "/ready")
         assert status == 503 and json.loads(body)["status"] == "DOWN"
-        assert get(base + "/startup")[0] == 200
 
         proxy.start(pipeline(tmp_path, name, src, sink))
         proxy.wait_state(name, "Ready", timeout=60)
@@ -296,11 +299,26 @@ async def test_probes_and_metrics_then_liveness_without_broker(
         assert sample("dataflow_consumer_lag") == 0
         assert "dataflow_scheduler_connected 1.0" in get(base + "/metrics")[1]
 
+        before = len(eng.output().splitlines())
         broker.run("stop")
+        stopped = time.monotonic()
         for _ in range(6):
             assert get(base + "/live")[0] == 200
             await asyncio.sleep(0.5)
+        # Not ready once the broker was out of reach for SELDON_BROKER_READY_TIMEOUT_MS (5 s).
+        wait_until(lambda: get(base + "/ready")[0] == 503, 20, "/ready 503 without the broker")
+        kafka = json.loads(get(base + "/ready")[1])["checks"]["kafka"]
+        assert "broker unreachable" in kafka["message"], kafka
+        assert get(base + "/live")[0] == 200
+        await asyncio.sleep(3)
+        down_lines = eng.output().splitlines()[before:]
+        down_for = time.monotonic() - stopped
+        broker.run("start")
+        wait_until(lambda: get(base + "/ready")[0] == 200, 60, "/ready 200 with the broker back")
+        wait_until(lambda: "reconnected" in eng.output(), 10, "the reconnect line")
     finally:
         code = eng.stop()
         proxy.stop()
     assert code == 0, eng.output()[-2000:]
+    assert len(down_lines) / down_for < 5, "\n".join(down_lines[-40:])
+    assert re.search(r"broker unreachable for \d+ s; reconnected", eng.output())
