@@ -23,6 +23,7 @@ from pathlib import Path
 from grpclib.client import Channel
 from grpclib.config import Configuration
 from grpclib.const import Cardinality
+from grpclib.exceptions import GRPCError
 from loguru import logger
 
 from dataflow.chainer import (
@@ -191,13 +192,24 @@ class Subscriber:
                 delay = delays[min(failures, len(delays) - 1)]
                 failures += 1
                 level = "WARNING" if failures in (1, len(delays)) else "DEBUG"
-                logger.log(
-                    level,
-                    "scheduler {} unreachable ({}); retry in {:.2f}s",
-                    self._target,
-                    type(exc).__name__,
-                    delay,
-                )
+                if isinstance(exc, GRPCError):  # it answered: say what it said
+                    logger.log(
+                        level,
+                        "scheduler {} refused the subscription as {}: {} {}; retry in {:.2f}s",
+                        self._target,
+                        self.name,
+                        exc.status.name,
+                        exc.message,
+                        delay,
+                    )
+                else:
+                    logger.log(
+                        level,
+                        "scheduler {} unreachable ({}); retry in {:.2f}s",
+                        self._target,
+                        type(exc).__name__,
+                        delay,
+                    )
                 self.connected = False
                 await asyncio.sleep(delay)
                 continue

@@ -19,6 +19,7 @@ from grpclib.client import Channel
 from grpclib.const import Cardinality, Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
+from loguru import logger
 
 from dataflow.chainer import INSTANCE_METADATA, StrictCodec, client_context, server_context
 from dataflow.engine import Engine
@@ -279,6 +280,19 @@ async def test_a_second_engine_under_a_connected_name_is_refused() -> None:
             assert "already connected from another engine" in str(refused.message)
             await other.close()
         assert first.messages.empty() and not first.task.done()  # the first one is untouched
+        lines: list[str] = []
+        sink = logger.add(lambda m: lines.append(str(m)), level="WARNING")
+        try:
+            async with subscriber(proxy.port, "engine-a"):  # an engine says why it waits
+                await until(
+                    lambda: any(
+                        "refused the subscription as engine-a: ALREADY_EXISTS" in line
+                        for line in lines
+                    )
+                )
+        finally:
+            logger.remove(sink)
+        assert proxy._subscriptions["engine-a"].instance == "instance-1"
 
         # The same engine process reconnecting (same instance id) replaces its old stream.
         again = RawSubscription(proxy.port, "engine-a", "instance-1")

@@ -131,6 +131,35 @@ async def test_a_changed_spec_deletes_the_old_uid_once_the_new_one_is_ready(
         await eng.close()
 
 
+def test_the_database_keeps_every_field(tmp_path: Path) -> None:
+    from dataflow.proxy.store import PipelineStore
+    from tests.unit.test_proxy_store import ack, seldon
+
+    store = PipelineStore(clock=lambda: 1.5)
+    store.subscribe("a")
+    v1 = store.load(seldon(clean=True)).sends[0].message
+    store.ack(ack(v1, "a"))
+    v2 = store.load(seldon(model="m2", clean=True)).sends[0].message
+    store.ack(ack(v2, "a", timestamp=99))  # outdated: counted
+    store.ack(ack(v2, "a"))  # Ready: v1's Delete goes out
+    store.unsubscribe("a")
+    store.unload("chain")  # no engine: its Delete waits for one
+    database = StateDatabase.open(tmp_path)
+    try:
+        database.save(store.take_dirty(), store.max_version)
+        [(loaded, max_version)] = database.load()
+    finally:
+        database.close()
+    original = store.get("chain")
+    assert original is not None and max_version == 2
+    assert loaded == original
+    assert [(r.definition.uid, r.deleting, r.keep_topics) for r in loaded.retiring] == [
+        (v1.uid, True, True),
+        (v2.uid, True, False),
+    ]
+    assert loaded.definition.create_message(5).updates == v2.updates
+
+
 def test_one_proxy_per_state_folder(tmp_path: Path) -> None:
     first = StateDatabase.open(tmp_path)
     try:
