@@ -278,3 +278,16 @@ async def test_kill_9_of_the_proxy_under_load_multiplies_nothing(
             assert re.match(r"(engine back: )?restart-\w+  v1  Ready  ", line), line
     assert outcome.engine_warnings == []
     assert time.monotonic() - started < 25
+
+
+def test_status_lists_retiring_versions() -> None:
+    from dataflow.proxy.__main__ import _streams
+
+    record = {
+        "streams": {"engine-a": {"state": "Ready", "op": "Create"}, "b": {"op": None}},
+        "retiring": [{"version": 1, "state": "deleting"}, {"version": 2, "state": "waiting"}],
+    }
+    assert _streams(record) == (
+        "acked: engine-a Ready; waiting: b; retiring: v1 deleting, v2 waiting"
+    )
+    assert _streams({"streams": {}, "retiring": []}) == "no dataflow engines"
