@@ -1,179 +1,1169 @@
-"""Benchmarks: wire conversion and a one-step chain on the local broker.
+"""Benchmark the whole engine process (`python -m dataflow`) against a naive raw aiokafka loop.
 
-Prints conversions per second (fast wire path beside a full betterproto decode/build/encode)
-and the end-to-end throughput of a one-step chain run by the engine's own step code beside a
-raw aiokafka consume-and-produce loop measured in the same run, on the same broker, with the
-same record count and producer settings. Medians of --runs runs; ratios against the raw loop.
+    scripts/bench                                   # every part, medians of 3 runs
+    scripts/bench --records 300000 --parts throughput,latency --json out.json
+    scripts/bench --quick                           # a short smoke of every part
+    scripts/bench --parts wire                      # the wire-conversion micro-benchmark
+
+Both contenders run as child processes on the same broker, alternated (raw, engine, raw,
+engine, ...), each run on its own fresh topic pair, pre-loaded once before the run:
+
+* engine: the proxy scheduler (`python -m dataflow.proxy`) and `python -m dataflow` subscribed to
+  it, as a user runs them; the bench loads a one-step chain `model.a.outputs -> model.b.inputs`
+  in the explicit form (`kind: PipelineUpdate`) through the proxy's control API.
+* raw loop (`--raw-child`, this file): consume with `getmany`, produce every record with
+  `await producer.send`, await the acks, commit per batch; producer acks=all, idempotent,
+  linger 2 ms. The consumer and producer keep aiokafka's default sizes except in the 1 MiB part
+  (64 MiB fetch and request sizes there, the engine fetches up to 1 GB by default).
+
+Throughput is records / (append time of the last output record - append time of the first),
+read back from the output topic, created with `message.timestamp.type=LogAppendTime` (the
+engine stamps outputs with their input's timestamp); start-up and the group join are therefore
+not counted. Added latency: the producer's send time (microseconds, in the record key) to the
+output record's append time (whole milliseconds, so figures are up to 1 ms low). CPU: utime +
+stime of the process tree from /proc/<pid>/stat between the start of the run and the last
+output; RSS: VmRSS and VmHWM from /proc/<pid>/status. Every part prints the 1-minute load
+average before and after it. The table is markdown; `--json PATH` also writes every run.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import concurrent.futures
+import json
 import os
 import platform
 import statistics
 import sys
 import time
+import urllib.request
 import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(REPO))
 
-from producer import demo_response
+from producer import demo_response  # noqa: E402
 
-from dataflow import logs
-from dataflow.engine import Engine
-from dataflow.pipeline import Pipeline
-from dataflow.proto.seldon.mlops.chainer import (
-    PipelineStepUpdate,
-    PipelineTopic,
-    PipelineUpdateMessage,
-)
-from dataflow.settings import Settings
-from dataflow.tools import ensure_topics
-from dataflow.topology import topology_from
-
-PIPELINE = "bench"
+PARTS = ("throughput", "partitions", "latency", "rss", "large")
+EXTRA_PARTS = ("wire",)
+LOG_APPEND = {"message.timestamp.type": "LogAppendTime"}
+BIG = 64 * 2**20
+MIB = 2**20
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-async def _fill(bootstrap: str, topic: str, n: int, value: bytes) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks="all")
-    await producer.start()
+def engine_revision() -> str:
+    """The commit the engine runs from, and the files under dataflow/ changed since."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
+        return done.stdout.rstrip()
+
+    changed = [c for c in git("status", "--porcelain", "--", "dataflow").split("\n") if c]
+    rev = git("rev-parse", "--short", "HEAD") or "unknown"
+    return rev + (f" + uncommitted {', '.join(c[3:] for c in changed)}" if changed else "")
+
+
+def load1() -> float:
+    return os.getloadavg()[0]
+
+
+def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+# -- processes: CPU and memory from /proc --------------------------------------------------------
+
+
+@dataclass
+class ProcSample:
+    """One reading of a process and its descendants."""
+
+    cpu_s: float  # utime + stime of every process in the tree (+ children already reaped)
+    rss: int  # bytes, VmRSS summed over the tree
+    hwm: int  # bytes, VmHWM (peak RSS) summed over the tree
+    procs: int  # processes in the tree
+
+
+def _stat_fields(pid: int) -> list[str]:
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()  # fields from 3 (state) on
+
+
+def _tree(root: int) -> list[int]:
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                ppid = int(_stat_fields(int(entry))[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            parents.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        found.append(pid)
+        todo.extend(parents.get(pid, []))
+    return found
+
+
+def _status_kib(pid: int, key: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def sample(root: int) -> ProcSample:
+    cpu = rss = hwm = procs = 0
+    for pid in _tree(root):
+        try:
+            fields = _stat_fields(pid)
+            ticks = int(fields[11]) + int(fields[12])  # utime, stime
+            if pid == root:
+                ticks += int(fields[13]) + int(fields[14])  # cutime, cstime (reaped children)
+            rss += _status_kib(pid, "VmRSS") * 1024
+            hwm += _status_kib(pid, "VmHWM") * 1024
+        except (OSError, ValueError, IndexError):
+            continue  # exited meanwhile
+        cpu += ticks
+        procs += 1
+    return ProcSample(cpu / CLK_TCK, rss, hwm, procs)
+
+
+# -- Kafka helpers -------------------------------------------------------------------------------
+
+
+async def create_topics(
+    bootstrap: str, names: Sequence[str], partitions: int, configs: dict[str, str] | None = None
+) -> None:
+    """Create fresh topics (replication 1) and wait until the broker describes all of them."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=120_000)
+    await admin.start()
     try:
-        headers = [("pipeline", PIPELINE.encode())]
-        for _ in range(n):
-            await producer.send(topic, value, headers=headers)
-        await producer.flush()
+        for chunk in _chunks(names, 200):
+            await admin.create_topics(
+                [NewTopic(n, partitions, 1, topic_configs=dict(configs or {})) for n in chunk]
+            )
+        deadline = time.monotonic() + 120
+        for chunk in _chunks(names, 200):
+            while True:
+                described = await admin.describe_topics(chunk)
+                ok = {
+                    d["topic"]
+                    for d in described
+                    if d["error_code"] == 0 and len(d["partitions"]) == partitions
+                }
+                if ok >= set(chunk):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"topics not described after 120 s: {sorted(chunk)[:3]}...")
+                await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+
+
+async def cleanup(bootstrap: str, topics: Sequence[str], group_prefix: str) -> None:
+    """Delete the bench's topics and its (empty) consumer groups; problems are ignored."""
+    from aiokafka.protocol.admin import DeleteGroupsRequest
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=60_000)
+    await admin.start()
+    try:
+        for chunk in _chunks(topics, 200):
+            try:
+                await admin.delete_topics(chunk)
+            except Exception as exc:
+                print(f"  (topic deletion: {exc})", file=sys.stderr)
+        try:
+            groups = [g[0] for g in await admin.list_consumer_groups()]
+            mine = [g for g in groups if g.startswith(group_prefix)]
+            if mine:
+                node = await admin.find_coordinator(mine[0])
+                for chunk in _chunks(mine, 200):
+                    await admin._send_request(DeleteGroupsRequest(chunk), node)
+        except Exception as exc:
+            print(f"  (group deletion: {exc})", file=sys.stderr)
+    finally:
+        await admin.close()
+
+
+async def fill(
+    bootstrap: str, topic: str, n: int, value: bytes, partitions: int, pipeline: str
+) -> float:
+    """Write `n` records of `value` (header `pipeline: <pipeline>`) spread evenly over the
+    partitions, a whole record batch at a time; returns the seconds it took."""
+    t0 = time.perf_counter()
+    batch_size = 16 * MIB if len(value) > 64 * 1024 else 512 * 1024
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks=1,
+        linger_ms=5,
+        max_batch_size=batch_size,
+        max_request_size=BIG,
+        request_timeout_ms=120_000,
+    )
+    await producer.start()
+    headers = [("pipeline", pipeline.encode())]
+    pending: list[asyncio.Future[Any]] = []
+    try:
+        for p in range(partitions):
+            builder = producer.create_batch()
+            for _ in range(n // partitions + (p < n % partitions)):
+                if builder.append(key=None, value=value, timestamp=None, headers=headers) is None:
+                    pending.append(await producer.send_batch(builder, topic, partition=p))
+                    builder = producer.create_batch()
+                    builder.append(key=None, value=value, timestamp=None, headers=headers)
+                    if len(pending) >= 32:
+                        await asyncio.gather(*pending)
+                        pending.clear()
+            if builder.record_count():
+                pending.append(await producer.send_batch(builder, topic, partition=p))
+        await asyncio.gather(*pending)
     finally:
         await producer.stop()
+    return time.perf_counter() - t0
 
 
-async def _raw_loop(bootstrap: str, source: str, sink: str, n: int) -> float:
+async def _offsets(consumer: AIOKafkaConsumer, tps: list[TopicPartition]) -> int:
+    ends = await consumer.end_offsets(tps)
+    starts = await consumer.beginning_offsets(tps)
+    return sum(ends[tp] - starts[tp] for tp in tps)
+
+
+async def wait_count(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    n: int,
+    alive: Callable[[], str | None],
+    first_timeout: float = 180,
+    idle_timeout: float = 60,
+) -> int:
+    """Wait until `topic` holds `n` records; returns the count (more means duplicates).
+
+    Raises:
+        RuntimeError: nothing arrived for the timeouts, or `alive` reported a dead process.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    try:
+        last, changed = -1, time.monotonic()
+        while True:
+            total = await _offsets(consumer, tps)
+            if total >= n:
+                await asyncio.sleep(1.0)  # duplicates, if any, would still be on their way
+                return await _offsets(consumer, tps)
+            now = time.monotonic()
+            if total != last:
+                last, changed = total, now
+            elif now - changed > (first_timeout if total == 0 else idle_timeout):
+                raise RuntimeError(f"{topic}: {total} of {n} records, no progress")
+            problem = alive()
+            if problem:
+                raise RuntimeError(f"{topic}: {total} of {n} records; {problem}")
+            await asyncio.sleep(0.2)
+    finally:
+        await consumer.stop()
+
+
+async def append_span(bootstrap: str, topic: str, partitions: int) -> tuple[int, int]:
+    """Append times (ms) of the first and the last record of a LogAppendTime topic."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, max_partition_fetch_bytes=BIG
+    )
+    await consumer.start()
+    first, last = 2**63, 0
+    try:
+        for p in range(partitions):
+            tp = TopicPartition(topic, p)
+            consumer.assign([tp])
+            start = (await consumer.beginning_offsets([tp]))[tp]
+            end = (await consumer.end_offsets([tp]))[tp]
+            if end <= start:
+                continue
+            for offset in (start, end - 1):
+                consumer.seek(tp, offset)
+                record = await asyncio.wait_for(consumer.getone(tp), 60)
+                if record.timestamp_type != 1:
+                    raise RuntimeError(f"{topic} is not a LogAppendTime topic")
+                first, last = min(first, record.timestamp), max(last, record.timestamp)
+    finally:
+        await consumer.stop()
+    return first, last
+
+
+async def read_all(bootstrap: str, topic: str, n: int, timeout: float = 60) -> list[Any]:
+    consumer = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, group_id=None, auto_offset_reset="earliest"
+    )
+    await consumer.start()
+    records: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(records) < n and time.monotonic() < deadline:
+            for rs in (await consumer.getmany(timeout_ms=500, max_records=10_000)).values():
+                records.extend(rs)
+    finally:
+        await consumer.stop()
+    return records
+
+
+# -- the contenders ------------------------------------------------------------------------------
+
+
+@dataclass
+class Topics:
+    """A one-step chain's topic pair and pipeline name, fresh for one run."""
+
+    tag: str
+    source: str
+    sink: str
+    pipeline: str
+    uid: str
+
+    @classmethod
+    def fresh(cls, kind: str, index: int | None = None) -> Topics:
+        tag = uuid.uuid4().hex[:8]
+        suffix = "" if index is None else f"x{index}"
+        ns = f"bench{kind}{tag}{suffix}"
+        return cls(
+            tag=tag,
+            source=f"seldon.{ns}.model.a.outputs",
+            sink=f"seldon.{ns}.model.b.inputs",
+            pipeline=f"bench-{tag}{suffix}",
+            uid=f"b{tag}{suffix}",
+        )
+
+    def spec(self) -> str:
+        return (
+            f"kind: PipelineUpdate\nname: {self.pipeline}\nversion: 1\nuid: {self.uid}\n"
+            f"steps:\n  - sources: [{self.source}]\n    sink: {self.sink}\n"
+        )
+
+
+class EngineProcess:
+    """The proxy scheduler and one engine process subscribed to it, logs in `logs`."""
+
+    def __init__(self, bootstrap: str, logs: Path, tag: str, **settings: str) -> None:
+        self.bootstrap, self.logs, self.tag, self.settings = bootstrap, logs, tag, settings
+        self.group_prefix = f"bench-{tag}"
+        self.proxy: Any = None
+        self.engine: Any = None
+
+    @property
+    def pid(self) -> int:
+        return int(self.engine.proc.pid)
+
+    def _start(self) -> None:
+        from tests.integration.harness import Proxy, engine, wait_until
+
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.proxy = Proxy(self.logs).start()
+        self.engine = engine(
+            self.logs,
+            self.bootstrap,
+            self.proxy,
+            name=f"bench-{self.tag}",
+            log_level_app="INFO",
+            kafka_consumer_prefix=self.group_prefix,
+            **self.settings,
+        )
+        wait_until(
+            lambda: self.dead() or self._get("/subscribers")["subscribers"],
+            60,
+            "the engine's subscription at the proxy",
+        )
+        if self.dead():
+            raise RuntimeError(self.dead())
+
+    async def start(self) -> EngineProcess:
+        await asyncio.to_thread(self._start)
+        return self
+
+    def dead(self) -> str | None:
+        if self.engine is None or self.engine.proc.poll() is None:
+            return None
+        tail = self.engine.output()[-1500:]
+        return f"engine exited with {self.engine.proc.returncode}:\n{tail}"
+
+    def _get(self, path: str) -> Any:
+        with urllib.request.urlopen(self.proxy.url + path, timeout=10) as response:
+            return json.loads(response.read())
+
+    def _load(self, text: str) -> Any:
+        request = urllib.request.Request(
+            self.proxy.url + "/pipelines?source=bench.yaml", data=text.encode(), method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    async def load(self, specs: Sequence[str]) -> None:
+        """POST every spec to the proxy, 8 at a time."""
+
+        def run() -> None:
+            with concurrent.futures.ThreadPoolExecutor(8) as pool:
+                list(pool.map(self._load, specs))
+
+        await asyncio.to_thread(run)
+
+    async def begin(self, topics: Topics) -> None:
+        """Load the pipeline of `topics`."""
+        await self.load([topics.spec()])
+
+    async def wait_ready(self, names: Sequence[str], timeout: float = 300) -> None:
+        wanted = set(names)
+        deadline = time.monotonic() + timeout
+        while True:
+            states = {p["name"]: p for p in await asyncio.to_thread(self._get, "/pipelines")}
+            ready = {n for n in wanted if states.get(n, {}).get("state") == "Ready"}
+            if ready == wanted:
+                return
+            failed = [states[n] for n in wanted if states.get(n, {}).get("state") == "Failed"]
+            if failed or self.dead() or time.monotonic() > deadline:
+                why = self.dead() or (failed[0]["reason"] if failed else "timed out")
+                raise RuntimeError(f"{len(ready)}/{len(wanted)} pipelines Ready: {why}")
+            await asyncio.sleep(0.1)
+
+    async def stop(self, timeout: float = 60) -> None:
+        if self.engine is not None:
+            await asyncio.to_thread(self.engine.stop, timeout)
+        if self.proxy is not None:
+            await asyncio.to_thread(self.proxy.stop)
+
+
+class RawProcess:
+    """The raw loop as a child process (this file with `--raw-child`)."""
+
+    def __init__(self, bootstrap: str, logs: Path, tag: str) -> None:
+        self.bootstrap, self.logs, self.tag = bootstrap, logs, tag
+        self.group_prefix = f"bench-{tag}"
+        self.proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    async def start(self, topics: Topics, n: int, large: bool = False) -> RawProcess:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        args = [str(HERE / "bench.py"), "--raw-child", "--bootstrap-servers", self.bootstrap]
+        args += ["--source", topics.source, "--sink", topics.sink, "--records", str(n)]
+        args += ["--group", f"{self.group_prefix}-raw"] + (["--large"] if large else [])
+        with (self.logs / f"raw-{self.tag}.log").open("ab") as log:
+            self.proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                *args,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=log,
+                cwd=REPO,
+                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            )
+        assert self.proc.stdout is not None
+        line = await asyncio.wait_for(self.proc.stdout.readline(), 90)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"raw loop did not start: {line!r} {self.dead()}")
+        return self
+
+    async def begin(self, topics: Topics) -> None:
+        """Start the loop."""
+        assert self.proc is not None and self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+        await self.proc.stdin.drain()
+
+    def dead(self) -> str | None:
+        if self.proc is None or self.proc.returncode is None:
+            return None
+        tail = (self.logs / f"raw-{self.tag}.log").read_text(errors="replace")[-1500:]
+        return f"raw loop exited with {self.proc.returncode}:\n{tail}"
+
+    async def stop(self) -> None:
+        if self.proc is None or self.proc.returncode is not None:
+            return
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        try:
+            await asyncio.wait_for(self.proc.wait(), 15)
+        except TimeoutError:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+async def _raw_loop(
+    consumer: AIOKafkaConsumer, producer: AIOKafkaProducer, sink: str, n: int
+) -> int:
     """Consume, produce unchanged, await acks, commit per batch: the client's own cost."""
+    done = 0
+    while done < n:
+        batch = await consumer.getmany(timeout_ms=200, max_records=2000)
+        futures = []
+        for tp, records in batch.items():
+            for r in records:
+                sent = await producer.send(
+                    sink, r.value, key=r.key, headers=list(r.headers), partition=tp.partition
+                )
+                futures.append(sent)
+            done += len(records)
+        await asyncio.gather(*futures)
+        if batch:
+            await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
+    return done
+
+
+async def raw_child(args: argparse.Namespace) -> None:
+    """`--raw-child`: join, say `ready`, wait for `go`, run the loop, wait for stdin's end."""
+    sizes = {"max_partition_fetch_bytes": BIG, "fetch_max_bytes": BIG} if args.large else {}
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, linger_ms=2, acks="all", enable_idempotence=True
+        bootstrap_servers=args.bootstrap_servers,
+        linger_ms=2,
+        acks="all",
+        enable_idempotence=True,
+        **({"max_request_size": BIG} if args.large else {}),
     )
     consumer = AIOKafkaConsumer(
-        source,
-        bootstrap_servers=bootstrap,
-        group_id=f"bench-raw-{uuid.uuid4().hex[:8]}",
+        args.source,
+        bootstrap_servers=args.bootstrap_servers,
+        group_id=args.group,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
+        **sizes,
     )
+    loop = asyncio.get_running_loop()
     await producer.start()
     await consumer.start()
-    done = 0
-    t0 = time.perf_counter()
     try:
-        while done < n:
-            batch = await consumer.getmany(timeout_ms=200, max_records=2000)
-            futures = []
-            for records in batch.values():
-                for r in records:
-                    sent = await producer.send(sink, r.value, key=r.key, headers=list(r.headers))
-                    futures.append(sent)
-                done += len(records)
-            await asyncio.gather(*futures)
-            if batch:
-                await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batch.items()})
-        return time.perf_counter() - t0
+        deadline = time.monotonic() + 60
+        while not consumer.assignment():
+            if time.monotonic() > deadline:
+                raise RuntimeError("no partitions assigned after 60 s")
+            await asyncio.sleep(0.05)
+        print("ready", flush=True)
+        await loop.run_in_executor(None, sys.stdin.readline)
+        done = await _raw_loop(consumer, producer, args.sink, args.records)
+        print(f"done {done}", flush=True)
+        await loop.run_in_executor(None, sys.stdin.read)
     finally:
         await consumer.stop()
         await producer.stop()
 
 
-async def _engine_step(bootstrap: str, source: str, sink: str, n: int) -> float:
-    """The engine's step code (filter, wire conversion, send, tracked commits), in process."""
-    settings = Settings(kafka_bootstrap_servers=bootstrap)
-    engine = Engine(settings)
-    await engine.producer.start()
-    await engine.admin.start()
-    message = PipelineUpdateMessage(
-        pipeline=PIPELINE,
-        version=1,
-        uid=uuid.uuid4().hex[:12],
-        updates=[
-            PipelineStepUpdate(
-                sources=[PipelineTopic(pipeline_name=PIPELINE, topic_name=source)],
-                sink=PipelineTopic(pipeline_name=PIPELINE, topic_name=sink),
-            )
-        ],
-    )
-    pipeline = Pipeline(
-        topology_from(message, 60000),
-        settings,
-        engine.producer,
-        engine.ensure_topic,
-        lambda p, r: None,
-    )
-    t0 = time.perf_counter()
+# -- measurements --------------------------------------------------------------------------------
+
+
+@dataclass
+class Bench:
+    bootstrap: str
+    logs: Path
+    records: int
+    runs: int
+    partitions: int
+    num_cores: int
+    latency_seconds: float
+    latency_rate: int
+    rss_counts: list[int]
+    large_records: int
+    results: dict[str, Any] = field(default_factory=dict)
+
+    def say(self, text: str) -> None:
+        print(text, file=sys.stderr, flush=True)
+
+
+async def _contender(
+    bench: Bench, kind: str, topics: Topics, n: int, large: bool = False, **settings: str
+) -> RawProcess | EngineProcess:
+    """Start the raw loop (joined, waiting) or the proxy and engine (subscribed, idle)."""
+    logs = bench.logs / f"{kind}-{topics.tag}"
+    if kind == "raw":
+        return await RawProcess(bench.bootstrap, logs, topics.tag).start(topics, n, large)
+    return await EngineProcess(bench.bootstrap, logs, topics.tag, **settings).start()
+
+
+async def throughput_run(
+    bench: Bench,
+    kind: str,
+    n: int,
+    value: bytes,
+    partitions: int,
+    large: bool = False,
+    **settings: str,
+) -> dict[str, Any]:
+    """One pre-loaded run of the raw loop or the engine: rate from output append times."""
+    topics = Topics.fresh(kind[0])
+    result: dict[str, Any] = {"kind": kind, "records": n, "partitions": partitions}
+    proc: Any = None
     try:
-        await pipeline.start(timeout=60)
-        step = pipeline.steps[0]
-        while step.stats.acked < n:
-            if pipeline.failed:
-                raise RuntimeError(pipeline.failed)
-            await asyncio.sleep(0.005)
-        return time.perf_counter() - t0
+        await create_topics(bench.bootstrap, [topics.source], partitions)
+        await create_topics(bench.bootstrap, [topics.sink], partitions, LOG_APPEND)
+        result["fill_s"] = await fill(
+            bench.bootstrap, topics.source, n, value, partitions, topics.pipeline
+        )
+        proc = await _contender(bench, kind, topics, n, large, **settings)
+        result["load_before"] = load1()
+        before = sample(proc.pid)
+        t0 = time.monotonic()
+        await proc.begin(topics)
+        count = await wait_count(bench.bootstrap, topics.sink, partitions, n, proc.dead)
+        after = sample(proc.pid)
+        result["wall_s"] = time.monotonic() - t0
+        result["load_after"] = load1()
+        first, last = await append_span(bench.bootstrap, topics.sink, partitions)
+        span = max(last - first, 1) / 1000
+        result.update(
+            count=count,
+            first_append_ms=first,
+            last_append_ms=last,
+            span_s=span,
+            rate=n / span,
+            cpu_s=after.cpu_s - before.cpu_s,
+            cpu_us_per_record=(after.cpu_s - before.cpu_s) / n * 1e6,
+            rss_mib=after.rss / MIB,
+            hwm_mib=after.hwm / MIB,
+            procs=after.procs,
+        )
+        return result
     finally:
-        await pipeline.stop(10)
-        await engine.producer.stop()
-        await engine.admin.close()
+        if proc is not None:
+            await proc.stop()
+        await cleanup(bench.bootstrap, [topics.source, topics.sink], f"bench-{topics.tag}")
 
 
-async def bench_chain(bootstrap: str, n: int, runs: int) -> None:
+def _median(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+async def alternate(
+    bench: Bench,
+    name: str,
+    n: int,
+    value: bytes,
+    partitions: int,
+    large: bool = False,
+    **settings: str,
+) -> dict[str, Any]:
+    part: dict[str, Any] = {"records": n, "value_bytes": len(value), "partitions": partitions}
+    part["settings"] = {f"SELDON_{k.upper()}": v for k, v in settings.items()}
+    part["load_before"] = load1()
+    runs: dict[str, list[dict[str, Any]]] = {"raw": [], "engine": []}
+    for i in range(bench.runs):
+        for kind in ("raw", "engine"):
+            r = await throughput_run(
+                bench, kind, n, value, partitions, large, **(settings if kind == "engine" else {})
+            )
+            runs[kind].append(r)
+            bench.say(
+                f"  {name} run {i + 1}/{bench.runs} {kind:<6}: {r['rate']:>10,.0f} records/s,"
+                f" {r['count']:,} out, cpu {r['cpu_us_per_record']:.1f} us/record,"
+                f" peak rss {r['hwm_mib']:.0f} MiB, {r['procs']} process(es),"
+                f" load {r['load_before']:.2f}->{r['load_after']:.2f}"
+            )
+    part["load_after"] = load1()
+    part["runs"] = runs
+    part["median"] = {
+        kind: {
+            k: _median(rs, k) for k in ("rate", "cpu_us_per_record", "rss_mib", "hwm_mib", "procs")
+        }
+        for kind, rs in runs.items()
+    }
+    return part
+
+
+async def part_throughput(bench: Bench) -> dict[str, Any]:
+    return await alternate(bench, "throughput", bench.records, demo_response(1), 1)
+
+
+async def part_partitions(bench: Bench) -> dict[str, Any]:
+    return await alternate(
+        bench,
+        "partitions",
+        bench.records,
+        demo_response(1),
+        bench.partitions,
+        num_cores=str(bench.num_cores),
+    )
+
+
+async def paced_send(bench: Bench, topics: Topics) -> tuple[int, float]:
+    """Send at a steady rate for the configured time; key `<index>:<send time in us>`."""
+    producer = AIOKafkaProducer(bootstrap_servers=bench.bootstrap, acks="all", linger_ms=0)
+    await producer.start()
     value = demo_response(1)
-    raw_rates, engine_rates = [], []
-    for run in range(runs):
-        tag = uuid.uuid4().hex[:8]
-        source, raw_sink, engine_sink = (f"bench.{tag}.{x}" for x in ("src", "raw", "eng"))
-        await ensure_topics(bootstrap, [source, raw_sink, engine_sink], 1)
-        await _fill(bootstrap, source, n, value)
-        raw = await _raw_loop(bootstrap, source, raw_sink, n)
-        eng = await _engine_step(bootstrap, source, engine_sink, n)
-        raw_rates.append(n / raw)
-        engine_rates.append(n / eng)
-        print(f"  run {run + 1}: raw {n / raw:>9,.0f}/s   engine {n / eng:>9,.0f}/s", flush=True)
-    raw_m, eng_m = statistics.median(raw_rates), statistics.median(engine_rates)
-    print(f"\none-step chain, {n:,} records of {len(value)} B, median of {runs}:")
-    print(f"  raw aiokafka consume+produce loop : {raw_m:>9,.0f} records/s")
-    print(f"  engine step (filter+convert)      : {eng_m:>9,.0f} records/s")
-    print(f"  engine / raw                      : {eng_m / raw_m:>9.2f}")
+    headers = [("pipeline", topics.pipeline.encode())]
+    total = int(bench.latency_rate * bench.latency_seconds)
+    futures = []
+    try:
+        t0 = time.perf_counter()
+        i = 0
+        while i < total:
+            due = min(total, int((time.perf_counter() - t0) * bench.latency_rate) + 1)
+            while i < due:
+                sent_us = time.time_ns() // 1000
+                futures.append(
+                    await producer.send(
+                        topics.source,
+                        value,
+                        key=f"{i}:{sent_us}".encode(),
+                        headers=headers,
+                        timestamp_ms=sent_us // 1000,
+                    )
+                )
+                i += 1
+            await asyncio.sleep(0.001)
+        await asyncio.gather(*futures)
+        return total, time.perf_counter() - t0
+    finally:
+        await producer.stop()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument(
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+async def latency_run(bench: Bench, kind: str) -> dict[str, Any]:
+    topics = Topics.fresh("l" + kind[0])
+    n = int(bench.latency_rate * bench.latency_seconds)
+    result: dict[str, Any] = {"kind": kind, "records": n, "rate": bench.latency_rate}
+    proc: Any = None
+    try:
+        await create_topics(bench.bootstrap, [topics.source], 1)
+        await create_topics(bench.bootstrap, [topics.sink], 1, LOG_APPEND)
+        proc = await _contender(bench, kind, topics, n)
+        await proc.begin(topics)
+        if isinstance(proc, EngineProcess):
+            await proc.wait_ready([topics.pipeline], 120)
+        result["load_before"] = load1()
+        before = sample(proc.pid)
+        sent, result["send_s"] = await paced_send(bench, topics)
+        count = await wait_count(bench.bootstrap, topics.sink, 1, sent, proc.dead)
+        after = sample(proc.pid)
+        result["load_after"] = load1()
+        records = await read_all(bench.bootstrap, topics.sink, count)
+        latencies = sorted(r.timestamp - int(r.key.split(b":")[1]) / 1000 for r in records if r.key)
+        result.update(
+            count=count,
+            read=len(records),
+            p50_ms=_percentile(latencies, 0.50),
+            p99_ms=_percentile(latencies, 0.99),
+            max_ms=latencies[-1] if latencies else float("nan"),
+            cpu_us_per_record=(after.cpu_s - before.cpu_s) / n * 1e6,
+            rss_mib=after.rss / MIB,
+        )
+        return result
+    finally:
+        if proc is not None:
+            await proc.stop()
+        await cleanup(bench.bootstrap, [topics.source, topics.sink], f"bench-{topics.tag}")
+
+
+async def part_latency(bench: Bench) -> dict[str, Any]:
+    part: dict[str, Any] = {"rate": bench.latency_rate, "seconds": bench.latency_seconds}
+    part["load_before"] = load1()
+    runs: dict[str, list[dict[str, Any]]] = {"raw": [], "engine": []}
+    for i in range(bench.runs):
+        for kind in ("raw", "engine"):
+            r = await latency_run(bench, kind)
+            runs[kind].append(r)
+            bench.say(
+                f"  latency run {i + 1}/{bench.runs} {kind:<6}: p50 {r['p50_ms']:.1f} ms,"
+                f" p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms, {r['count']:,} out,"
+                f" load {r['load_before']:.2f}->{r['load_after']:.2f}"
+            )
+    part["load_after"] = load1()
+    part["runs"] = runs
+    part["median"] = {
+        kind: {k: _median(rs, k) for k in ("p50_ms", "p99_ms", "max_ms", "cpu_us_per_record")}
+        for kind, rs in runs.items()
+    }
+    return part
+
+
+async def rss_run(bench: Bench, count: int) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:8]
+    pairs = [Topics.fresh("r", i) for i in range(count)]
+    for p in pairs:  # one group prefix for the whole engine
+        p.tag = tag
+    topics = [t for p in pairs for t in (p.source, p.sink)]
+    engine = EngineProcess(bench.bootstrap, bench.logs / f"rss{count}-{tag}", tag)
+    result: dict[str, Any] = {"pipelines": count}
+    try:
+        await create_topics(bench.bootstrap, topics, 1)
+        await engine.start()
+        idle = sample(engine.pid)
+        result["load_before"] = load1()
+        t0 = time.monotonic()
+        await engine.load([p.spec() for p in pairs])
+        result["posted_s"] = time.monotonic() - t0
+        await engine.wait_ready([p.pipeline for p in pairs], 600)
+        result["ready_s"] = time.monotonic() - t0
+        await asyncio.sleep(3)
+        loaded = sample(engine.pid)
+        result.update(
+            load_after=load1(),
+            idle_rss_mib=idle.rss / MIB,
+            rss_mib=loaded.rss / MIB,
+            hwm_mib=loaded.hwm / MIB,
+            load_cpu_s=loaded.cpu_s - idle.cpu_s,
+        )
+        return result
+    finally:
+        await engine.stop(90)
+        await cleanup(bench.bootstrap, topics, f"bench-{tag}")
+
+
+async def raw_idle_rss(bench: Bench) -> dict[str, Any]:
+    """RSS of the raw loop process joined to one topic pair, idle: the client's floor."""
+    topics = Topics.fresh("i")
+    raw = RawProcess(bench.bootstrap, bench.logs / f"raw-{topics.tag}", topics.tag)
+    try:
+        await create_topics(bench.bootstrap, [topics.source, topics.sink], 1)
+        await raw.start(topics, 1)
+        await asyncio.sleep(3)
+        s = sample(raw.pid)
+        return {"rss_mib": s.rss / MIB, "hwm_mib": s.hwm / MIB}
+    finally:
+        await raw.stop()
+        await cleanup(bench.bootstrap, [topics.source, topics.sink], f"bench-{topics.tag}")
+
+
+async def part_rss(bench: Bench) -> dict[str, Any]:
+    part: dict[str, Any] = {"load_before": load1()}
+    part["raw"] = await raw_idle_rss(bench)
+    bench.say(f"  rss raw loop, idle: {part['raw']['rss_mib']:.0f} MiB")
+    part["engine"] = []
+    for count in bench.rss_counts:
+        r = await rss_run(bench, count)
+        part["engine"].append(r)
+        bench.say(
+            f"  rss {count} pipelines: {r['rss_mib']:.0f} MiB (peak {r['hwm_mib']:.0f},"
+            f" idle {r['idle_rss_mib']:.0f}), all Ready after {r['ready_s']:.2f} s"
+            f" (posted in {r['posted_s']:.2f} s),"
+            f" load {r['load_before']:.2f}->{r['load_after']:.2f}"
+        )
+    part["load_after"] = load1()
+    return part
+
+
+async def part_large(bench: Bench) -> dict[str, Any]:
+    import bench_wire
+
+    return await alternate(
+        bench, "large", bench.large_records, bench_wire.raw_record(), 1, large=True
+    )
+
+
+# -- the table -----------------------------------------------------------------------------------
+
+
+def _rate_cell(runs: list[dict[str, Any]], key: str = "rate") -> str:
+    values = [r[key] for r in runs]
+    cell = f"{statistics.median(values):,.0f}/s"
+    if len(values) > 1:
+        cell += f" ({min(values):,.0f}-{max(values):,.0f})"
+    return cell
+
+
+def _ratio(engine: float, raw: float) -> str:
+    return f"{engine / raw:.2f}" if raw else "-"
+
+
+def _of(runs: int, spread: str = "") -> str:
+    return f"median of {runs} {spread}".rstrip() if runs > 1 else "1 run"
+
+
+def _load(part: dict[str, Any]) -> str:
+    return f"{part['load_before']:.2f} → {part['load_after']:.2f}"
+
+
+def table(results: dict[str, Any], runs: int) -> str:
+    rows: list[list[str]] = []
+
+    def chain_rows(label: str, part: dict[str, Any], cpu_unit: str = "us") -> None:
+        med, rs = part["median"], part["runs"]
+        scale = 1000 if cpu_unit == "ms" else 1
+        rows.append(
+            [
+                label,
+                "records/s, first→last output append, " + _of(runs, "(min-max)"),
+                _rate_cell(rs["raw"]),
+                _rate_cell(rs["engine"]),
+                _ratio(med["engine"]["rate"], med["raw"]["rate"]),
+                _load(part),
+            ]
+        )
+        rows.append(
+            [
+                "",
+                "CPU per record (process tree, median)",
+                f"{med['raw']['cpu_us_per_record'] / scale:.1f} {cpu_unit}",
+                f"{med['engine']['cpu_us_per_record'] / scale:.1f} {cpu_unit}",
+                _ratio(med["engine"]["cpu_us_per_record"], med["raw"]["cpu_us_per_record"]),
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "",
+                "peak RSS (VmHWM, median)",
+                f"{med['raw']['hwm_mib']:.0f} MiB",
+                f"{med['engine']['hwm_mib']:.0f} MiB",
+                _ratio(med["engine"]["hwm_mib"], med["raw"]["hwm_mib"]),
+                "",
+            ]
+        )
+
+    if "throughput" in results:
+        p = results["throughput"]
+        chain_rows(f"one-step chain, 1 partition, {p['records']:,} of {p['value_bytes']} B", p)
+    if "partitions" in results:
+        p = results["partitions"]
+        procs = int(p["median"]["engine"]["procs"])
+        chain_rows(
+            f"{p['partitions']} partitions, SELDON_NUM_CORES={p['settings']['SELDON_NUM_CORES']}"
+            f" ({procs} engine process{'es' if procs != 1 else ''} seen), {p['records']:,} of "
+            f"{p['value_bytes']} B",
+            p,
+        )
+    if "latency" in results:
+        p = results["latency"]
+        med = p["median"]
+        for i, (key, what) in enumerate((("p50_ms", "p50"), ("p99_ms", "p99"), ("max_ms", "max"))):
+            rows.append(
+                [
+                    f"added latency at {p['rate']:,}/s for {p['seconds']:g} s" if i == 0 else "",
+                    f"{what} ms, send → output append, " + _of(runs),
+                    f"{med['raw'][key]:.1f} ms",
+                    f"{med['engine'][key]:.1f} ms",
+                    _ratio(med["engine"][key], med["raw"][key]),
+                    _load(p) if i == 0 else "",
+                ]
+            )
+    if "rss" in results:
+        p = results["rss"]
+        raw = p["raw"]["rss_mib"]
+        first = True
+        for r in p["engine"]:
+            rows.append(
+                [
+                    "RSS, pipelines loaded through the proxy" if first else "",
+                    f"{r['pipelines']} pipeline{'s' if r['pipelines'] != 1 else ''}: RSS (peak)",
+                    f"{raw:.0f} MiB (1 consumer+producer, idle)" if first else "",
+                    f"{r['rss_mib']:.0f} MiB ({r['hwm_mib']:.0f})",
+                    _ratio(r["rss_mib"], raw),
+                    _load(p) if first else "",
+                ]
+            )
+            first = False
+        if p["engine"]:
+            rows.append(
+                [
+                    "",
+                    "load → all Ready (proxy status): "
+                    + " / ".join(str(r["pipelines"]) for r in p["engine"]),
+                    "",
+                    " / ".join(f"{r['ready_s']:.2f} s" for r in p["engine"]),
+                    "",
+                    "",
+                ]
+            )
+            rows.append(
+                [
+                    "",
+                    "idle engine before loading (RSS)",
+                    "",
+                    " / ".join(f"{r['idle_rss_mib']:.0f} MiB" for r in p["engine"]),
+                    "",
+                    "",
+                ]
+            )
+    if "large" in results:
+        p = results["large"]
+        chain_rows(f"1 MiB raw tensor ({p['value_bytes']:,} B), {p['records']:,} records", p, "ms")
+    header = ["part", "figure", "raw aiokafka loop", "python -m dataflow", "engine / raw", "load"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def wire_table() -> str:
+    import bench_wire
+
+    lines = ["| case | bytes | wire.convert | betterproto | ratio |", "|---|---|---|---|---|"]
+    for r in bench_wire.run():
+        lines.append(
+            f"| {r['case']} | {r['bytes']:,} | {r['wire_per_s']:,.0f}/s {r['wire_us']:.1f} us"
+            f" | {r['betterproto_per_s']:,.0f}/s {r['betterproto_us']:.0f} us"
+            f" | {r['ratio']:.0f}x |"
+        )
+    return "\n".join(lines)
+
+
+# -- command line --------------------------------------------------------------------------------
+
+
+def _parts(text: str) -> list[str]:
+    parts = [p.strip() for p in text.split(",") if p.strip()]
+    unknown = [p for p in parts if p not in PARTS + EXTRA_PARTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(
+            f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS + EXTRA_PARTS)}"
+        )
+    return parts
+
+
+def _counts(text: str) -> list[int]:
+    return [int(c) for c in text.split(",") if c.strip()]
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0],
+        epilog="\n".join(__doc__.splitlines()[1:]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
         "--bootstrap-servers",
         default=os.environ.get("SELDON_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
     )
-    parser.add_argument("--records", type=int, default=50_000)
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--skip-wire", action="store_true")
-    parser.add_argument("--skip-chain", action="store_true")
-    args = parser.parse_args()
-    logs.setup("WARNING", "WARNING")
-    print(
-        f"machine: {platform.machine()} {os.cpu_count()} cpus, Python {platform.python_version()}, "
-        f"{platform.platform()}"
+    p.add_argument(
+        "--parts",
+        type=_parts,
+        default=list(PARTS),
+        help=f"comma-separated, of {', '.join(PARTS)} (default all) and wire",
     )
-    if not args.skip_wire:
-        import bench_wire
+    p.add_argument("--records", type=int, help="records per throughput run (1,000,000)")
+    p.add_argument("--runs", type=int, help="runs of each contender per part (3)")
+    p.add_argument("--partitions", type=int, default=4, help="of the partitions part (4)")
+    p.add_argument("--num-cores", type=int, default=2, help="engine's, partitions part (2)")
+    p.add_argument("--latency-seconds", type=float, help="per latency run (20)")
+    p.add_argument("--latency-rate", type=int, default=1000, help="records/s (1000)")
+    p.add_argument("--rss-counts", type=_counts, help="pipelines per RSS run (1,50,500)")
+    p.add_argument("--large-records", type=int, help="1 MiB records per run (2000)")
+    p.add_argument("--quick", action="store_true", help="a short smoke of every part")
+    p.add_argument("--json", type=Path, help="also write the results and the table here")
+    p.add_argument("--logs", type=Path, help="process logs (default .run/bench/<time>/)")
+    # The raw loop's own process (internal).
+    p.add_argument("--raw-child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--source", help=argparse.SUPPRESS)
+    p.add_argument("--sink", help=argparse.SUPPRESS)
+    p.add_argument("--group", help=argparse.SUPPRESS)
+    p.add_argument("--large", action="store_true", help=argparse.SUPPRESS)
+    return p
 
-        print("\nwire conversion (conversions per second):")
-        bench_wire.main() if hasattr(bench_wire, "main") else bench_wire.run()
-    if not args.skip_chain:
+
+def _defaults(args: argparse.Namespace) -> None:
+    quick = args.quick
+    for name, normal, short in (
+        ("records", 1_000_000, 20_000),
+        ("runs", 3, 1),
+        ("latency_seconds", 20.0, 5.0),
+        ("rss_counts", [1, 50, 500], [1, 10]),
+        ("large_records", 2000, 100),
+    ):
+        if getattr(args, name) is None:
+            setattr(args, name, short if quick else normal)
+    if args.runs < 1:
+        raise SystemExit("--runs must be at least 1")
+
+
+def _run(main: Any) -> Any:
+    try:
+        import uvloop
+
+        return uvloop.run(main)
+    except ImportError:
+        return asyncio.run(main)
+
+
+async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    logs = args.logs or REPO / ".run" / "bench" / stamp
+    bench = Bench(
+        bootstrap=args.bootstrap_servers,
+        logs=logs,
+        records=args.records,
+        runs=args.runs,
+        partitions=args.partitions,
+        num_cores=args.num_cores,
+        latency_seconds=args.latency_seconds,
+        latency_rate=args.latency_rate,
+        rss_counts=args.rss_counts,
+        large_records=args.large_records,
+    )
+    out: dict[str, Any] = {
+        "started": stamp,
+        "machine": f"{platform.machine()} {os.cpu_count()} cpus, Python "
+        f"{platform.python_version()}, {platform.platform()}",
+        "bootstrap": bench.bootstrap,
+        "engine_revision": engine_revision(),
+        "settings": {k: v for k, v in asdict(bench).items() if k not in ("results", "logs")},
+        "logs": str(logs),
+        "parts": {},
+        "errors": {},
+    }
+    t0 = time.monotonic()
+    bench.say(f"bench: logs in {logs}; load {os.getloadavg()}")
+    functions = {
+        "throughput": part_throughput,
+        "partitions": part_partitions,
+        "latency": part_latency,
+        "rss": part_rss,
+        "large": part_large,
+    }
+    for name in args.parts:
+        if name == "wire":
+            continue
+        bench.say(f"{name}:")
+        started = time.monotonic()
         try:
-            import uvloop
+            out["parts"][name] = await functions[name](bench)
+            out["parts"][name]["elapsed_s"] = time.monotonic() - started
+        except Exception as exc:
+            out["errors"][name] = f"{type(exc).__name__}: {exc}"
+            bench.say(f"  {name} failed: {out['errors'][name]}")
+    out["seconds"] = time.monotonic() - t0
+    out["table"] = table(out["parts"], bench.runs) if out["parts"] else ""
+    return out
 
-            uvloop.run(bench_chain(args.bootstrap_servers, args.records, args.runs))
-        except ImportError:
-            asyncio.run(bench_chain(args.bootstrap_servers, args.records, args.runs))
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.raw_child:
+        _run(raw_child(args))
+        return 0
+    _defaults(args)
+    out: dict[str, Any] = {"parts": {}, "errors": {}, "table": ""}
+    if any(p != "wire" for p in args.parts):
+        out = _run(run_bench(args))
+    print(f"machine: {out.get('machine', platform.platform())}, load now {os.getloadavg()}")
+    if "engine_revision" in out:
+        print(f"engine: {out['engine_revision']}")
+    if out["table"]:
+        print(f"\n{out['table']}\n")
+        print(f"took {out['seconds']:.0f} s; logs in {out['logs']}")
+    if "wire" in args.parts:
+        out["wire"] = wire_table()
+        print(f"\nwire conversion, one response -> one request:\n\n{out['wire']}\n")
+    for name, error in out["errors"].items():
+        print(f"part {name} failed: {error}")
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    return 1 if out["errors"] else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
