@@ -1,18 +1,26 @@
 """Chaos suite: lost and duplicated ids of pipelines under engine kills, restarts, broker bounces.
 
 For each (case, fault) pair: a private broker (scripts/kafka in a temporary folder; or the broker
-of --bootstrap), the proxy scheduler with one explicit pipeline, one engine process, a steady
-producer of unique ids and a live consumer of the pipeline's output topic. The fault is applied
-while the producer runs; afterwards the engine runs on until nothing moves for --quiet seconds
-(no output, no change of the engine's uncommitted input, the pipeline Ready). Then the input
+of --bootstrap), the proxy scheduler with one explicit pipeline, `replicas` engine processes
+(engine-a, engine-b, ...), a steady producer of unique ids and a live consumer of the pipeline's
+output topic. Every topic of the case has `partitions` partitions. The fault is applied while
+the producer runs; afterwards the engines run on until nothing moves for --quiet seconds (no
+output, no change of the engines' uncommitted input, the pipeline Ready). Then the input
 topic(s) and the output topic are read back from the beginning (read_committed): `sent` is the
 ids on the input (for joins: on both sources), `lost` the sent ids with no output, `duplicated`
 the outputs beyond the first per id. The longest output gap is the largest wall-clock gap
-between output records as the live consumer received them.
+between output records as the live consumer received them; the same per output partition.
+For every engine stop (kill -9, SIGTERM) the resumption time is how long until every output
+partition received an output of an input produced after the stop (see `resume_after`).
 
-Records: key = the id (b"c-0000123"), header `pipeline: <name>`, value a V2 ModelInferResponse
-with id = the id and one INT64 tensor [1, 1] holding the id's number, so merged batches can be
+Records: key `<n mod partitions>.c-0000123` (the numeric prefix picks the output partition in
+the engine, and the producer writes id n to partition n mod partitions of every source, so joins
+are co-partitioned), header `pipeline: <name>`, value a V2 ModelInferResponse with id
+`c-0000123` and one INT64 tensor [1, 1] holding the id's number, so merged batches can be
 decoded back into the ids they hold.
+
+Besides events.txt and result.json, each run folder holds timeline.txt: the harness's events
+and the engines' assignments, restores, warnings and starts on one clock.
 
 Used by `scripts/chaos` (command line) and `tests/integration/test_chaos.py` (`run_one`).
 """
@@ -20,17 +28,22 @@ Used by `scripts/chaos` (command line) and `tests/integration/test_chaos.py` (`r
 from __future__ import annotations
 
 import argparse
+import ast
 import asyncio
+import bisect
 import contextlib
 import hashlib
+import itertools
 import json
 import logging
+import math
 import os
 import random
 import re
 import shutil
 import signal
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -56,8 +69,22 @@ from tests.integration import harness  # noqa: E402
 from tests.integration.harness import Process, Proxy, engine, free_port  # noqa: E402
 
 CASES = ("chain", "join", "outer", "batch")
-FAULTS = ("kill9", "graceful", "bounce")
+FAULTS = ("kill9", "graceful", "bounce", "replica-kill", "replica-term")
+#: Faults that stop engine replica 0 only (the others, with --replicas > 1, are the survivors).
+ENGINE_FAULTS = ("kill9", "graceful", "replica-kill", "replica-term")
 ID_FORMAT = "c-{:07d}"
+
+
+def record_key(n: int, partitions: int) -> str:
+    """`<n mod partitions>.c-<n>`: the numeric prefix is the partition the engine writes the
+    outputs of the record to (dataflow.step.partition_for), and the producer writes it there."""
+    return f"{n % partitions}.{ID_FORMAT.format(n)}"
+
+
+def key_id(key: str) -> str:
+    """The id of a record key (`3.c-0000123` or `c-0000123`)."""
+    return key.rsplit(".", 1)[-1]
+
 
 # -- V2 messages on the wire (hand-built: betterproto costs ~0.5 ms per message) ------------
 
@@ -227,6 +254,11 @@ class Config:
     batch_window_ms: int = 500
     term_timeout: float = 60.0
     seed: int | None = None
+    partitions: int = 1
+    replicas: int = 1
+    kill_every: float = 10.0
+    duration: float = 180.0
+    log_level: str = "DEBUG"
 
     @property
     def faults(self) -> list[str]:
@@ -241,6 +273,17 @@ class Config:
 
 @dataclass
 class Result:
+    """One run's figures. Times are wall-clock seconds as this process saw them.
+
+    `resume_*_s`: per engine fault (kill, SIGTERM), the time from the signal until every
+    output partition that had traffic received an output of an input produced after the
+    signal (outputs carry their input's timestamp); median and max over the faults, None if
+    some partition never resumed. `partition_gaps_s`: per output partition the longest gap
+    between two arrivals; `survivor_partitions`: the output partitions whose whole path (every
+    step's source partition) the replicas that were not stopped owned before the first fault,
+    from their `assigned [...]` log lines; `survivor_gap_s` the longest gap among those.
+    """
+
     case: str
     fault: str
     sent: int = 0
@@ -252,17 +295,43 @@ class Result:
     notes: str = ""
     run_s: float = 0.0
     logs: str = ""
+    partitions: int = 1
+    replicas: int = 1
+    faults_applied: int = 0
+    resume_median_s: float | None = None
+    resume_max_s: float | None = None
+    resume_never: int = 0
+    partition_gaps_s: dict[int, float] = field(default_factory=dict)
+    survivor_partitions: list[int] = field(default_factory=list)
+    survivor_gap_s: float | None = None
     details: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> list[str]:
+        def secs(value: float | None) -> str:
+            return "-" if value is None else f"{value:.1f}"
+
+        resume = "-"
+        if self.faults_applied:
+            resume = f"{secs(self.resume_median_s)} / {secs(self.resume_max_s)}"
+            if self.resume_never:
+                resume += f" ({self.resume_never} never)"
+        gaps = ", ".join(
+            f"p{p}{'*' if p in self.survivor_partitions else ''} {g:.1f}"
+            for p, g in sorted(self.partition_gaps_s.items())
+        )
         return [
             self.case,
             self.fault,
+            f"{self.partitions}x{self.replicas}",
             str(self.sent),
             str(self.lost),
             str(self.duplicated),
             f"{self.duplicated_s:.2f}",
+            str(self.faults_applied),
+            resume,
             f"{self.longest_gap_s:.1f}",
+            gaps or "-",
+            secs(self.survivor_gap_s),
             self.exits or "-",
             f"{self.run_s:.0f}",
             self.notes or "-",
@@ -272,11 +341,16 @@ class Result:
 HEADER = [
     "case",
     "fault",
+    "partitions x replicas",
     "sent",
     "lost",
     "duplicated",
     "duplicated (s of traffic)",
+    "faults",
+    "resume after fault, median / max (s)",
     "longest output gap (s)",
+    "longest gap per partition (s; * survivors')",
+    "survivors' longest gap (s)",
     "engine exits",
     "run (s)",
     "notes",
@@ -370,6 +444,9 @@ class Broker:
 class Producer:
     """Unique ids at a steady rate (catching up after stalls), every id to every source topic.
 
+    Id n goes to partition n mod `partitions` of every source, keyed `record_key(n)`: input
+    partition, key prefix and output partition agree, and join sources are co-partitioned.
+
     Sends are retried: a failed enqueue after a pause, a failed delivery by sending again (up to
     `attempts` times); counting uses the input topic, so an id that never made it is not sent.
     """
@@ -380,14 +457,16 @@ class Producer:
         sources: list[tuple[str, str]],
         pipeline: str,
         rate: float,
+        partitions: int = 1,
         attempts: int = 10,
         give_up_s: float = 120.0,
     ) -> None:
         self.bootstrap, self.sources, self.rate = bootstrap, sources, rate
+        self.partitions = partitions
         self.headers = [("pipeline", pipeline.encode())]
         self.attempts, self.give_up_s = attempts, give_up_s
         self.stopping = asyncio.Event()
-        self.retry: deque[tuple[str, bytes, bytes, int]] = deque()
+        self.retry: deque[tuple[str, int, bytes, bytes, int]] = deque()
         self.inflight = 0
         self.ids = 0
         self.acked = 0
@@ -399,7 +478,9 @@ class Producer:
         self.duration_s = 0.0
         self._producer: AIOKafkaProducer | None = None
 
-    def _done(self, topic: str, key: bytes, value: bytes, attempt: int, fut: Any) -> None:
+    def _done(
+        self, topic: str, partition: int, key: bytes, value: bytes, attempt: int, fut: Any
+    ) -> None:
         self.inflight -= 1
         exc = None if fut.cancelled() else fut.exception()
         if fut.cancelled() or exc is not None:
@@ -407,17 +488,21 @@ class Producer:
             if attempt >= self.attempts:
                 self.failed += 1
             else:
-                self.retry.append((topic, key, value, attempt + 1))
+                self.retry.append((topic, partition, key, value, attempt + 1))
             return
         self.acked += 1
 
-    async def _send(self, topic: str, key: bytes, value: bytes, attempt: int) -> None:
+    async def _send(
+        self, topic: str, partition: int, key: bytes, value: bytes, attempt: int
+    ) -> None:
         assert self._producer is not None
         first = time.monotonic()
         while True:
             t0 = time.monotonic()
             try:
-                fut = await self._producer.send(topic, value, key=key, headers=self.headers)
+                fut = await self._producer.send(
+                    topic, value, key=key, partition=partition, headers=self.headers
+                )
             except (TimeoutError, KafkaError) as e:
                 self.send_errors[type(e).__name__] += 1
                 if time.monotonic() - first > self.give_up_s:
@@ -428,14 +513,14 @@ class Producer:
             finally:
                 self.longest_block_s = max(self.longest_block_s, time.monotonic() - t0)
             self.inflight += 1
-            fut.add_done_callback(partial(self._done, topic, key, value, attempt))
+            fut.add_done_callback(partial(self._done, topic, partition, key, value, attempt))
             return
 
     async def _resend(self) -> None:
         while self.retry:
-            topic, key, value, attempt = self.retry.popleft()
+            topic, partition, key, value, attempt = self.retry.popleft()
             self.resent += 1
-            await self._send(topic, key, value, attempt)
+            await self._send(topic, partition, key, value, attempt)
 
     async def run(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -455,9 +540,11 @@ class Producer:
                 due = int((time.monotonic() - t0) * self.rate)
                 while n < due and not self.stopping.is_set():
                     rid = ID_FORMAT.format(n)
-                    key = rid.encode()
+                    key = record_key(n, self.partitions).encode()
+                    partition = n % self.partitions
                     for topic, tensor in self.sources:
-                        await self._send(topic, key, encode_response(rid, n, tensor), 1)
+                        value = encode_response(rid, n, tensor)
+                        await self._send(topic, partition, key, value, 1)
                     n += 1
                     if n % 100 == 0:
                         await asyncio.sleep(0)
@@ -486,11 +573,17 @@ class Producer:
 
 
 class Watcher:
-    """A live consumer of the output topic: when output records arrive (wall clock)."""
+    """A live consumer of the output topic: when output records arrive (wall clock).
+
+    `arrivals`: (monotonic time, records) per fetch; `by_partition`: per output partition,
+    (monotonic time, records, latest record timestamp in ms) per fetch. An output carries its
+    input's timestamp, so the latter tells when the newest input it answers was produced.
+    """
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.bootstrap, self.topic = bootstrap, topic
         self.arrivals: list[tuple[float, int]] = []
+        self.by_partition: dict[int, list[tuple[float, int, int]]] = {}
         self.count = 0
         self.last = 0.0
         self.errors: Counter[str] = Counter()
@@ -518,6 +611,11 @@ class Watcher:
                 n = sum(len(rs) for rs in batch.values())
                 if n:
                     now = time.monotonic()
+                    for tp, records in batch.items():
+                        if records:
+                            newest = max(r.timestamp for r in records)
+                            arrivals = self.by_partition.setdefault(tp.partition, [])
+                            arrivals.append((now, len(records), newest))
                     self.arrivals.append((now, n))
                     self.count += n
                     self.last = now
@@ -533,6 +631,18 @@ class Watcher:
         return best, at
 
 
+async def partitions_of(bootstrap: str, topic: str) -> list[int]:
+    """The partition numbers of `topic` (from the broker's metadata; [0] if it has none)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        described = await admin.describe_topics([topic])
+    finally:
+        await admin.close()
+    found = sorted(p["partition"] for d in described for p in d.get("partitions") or [])
+    return found or [0]
+
+
 async def read_topic(bootstrap: str, topic: str, timeout: float = 180) -> list[tuple[bytes, bytes]]:
     """(key, value) of every committed record of `topic`, from the beginning to its end."""
     consumer = AIOKafkaConsumer(
@@ -542,12 +652,11 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 180) -> list[t
         isolation_level="read_committed",
         enable_auto_commit=False,
     )
+    parts = await partitions_of(bootstrap, topic)
     await consumer.start()
     out: list[tuple[bytes, bytes]] = []
     try:
-        await consumer.topics()
-        parts = consumer.partitions_for_topic(topic) or {0}
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
+        tps = [TopicPartition(topic, p) for p in parts]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         end = await consumer.end_offsets(tps)
@@ -566,12 +675,14 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 180) -> list[t
     return out
 
 
-async def create_topics(bootstrap: str, names: list[str], timeout: float = 60) -> None:
-    """Create the topics (one partition; existing ones are kept) and wait until described."""
+async def create_topics(
+    bootstrap: str, names: list[str], partitions: int = 1, timeout: float = 60
+) -> None:
+    """Create the topics (`partitions` each; existing ones are kept) and wait until described."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(n, 1, 1) for n in names])
+        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
         deadline = time.monotonic() + timeout
         while True:
             described = await admin.describe_topics(names)
@@ -587,7 +698,7 @@ async def create_topics(bootstrap: str, names: list[str], timeout: float = 60) -
 class LagProbe:
     """Records of a pipeline's topics not yet committed by the engine's step groups.
 
-    The groups are found by name (`...-<uid or its MD5>-s<step>`, dataflow.topology.group_id).
+    The groups are found by name (`...-<uid or its MD5>[-s<step>]`, dataflow.topology.group_id).
     """
 
     def __init__(self, bootstrap: str, uid: str) -> None:
@@ -607,7 +718,7 @@ class LagProbe:
     async def lag(self) -> dict[str, int] | None:
         """Per topic, end offset minus committed offset; None when no group is found."""
         groups = [g[0] for g in await self.admin.list_consumer_groups()]
-        mine = [g for g in groups if any(f"-{k}-s" in g for k in self.keys)]
+        mine = [g for g in groups if any(f"-{k}" in g for k in self.keys)]
         if not mine:
             return None
         committed: dict[TopicPartition, int] = {}
@@ -724,11 +835,18 @@ def snapshot(rev: str, into: Path) -> tuple[Path, str]:
 
 @dataclass
 class Layout:
-    """The pipeline of a case: its YAML body, the source topics with their tensor, the sink."""
+    """The pipeline of a case: its YAML body, the source topics with their tensor, the sink,
+    and every topic its steps read (`steps`, per step) or write."""
 
     body: str
     sources: list[tuple[str, str]]
     sink: str
+    steps: list[list[str]] = field(default_factory=list)
+
+    @property
+    def topics(self) -> list[str]:
+        names = [t for step in self.steps for t in step] + [t for t, _ in self.sources]
+        return sorted({*names, self.sink})
 
 
 def layout(cfg: Config, ns: str) -> Layout:
@@ -744,7 +862,7 @@ def layout(cfg: Config, ns: str) -> Layout:
             f"  - sources: [{b}]\n    sink: {c}\n"
             f"  - sources: [{c}]\n    sink: {d}\n"
         )
-        return Layout(body, [(a, "x")], d)
+        return Layout(body, [(a, "x")], d, [[a], [b], [c]])
     if cfg.case in ("join", "outer"):
         a, b, c = topic("a", "outputs"), topic("b", "outputs"), topic("c", "inputs")
         join = "inner" if cfg.case == "join" else "outer"
@@ -753,7 +871,7 @@ def layout(cfg: Config, ns: str) -> Layout:
             f"  - sources: [{a}, {b}]\n    sink: {c}\n"
             f"    inputJoinType: {join}\n    joinWindowMs: {cfg.window_ms}\n"
         )
-        return Layout(body, [(a, "x"), (b, "y")], c)
+        return Layout(body, [(a, "x"), (b, "y")], c, [[a, b]])
     if cfg.case == "batch":
         a, b = topic("a", "outputs"), topic("b", "inputs")
         body = (
@@ -761,38 +879,63 @@ def layout(cfg: Config, ns: str) -> Layout:
             f"  - sources: [{a}]\n    sink: {b}\n"
             f"    batch: {{size: {cfg.batch_size}, windowMs: {cfg.batch_window_ms}}}\n"
         )
-        return Layout(body, [(a, "x")], b)
+        return Layout(body, [(a, "x")], b, [[a]])
     raise ValueError(f"unknown case {cfg.case!r} (one of {', '.join(CASES)})")
 
 
 class Run:
-    """The processes of one run and the faults applied to them."""
+    """The processes of one run and the faults applied to them.
+
+    `cfg.replicas` engines, `engine-a`, `engine-b`, ...; the engine faults stop replica 0.
+    Every stop is recorded in `stops` (how, replica, monotonic and wall time of the signal).
+    """
 
     def __init__(self, cfg: Config, logs: Path, bootstrap: str, broker: Broker | None) -> None:
         self.cfg, self.logs, self.bootstrap, self.broker = cfg, logs, bootstrap, broker
         self.rng = random.Random(cfg.seed)
         self.t0 = time.monotonic()
+        self.t0_wall = time.time()
         self.proxy: Proxy | None = None
-        self.engine: Process | None = None
+        self.names = [replica_name(i) for i in range(cfg.replicas)]
+        self.engines: list[Process | None] = [None] * cfg.replicas
+        self.expect_down = [False] * cfg.replicas
         self.engine_starts = 0
         self.last_start = 0.0
-        self.expect_down = False
         self.exits: list[dict[str, Any]] = []
+        self.stops: list[dict[str, Any]] = []
         self.events: list[str] = []
+        self.timeline: list[tuple[float, str]] = []  # (wall time, what)
+
+    @property
+    def engine(self) -> Process | None:
+        """Replica 0 (the only one unless --replicas)."""
+        return self.engines[0]
 
     def say(self, text: str) -> None:
         line = f"[{time.monotonic() - self.t0:7.1f}s] {self.cfg.label}/{self.cfg.fault}: {text}"
         self.events.append(line)
+        self.timeline.append((time.time(), f"harness: {text}"))
         print(line, flush=True)
 
-    def start_engine(self) -> None:
+    def start_engine(self, replica: int = 0) -> None:
         assert self.proxy is not None
         self.engine_starts += 1
         self.last_start = time.monotonic()
-        log = self.logs / "engine-a.log"
-        with log.open("ab") as handle:
+        name = self.names[replica]
+        with (self.logs / f"{name}.log").open("ab") as handle:
             handle.write(f"\n===== chaos: engine start #{self.engine_starts} =====\n".encode())
-        self.engine = engine(self.logs, self.bootstrap, self.proxy, log_level_app="INFO")
+        self.engines[replica] = engine(
+            self.logs,
+            self.bootstrap,
+            self.proxy,
+            name=name,
+            log_level_app=self.cfg.log_level,
+            kafka_partitions_default=str(self.cfg.partitions),
+        )
+
+    def start_engines(self) -> None:
+        for replica in range(self.cfg.replicas):
+            self.start_engine(replica)
 
     def state(self, name: str) -> str | None:
         """The pipeline's state at the proxy (Ready once the engine acked its (re)creation)."""
@@ -803,54 +946,132 @@ class Run:
             return None
         return None if pipeline is None else str(pipeline["state"])
 
-    async def wait_engine(self, timeout: float) -> int | None:
-        assert self.engine is not None
+    def ready_everywhere(self, name: str) -> bool:
+        """Ready at the proxy, and acked with success by every replica (proxies that show
+        per-engine `streams`; tests/integration/test_chains.py waits the same way)."""
+        assert self.proxy is not None
         try:
-            return await asyncio.to_thread(self.engine.wait, timeout)
+            pipeline = self.proxy.pipeline(name)
+        except OSError:
+            return False
+        if pipeline is None or pipeline.get("state") != "Ready":
+            return False
+        streams = pipeline.get("streams")
+        if streams is None:
+            return True
+        return all((streams.get(n) or {}).get("success") for n in self.names)
+
+    async def wait_ready(self, name: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not await asyncio.to_thread(self.ready_everywhere, name):
+            if time.monotonic() > deadline:
+                assert self.proxy is not None
+                raise RuntimeError(
+                    f"pipeline {name} not Ready on {', '.join(self.names)} after {timeout:g}s: "
+                    f"{await asyncio.to_thread(self.proxy.pipeline, name)}"
+                )
+            await asyncio.sleep(0.2)
+
+    async def wait_engine(self, timeout: float, replica: int = 0) -> int | None:
+        proc = self.engines[replica]
+        assert proc is not None
+        try:
+            return await asyncio.to_thread(proc.wait, timeout)
         except subprocess.TimeoutExpired:
             return None
+
+    async def stop_all(self, timeout: float) -> list[int | None]:
+        """SIGTERM every replica at once; their exit codes."""
+        self.expect_down = [True] * self.cfg.replicas
+        return list(
+            await asyncio.gather(
+                *(asyncio.to_thread(p.stop, timeout) for p in self.engines if p is not None)
+            )
+        )
 
     async def watchdog(self) -> None:
         """An engine that exits on its own is recorded and restarted, as a deployment would."""
         while True:
             await asyncio.sleep(0.5)
-            proc = self.engine.proc if self.engine else None
-            if self.expect_down or proc is None or proc.poll() is None:
-                continue
-            self.exits.append({"how": "crash", "code": proc.returncode})
-            self.say(f"engine exited by itself with {proc.returncode}; restarting it")
-            self.start_engine()
+            for replica, process in enumerate(self.engines):
+                proc = process.proc if process else None
+                if self.expect_down[replica] or proc is None or proc.poll() is None:
+                    continue
+                self.exits.append(
+                    {"how": "crash", "code": proc.returncode, "replica": self.names[replica]}
+                )
+                self.say(
+                    f"{self.names[replica]} exited by itself with {proc.returncode}; restarting it"
+                )
+                self.start_engine(replica)
+
+    async def _stop_restart(self, how: str, replica: int = 0, down: float = 0.0) -> dict[str, Any]:
+        """Stop `replica` (SIGKILL for kill9 and replica-kill, else SIGTERM), wait for its exit,
+        stay down `down` s, start it again (same replica id); the stop is recorded."""
+        assert self.engines[replica] is not None
+        process = self.engines[replica]
+        assert process is not None
+        kill = how in ("kill9", "replica-kill")
+        self.expect_down[replica] = True
+        stop: dict[str, Any] = {"how": how, "replica": self.names[replica]}
+        stop.update(mono=time.monotonic(), wall=time.time())
+        process.signal(signal.SIGKILL if kill else signal.SIGTERM)
+        code = await self.wait_engine(30 if kill else self.cfg.term_timeout, replica)
+        took = time.monotonic() - stop["mono"]
+        if code is None:
+            process.signal(signal.SIGKILL)
+            await self.wait_engine(10, replica)
+        stop.update(code=code, exit_s=round(took, 2), t=round(stop["mono"] - self.t0, 2))
+        self.exits.append({"how": how, "code": code, "took_s": round(took, 2)})
+        if down:
+            await asyncio.sleep(down)
+        self.start_engine(replica)
+        self.expect_down[replica] = False
+        stop["restarted_s"] = round(time.monotonic() - stop["mono"], 2)
+        self.stops.append(stop)
+        return stop
 
     async def kill9(self) -> None:
         for k in range(self.cfg.kills):
             await asyncio.sleep(self.rng.uniform(*self.cfg.kill_gap))
-            assert self.engine is not None
-            self.expect_down = True
-            self.engine.signal(signal.SIGKILL)
-            code = await self.wait_engine(30)
-            self.exits.append({"how": "kill9", "code": code})
-            self.start_engine()
-            self.expect_down = False
-            self.say(f"kill -9 #{k + 1}/{self.cfg.kills} (exit {code}), restarted")
+            stop = await self._stop_restart("kill9")
+            self.say(
+                f"kill -9 {stop['replica']} #{k + 1}/{self.cfg.kills} (exit {stop['code']}), "
+                "restarted"
+            )
         await asyncio.sleep(self.cfg.after)
 
     async def graceful(self) -> None:
-        assert self.engine is not None
-        self.expect_down = True
-        t = time.monotonic()
-        self.engine.signal(signal.SIGTERM)
-        code = await self.wait_engine(self.cfg.term_timeout)
-        took = time.monotonic() - t
-        if code is None:
-            self.engine.signal(signal.SIGKILL)
-            await self.wait_engine(10)
-        self.exits.append({"how": "sigterm", "code": code, "took_s": round(took, 2)})
-        self.say(f"SIGTERM: engine exited with {code} after {took:.1f}s; down {self.cfg.down:g}s")
-        await asyncio.sleep(self.cfg.down)
-        self.start_engine()
-        self.expect_down = False
-        self.say("engine restarted")
+        stop = await self._stop_restart("sigterm", down=self.cfg.down)
+        self.say(
+            f"SIGTERM: {stop['replica']} exited with {stop['code']} after {stop['exit_s']:.1f}s; "
+            f"was down {self.cfg.down:g}s, restarted"
+        )
         await asyncio.sleep(self.cfg.after)
+
+    async def _every(self, how: str, verb: str) -> None:
+        """Stop replica 0 every `kill_every` s for `duration` s, restarting it each time."""
+        if self.cfg.replicas < 2:
+            raise ValueError(f"{how} needs --replicas 2 or more")
+        start = time.monotonic()
+        end = start + self.cfg.duration
+        planned = int(self.cfg.duration // self.cfg.kill_every)
+        for k in range(planned):
+            due = start + (k + 1) * self.cfg.kill_every
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            stop = await self._stop_restart(how)
+            self.say(
+                f"{verb} {stop['replica']} #{k + 1}/{planned} (exit {stop['code']} after "
+                f"{stop['exit_s']:.1f}s), restarted"
+            )
+        await asyncio.sleep(max(0.0, end - time.monotonic()))
+        await asyncio.sleep(self.cfg.after)
+
+    async def replica_kill(self) -> None:
+        await self._every("replica-kill", "kill -9")
+
+    async def replica_term(self) -> None:
+        await self._every("replica-term", "SIGTERM")
 
     async def bounce(self) -> None:
         assert self.broker is not None
@@ -865,6 +1086,16 @@ class Run:
         await asyncio.sleep(self.cfg.after)
 
 
+def replica_name(index: int) -> str:
+    """engine-a, engine-b, ..., engine-z, engine-aa, ..."""
+    letters = ""
+    index += 1
+    while index:
+        index, rest = divmod(index - 1, 26)
+        letters = chr(ord("a") + rest) + letters
+    return f"engine-{letters}"
+
+
 def _exits_summary(exits: list[dict[str, Any]]) -> str:
     parts: list[str] = []
     for e in exits:
@@ -872,11 +1103,115 @@ def _exits_summary(exits: list[dict[str, Any]]) -> str:
             parts.append(f"SIGTERM→{e['code']} ({e['took_s']:g}s)")
         elif e["how"] == "final" and e["code"] != 0:
             parts.append(f"final SIGTERM→{e['code']}")
-        elif e["how"] == "kill9" and e["code"] != -9:
-            parts.append(f"kill9→{e['code']}")
+        elif e["how"] in ("kill9", "replica-kill") and e["code"] != -9:
+            parts.append(f"{e['how']}→{e['code']}")
+    terms = [e for e in exits if e["how"] == "replica-term"]
+    for code in sorted({e["code"] for e in terms}, key=str):
+        took = [e["took_s"] for e in terms if e["code"] == code]
+        parts.append(
+            f"SIGTERM→{code} x{len(took)} (median {statistics.median(took):g}s, max {max(took):g}s)"
+        )
     crashes = Counter(e["code"] for e in exits if e["how"] == "crash")
     parts += [f"crashed rc={code} x{n}" for code, n in sorted(crashes.items(), key=str)]
     return ", ".join(parts)
+
+
+# -- figures: resumption after a fault, gaps per partition, partition ownership ----------------
+
+
+def resume_after(
+    at: float, at_wall: float, by_partition: dict[int, list[tuple[float, int, int]]]
+) -> dict[int, float | None]:
+    """Per output partition: seconds from `at` (monotonic; `at_wall` the same instant as wall
+    time) to the first arrival holding an output of an input produced after it (its timestamp
+    is later), None if none came. Outputs in flight at the fault, or replays of older input,
+    do not count."""
+    wall_ms = at_wall * 1000
+    out: dict[int, float | None] = {}
+    for partition, arrivals in by_partition.items():
+        i = bisect.bisect_right(arrivals, (at, math.inf, math.inf))
+        out[partition] = next((t - at for t, _, ts in arrivals[i:] if ts > wall_ms), None)
+    return out
+
+
+def partition_gaps(
+    by_partition: dict[int, list[tuple[float, int, int]]],
+) -> dict[int, tuple[float, float]]:
+    """Per output partition: (longest gap between two arrivals, when it began, monotonic)."""
+    out: dict[int, tuple[float, float]] = {}
+    for partition, arrivals in sorted(by_partition.items()):
+        best, began = 0.0, arrivals[0][0] if arrivals else 0.0
+        for (t1, *_), (t2, *_) in itertools.pairwise(arrivals):
+            if t2 - t1 > best:
+                best, began = t2 - t1, t1
+        out[partition] = (best, began)
+    return out
+
+
+def stalled(arrivals: list[tuple[float, int]], over: float = 1.0) -> float:
+    """Seconds spent in gaps between arrivals longer than `over`."""
+    total = 0.0
+    for (t1, _), (t2, _) in itertools.pairwise(arrivals):
+        if t2 - t1 > over:
+            total += t2 - t1
+    return total
+
+
+_LOG_LINE = re.compile(r"^(\d\d):(\d\d):(\d\d)\.(\d{3}) (\w+)\s+(?:\[([^\]]*)\] )?(.*)$")
+_INTERESTING = re.compile(
+    r"assigned \[|restored \d+ state|revoked|rebalanc|leave group|session|heartbeat|"
+    r"engine .* started|pipeline .* ready|received |unreachable|reconnected|stopping|stopped|"
+    r"shut",
+    re.IGNORECASE,
+)
+
+
+def log_lines(text: str, ref_wall: float) -> Iterator[tuple[float, str, str, str, str]]:
+    """(wall time, level, `pipeline=... step=...` prefix, message, raw line) of an engine log.
+
+    Text lines carry only the local time of day: placed within 12 hours of `ref_wall`.
+    """
+    ref = time.localtime(ref_wall)
+    ref_tod = ref.tm_hour * 3600 + ref.tm_min * 60 + ref.tm_sec + (ref_wall % 1)
+    for raw in text.splitlines():
+        m = _LOG_LINE.match(raw)
+        if not m:
+            continue
+        h, mi, sec, ms, level, prefix, message = m.groups()
+        tod = int(h) * 3600 + int(mi) * 60 + int(sec) + int(ms) / 1000
+        delta = (tod - ref_tod + 43200) % 86400 - 43200
+        yield ref_wall + delta, level, prefix or "", message, raw
+
+
+def assignments(text: str, ref_wall: float) -> list[tuple[float, str, set[str]]]:
+    """(wall time, consumer (the step prefix), its partitions as `topic[p]`) per `assigned`
+    line (eager rebalances: each line is the consumer's whole assignment)."""
+    out: list[tuple[float, str, set[str]]] = []
+    for wall, _, prefix, message, _ in log_lines(text, ref_wall):
+        if not message.startswith("assigned ["):
+            continue
+        try:
+            parts = ast.literal_eval(message[len("assigned ") :])
+        except (ValueError, SyntaxError):
+            continue
+        key = prefix or ",".join(sorted({str(p).rsplit("[", 1)[0] for p in parts}))
+        out.append((wall, key, {str(p) for p in parts}))
+    return out
+
+
+def owned_at(lines: list[tuple[float, str, set[str]]], wall: float) -> set[str]:
+    """The partitions held at `wall`: per consumer, its last assignment before then."""
+    latest: dict[str, set[str]] = {}
+    for at, key, parts in lines:
+        if at <= wall:
+            latest[key] = parts
+    return set().union(*latest.values()) if latest else set()
+
+
+def whole_paths(owned: set[str], step_topics: list[list[str]], partitions: int) -> list[int]:
+    """The partitions p whose every step source partition `topic[p]` is in `owned`."""
+    topics = [t for step in step_topics for t in step]
+    return [p for p in range(partitions) if all(f"{t}[{p}]" in owned for t in topics)]
 
 
 def _notes(counted: dict[str, Any], producer: Producer, lag: dict[str, int] | None) -> str:
@@ -906,7 +1241,9 @@ def count(
     cfg: Config, inputs: list[list[tuple[bytes, bytes]]], outputs: list[bytes]
 ) -> dict[str, Any]:
     """Sent, lost and duplicated ids from the records of the input topic(s) and the output."""
-    per_source = [Counter(k.decode(errors="replace") for k, _ in records) for records in inputs]
+    per_source = [
+        Counter(key_id(k.decode(errors="replace")) for k, _ in records) for records in inputs
+    ]
     sent = set(per_source[0])
     for counts in per_source[1:]:
         sent &= set(counts)
@@ -942,6 +1279,118 @@ def count(
     }
 
 
+def _figures(
+    cfg: Config, run: Run, watcher: Watcher, lay: Layout, result: Result
+) -> dict[str, Any]:
+    """Resumption after each engine stop, gaps per output partition, the survivors' partitions
+    (set on `result`); the details that go with them (returned). Times of the details are
+    seconds since the run began, as in events.txt and timeline.txt."""
+    rel = partial(_rel, run.t0)
+    resumes: list[dict[str, Any]] = []
+    for stop in run.stops:
+        per = resume_after(stop["mono"], stop["wall"], watcher.by_partition)
+        done = [v for v in per.values() if v is not None]
+        whole = max(done) if done and len(done) == len(per) else None
+        resumes.append(
+            {
+                "how": stop["how"],
+                "replica": stop["replica"],
+                "at_s": rel(stop["mono"]),
+                "exit_s": stop["exit_s"],
+                "restarted_s": stop["restarted_s"],
+                "resume_s": None if whole is None else round(whole, 2),
+                "per_partition_s": {p: None if v is None else round(v, 2) for p, v in per.items()},
+            }
+        )
+    result.faults_applied = len(resumes)
+    values = [r["resume_s"] for r in resumes if r["resume_s"] is not None]
+    result.resume_never = len(resumes) - len(values)
+    if values:
+        result.resume_median_s = round(statistics.median(values), 2)
+        result.resume_max_s = None if result.resume_never else round(max(values), 2)
+    gaps = partition_gaps(watcher.by_partition)
+    result.partition_gaps_s = {p: round(g, 2) for p, (g, _) in gaps.items()}
+
+    owners: dict[str, list[int]] = {}
+    first = min((s["wall"] for s in run.stops), default=None)
+    if first is not None:
+        for name in run.names:
+            text = _read(run.logs / f"{name}.log")
+            owners[name] = whole_paths(
+                owned_at(assignments(text, run.t0_wall), first), lay.steps, cfg.partitions
+            )
+    survivors = run.names[1:] if any(f in ENGINE_FAULTS for f in cfg.faults) else []
+    if first is not None and survivors:
+        owned: set[str] = set()
+        for name in survivors:
+            owned |= owned_at(assignments(_read(run.logs / f"{name}.log"), run.t0_wall), first)
+        result.survivor_partitions = whole_paths(owned, lay.steps, cfg.partitions)
+        in_survivors = [result.partition_gaps_s.get(p, 0.0) for p in result.survivor_partitions]
+        result.survivor_gap_s = max(in_survivors) if in_survivors else None
+    return {
+        "resumes": resumes,
+        "partition_gaps_began_s": {p: rel(at) for p, (_, at) in gaps.items()},
+        "partition_outputs": {
+            p: sum(n for _, n, _ in arrivals)
+            for p, arrivals in sorted(watcher.by_partition.items())
+        },
+        "no_output_s": round(stalled(watcher.arrivals), 1),
+        "output_span_s": round(watcher.arrivals[-1][0] - watcher.arrivals[0][0], 1)
+        if watcher.arrivals
+        else 0.0,
+        "whole_paths_before_first_fault": owners,
+        "stops": [{k: v for k, v in s.items() if k not in ("mono", "wall")} for s in run.stops],
+        "engine_log_counts": {n: _log_counts(_read(run.logs / f"{n}.log")) for n in run.names},
+    }
+
+
+def _rel(origin: float, mono: float) -> float:
+    return round(mono - origin, 2)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+def _log_counts(text: str) -> dict[str, int]:
+    """Lines of an engine log worth counting: levels, assignments, restores, starts."""
+    counts: Counter[str] = Counter()
+    for line in text.splitlines():
+        m = _LOG_LINE.match(line)
+        if not m:
+            continue
+        level, message = m.group(5), m.group(7)
+        if level in ("WARNING", "ERROR", "CRITICAL"):
+            counts[level.lower()] += 1
+        if message.startswith("assigned ["):
+            counts["assigned"] += 1
+        elif message.startswith("restored "):
+            counts["restored"] += 1
+        elif message.startswith("engine ") and " started" in message:
+            counts["starts"] += 1
+    return dict(counts)
+
+
+def _write_timeline(run: Run, path: Path) -> None:
+    """The harness's events and the engines' notable log lines (assignments, restores,
+    warnings, starts) on one clock: seconds since the run began."""
+    entries = list(run.timeline)
+    for name in run.names:
+        for wall, level, prefix, message, _ in log_lines(
+            _read(run.logs / f"{name}.log"), run.t0_wall
+        ):
+            if message.startswith("settings: "):
+                continue
+            if level in ("WARNING", "ERROR", "CRITICAL") or _INTERESTING.search(message):
+                step = f" [{prefix}]" if prefix else ""
+                entries.append((wall, f"{name} {level}{step}: {message[:400]}"))
+    entries.sort(key=lambda e: e[0])
+    path.write_text("".join(f"{wall - run.t0_wall:8.2f}s {what}\n" for wall, what in entries))
+
+
 async def run_one(
     cfg: Config,
     *,
@@ -969,8 +1418,12 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
     for fault in cfg.faults:
         if fault not in FAULTS:
             raise ValueError(f"unknown fault {fault!r} (one of {', '.join(FAULTS)})")
+        if fault.startswith("replica-") and cfg.replicas < 2:
+            raise ValueError(f"the {fault} fault needs 2 or more replicas")
     if bootstrap is not None and "bounce" in cfg.faults:
         raise ValueError("the bounce fault needs a private broker (no --bootstrap)")
+    if cfg.partitions < 1 or cfg.replicas < 1:
+        raise ValueError("partitions and replicas must be 1 or more")
     wall0 = time.monotonic()
     tag = tag or uuid.uuid4().hex[:8]
     safe = re.sub(r"[^a-z0-9]", "", f"{cfg.case}{cfg.fault}".lower())
@@ -979,7 +1432,9 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
     broker = Broker(logs) if bootstrap is None else None
     run: Run | None = None
     tasks: list[asyncio.Task[None]] = []
-    result = Result(cfg.label, cfg.fault, logs=str(logs))
+    result = Result(
+        cfg.label, cfg.fault, logs=str(logs), partitions=cfg.partitions, replicas=cfg.replicas
+    )
     try:
         if broker is not None:
             took = await broker.start()
@@ -989,17 +1444,19 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         run = Run(cfg, logs, bootstrap, broker)
         run.say(f"logs in {logs}")
         lay = layout(cfg, ns)
-        await create_topics(bootstrap, [t for t, _ in lay.sources] + [lay.sink])
+        await create_topics(bootstrap, lay.topics, cfg.partitions)
         spec = logs / f"{name}.yaml"
         spec.write_text(f"kind: PipelineUpdate\nname: {name}\nversion: 1\nuid: {name}\n{lay.body}")
         proxy = (await asyncio.to_thread(proxy_class))(logs)
         run.proxy = await asyncio.to_thread(proxy.start, spec)
-        run.start_engine()
-        await asyncio.to_thread(run.proxy.wait_state, name, "Ready", 90)
-        run.say("pipeline Ready")
+        run.start_engines()
+        await run.wait_ready(name, 90)
+        run.say(
+            f"pipeline Ready on {', '.join(run.names)}; {cfg.partitions} partition(s) per topic"
+        )
 
         watcher = Watcher(bootstrap, lay.sink)
-        producer = Producer(bootstrap, lay.sources, name, cfg.rate)
+        producer = Producer(bootstrap, lay.sources, name, cfg.rate, cfg.partitions)
         tasks.append(asyncio.create_task(watcher.run()))
         await asyncio.wait_for(watcher.started.wait(), 60)
         tasks.append(asyncio.create_task(run.watchdog()))
@@ -1009,7 +1466,7 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         run.say(f"producing {cfg.rate:g} ids/s to {', '.join(t for t, _ in lay.sources)}")
         await asyncio.sleep(cfg.lead)
         for fault in cfg.faults:
-            await getattr(run, fault)()
+            await getattr(run, fault.replace("-", "_"))()
             if produce.done():
                 break
         producer.stopping.set()
@@ -1054,10 +1511,8 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
             f"drained {time.monotonic() - stopped:.1f}s: {watcher.count} outputs seen live; "
             f"engine input lag {lag}"
         )
-        run.expect_down = True
-        assert run.engine is not None
-        final = await asyncio.to_thread(run.engine.stop, cfg.term_timeout)
-        run.exits.append({"how": "final", "code": final})
+        for code in await run.stop_all(cfg.term_timeout):
+            run.exits.append({"how": "final", "code": code})
 
         inputs = [await read_topic(bootstrap, topic) for topic, _ in lay.sources]
         outputs = [v for _, v in await read_topic(bootstrap, lay.sink)]
@@ -1069,8 +1524,10 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         result.longest_gap_s = gap
         result.exits = _exits_summary(run.exits)
         result.notes = _notes(counted, producer, lag)
+        figures = _figures(cfg, run, watcher, lay, result)
         result.details = {
             **counted,
+            **figures,
             "longest_gap_began_s": round(gap_at, 1),
             "producer": producer.stats(),
             "engine_lag_after_drain": lag,
@@ -1084,7 +1541,9 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         }
         run.say(
             f"sent {result.sent}, lost {result.lost}, duplicated {result.duplicated}, "
-            f"longest gap {gap:.1f}s"
+            f"longest gap {gap:.1f}s; resume after fault median {result.resume_median_s} "
+            f"max {result.resume_max_s} s; gaps per partition {result.partition_gaps_s}, "
+            f"survivors' partitions {result.survivor_partitions}"
         )
     finally:
         for task in tasks:
@@ -1093,12 +1552,15 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
             with contextlib.suppress(BaseException):
                 await task
         if run is not None:
-            if run.engine is not None:
-                run.expect_down = True
-                run.engine.stop(10)
+            run.expect_down = [True] * cfg.replicas
+            for process in run.engines:
+                if process is not None:
+                    process.stop(10)
             if run.proxy is not None:
                 run.proxy.stop()
             (logs / "events.txt").write_text("\n".join(run.events) + "\n")
+            with contextlib.suppress(OSError):
+                _write_timeline(run, logs / "timeline.txt")
         if broker is not None:
             broker.close()
         result.run_s = time.monotonic() - wall0
@@ -1132,16 +1594,19 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="scripts/chaos",
         description=(
-            "Chaos suite: for each case x fault, a private broker, the proxy scheduler, one\n"
-            "engine, a steady producer of unique ids and a live output consumer; the fault is\n"
-            "applied while producing; then lost and duplicated ids are counted against the\n"
-            "input topic. Prints a markdown table (and writes --json)."
+            "Chaos suite: for each case x fault, a private broker, the proxy scheduler,\n"
+            "--replicas engines, a steady producer of unique ids and a live output consumer;\n"
+            "the fault is applied while producing; then lost and duplicated ids are counted\n"
+            "against the input topic, and output resumption after each engine stop and gaps\n"
+            "per output partition are measured. Prints a markdown table (and writes --json)."
         ),
         epilog=(
             "cases: chain (3 steps), join (inner), outer (outer join), batch (size 10, 500 ms)\n"
             "faults: kill9 (SIGKILL + immediate restart, --kills times at --kill-gap),\n"
             "        graceful (SIGTERM, down --down s, restart), bounce (broker stop/start,\n"
-            "        --bounces times); 'a+b' applies a then b in one run"
+            "        --bounces times), replica-kill / replica-term (with --replicas 2+: SIGKILL /\n"
+            "        SIGTERM replica 0 every --kill-every s for --duration s, restarting it at\n"
+            "        once); kill9 and graceful stop replica 0 too; 'a+b' applies a then b"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -1163,6 +1628,27 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--bounce-down", type=float, default=5.0, help="seconds down (default 5)")
     p.add_argument("--bounce-gap", type=float, default=10.0, help="between bounces (default 10)")
     p.add_argument("--window-ms", type=int, default=1000, help="join window (default 1000)")
+    p.add_argument(
+        "--partitions", type=int, default=1, help="partitions of every topic (default 1)"
+    )
+    p.add_argument(
+        "--replicas", type=int, default=1, help="engine processes engine-a, -b, ... (default 1)"
+    )
+    p.add_argument(
+        "--kill-every",
+        type=float,
+        default=10.0,
+        help="replica-kill/-term: seconds between stops (default 10)",
+    )
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=180.0,
+        help="replica-kill/-term: seconds of stops (default 180)",
+    )
+    p.add_argument(
+        "--log-level", default="DEBUG", help="engines' SELDON_LOG_LEVEL_APP (default DEBUG)"
+    )
     p.add_argument("--lead", type=float, default=3.0, help="producing before the fault (3 s)")
     p.add_argument("--after", type=float, default=10.0, help="producing after the fault (10 s)")
     p.add_argument("--quiet", type=float, default=15.0, help="drain until no output for (15 s)")
@@ -1219,6 +1705,11 @@ async def _main(args: argparse.Namespace) -> list[Result]:
                     drain_cap=args.drain_cap,
                     window_ms=args.window_ms,
                     seed=args.seed,
+                    partitions=args.partitions,
+                    replicas=args.replicas,
+                    kill_every=args.kill_every,
+                    duration=args.duration,
+                    log_level=args.log_level,
                 )
                 logs = root / f"{cfg.label}-{fault}".replace("(", "-").replace(")", "")
                 result = await run_one(
@@ -1239,7 +1730,14 @@ async def _main(args: argparse.Namespace) -> list[Result]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.partitions < 1 or args.replicas < 1:
+        p.error("--partitions and --replicas must be 1 or more")
+    if args.replicas < 2 and any(
+        part.startswith("replica-") for fault in args.faults for part in fault.split("+")
+    ):
+        p.error("the replica-kill and replica-term faults need --replicas 2 or more")
     try:
         results = asyncio.run(_main(args))
     except (KeyboardInterrupt, asyncio.CancelledError):
