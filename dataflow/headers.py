@@ -11,7 +11,8 @@ REQUEST_ID = "x-request-id"
 ALIBI_TYPE = "x-seldon-alibi-type"
 ALIBI_METHOD = "x-seldon-alibi-method"
 
-_REPLACED = frozenset({PIPELINE, PIPELINE_VERSION, ALIBI_TYPE, ALIBI_METHOD})
+#: Headers a step drops before naming its own pipeline and version.
+REPLACED = frozenset({PIPELINE, PIPELINE_VERSION, ALIBI_TYPE, ALIBI_METHOD})
 
 Headers = Iterable[tuple[str, bytes]]
 
@@ -26,7 +27,7 @@ def rewrite(headers: Headers, pipeline: str, version: int) -> list[tuple[str, by
 
     Every other header (request id, user `x-*`, trace context, errors) passes unchanged.
     """
-    kept = [(k, v) for k, v in headers if k not in _REPLACED]
+    kept = [(k, v) for k, v in headers if k not in REPLACED]
     kept.append((PIPELINE, pipeline.encode()))
     kept.append((PIPELINE_VERSION, str(version).encode()))
     return kept

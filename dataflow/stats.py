@@ -30,6 +30,14 @@ class Histogram:
         self.total += seconds
         self.count += 1
 
+    def observe_many(self, seconds: float, count: int) -> None:
+        """Add `count` observations of `seconds` each (the records of one batch)."""
+        if count <= 0:
+            return
+        self.counts[bisect_left(self.bounds, seconds)] += count
+        self.total += seconds * count
+        self.count += count
+
     def cumulative(self) -> list[tuple[str, int]]:
         """(upper bound, cumulative count) pairs including `+Inf`."""
         out, running = [], 0

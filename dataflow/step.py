@@ -127,6 +127,9 @@ class Step:
             raise ValueError("a stateful step needs StateOptions")
         self.state = state if self.stages.stateful else None
         self._timed = self.stages.timed
+        # Stateless steps without a cycle guard take the batch-at-a-time path.
+        self._fast = not self.stages.stateful and guard is None
+        self._header_values = (topology.name.encode(), str(topology.version).encode())
         self._clock: StreamTime[TopicPartition] = StreamTime()
         # ident -> (input partition, bytes) of every entry held in state.
         self._entries: dict[bytes, tuple[int, int]] = {}
@@ -189,7 +192,9 @@ class Step:
                         # Revoked before this batch was processed: a new assignment starts
                         # again from the committed offsets, so the batch is fetched again.
                         continue
-                    if self._timed:
+                    if self._fast:
+                        await self._process_batch(batch)
+                    elif self._timed:
                         await self._process_in_time_order(batch)
                     else:
                         wall = _now_ms()
@@ -223,6 +228,130 @@ class Step:
             return {}
         fetched: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = getter.result()
         return fetched
+
+    async def _process_batch(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> None:
+        """A stateless step, a fetched batch at a time: filter and convert every record, build
+        one record batch per sink partition (aiokafka `create_batch`/`send_batch`, no future
+        per record), hold each partition's offsets once until every batch is acknowledged."""
+        stats = self.stats
+        sink_partitions = self._sink_partitions
+        pipeline, version = self._header_values
+        replaced = hdr.REPLACED
+        outputs: dict[
+            int,
+            list[
+                tuple[
+                    Any,
+                    bytes,
+                    int,
+                    list[tuple[str, bytes]],
+                    TopicPartition,
+                    ConsumerRecord[Any, Any],
+                ]
+            ],
+        ] = {}
+        hold = _FetchHold(self, self._generation)
+        t0 = time.perf_counter()
+        received = time.perf_counter()
+        for tp, records in batch.items():
+            routing = self._routing.get(tp.topic)
+            sources = routing.sources if routing is not None else []
+            self.tracker.hold(tp, records[0].offset)
+            self.tracker.skip(tp, records[-1].offset)
+            hold.tps.append((tp, records[0].offset))
+            self._positions[tp] = records[-1].offset + 1
+            stats.records_in += len(records)
+            for record in records:
+                headers = record.headers
+                matched = False
+                for _index, source, wanted in sources:
+                    if not hdr.names_pipeline(headers, wanted):
+                        continue
+                    matched = True
+                    try:
+                        value = convert(record.value, source.chain, source.tensors, source.renames)
+                    except WireError as exc:
+                        await self._reject(tp, record, exc)
+                        continue
+                    if value is None:
+                        stats.empty += 1
+                        self.log.debug(
+                            "{}[{}]@{} converted to nothing: no output",
+                            tp.topic, tp.partition, record.offset,
+                        )  # fmt: skip
+                        continue
+                    kept = [(k, v) for k, v in headers if k not in replaced]
+                    kept.append((hdr.PIPELINE, pipeline))
+                    kept.append((hdr.PIPELINE_VERSION, version))
+                    partition = partition_for(record.key, sink_partitions)
+                    item = (record.key, value, record.timestamp, kept, tp, record)
+                    outputs.setdefault(partition, []).append(item)
+                if not matched:
+                    stats.filtered += 1
+        fetched = sum(len(records) for records in batch.values())
+        if fetched:
+            stats.convert_seconds.observe_many((time.perf_counter() - t0) / fetched, fetched)
+        for partition, items in outputs.items():
+            builder = self.producer.create_batch()
+            start = 0
+            for i, (key, value, timestamp, headers, _tp, _r) in enumerate(items):
+                ts = timestamp if timestamp >= 0 else None
+                if builder.append(key=key, value=value, timestamp=ts, headers=headers) is None:
+                    await self._send_built(builder, partition, items[start:i], hold, received)
+                    builder = self.producer.create_batch()
+                    start = i
+                    builder.append(key=key, value=value, timestamp=ts, headers=headers)
+            await self._send_built(builder, partition, items[start:], hold, received)
+        hold.sealed()
+
+    async def _send_built(
+        self,
+        builder: Any,
+        partition: int,
+        items: list[Any],
+        hold: _FetchHold,
+        received: float,
+    ) -> None:
+        if not items:
+            return
+        hold.pending += 1
+        self.stats.records_out += len(items)
+        future = await self.producer.send_batch(builder, self.spec.sink, partition=partition)
+        future.add_done_callback(partial(self._on_batch_ack, items, hold, received))
+
+    def _on_batch_ack(
+        self, items: list[Any], hold: _FetchHold, received: float, future: asyncio.Future[Any]
+    ) -> None:
+        if future.cancelled() or future.exception() is not None:
+            if hold.generation == self._generation:
+                # Each record is retried on its own (and refused ones go to the error topic);
+                # it holds its own offset from now, so the fetch hold can end.
+                reason = "cancelled" if future.cancelled() else repr(future.exception())
+                self.stats.send_failures += 1
+                self.log.warning("batch of {} to {} failed: {}", len(items), self.spec.sink, reason)
+                for key, value, timestamp, _headers, tp, record in items:
+                    ref = Ref(tp, record.offset, key, record.headers, timestamp, received,
+                              hold.generation)  # fmt: skip
+                    output = Output(key, value, timestamp, ref, (ref,))
+                    self._hold_all((ref,))
+                    self._retries.append((self.spec.sink, output, (), 2, reason))
+        else:
+            self.stats.acked += len(items)
+            self.stats.latency_seconds.observe_many(time.perf_counter() - received, len(items))
+        hold.done()
+
+    async def _reject(
+        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], exc: Exception
+    ) -> None:
+        """A record that cannot be converted goes to the error topic (holding its offset)."""
+        ref = Ref(tp, record.offset, record.key, record.headers, record.timestamp,
+                  time.perf_counter(), self._generation)  # fmt: skip
+        self._hold_all((ref,))
+        await self._send_error(
+            ref, f"{record.topic}[{tp.partition}]@{record.offset}: {exc}", (ref,)
+        )
 
     async def _process_in_time_order(
         self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
@@ -395,7 +524,11 @@ class Step:
                 ref.offset,
             )
             return
-        name = store.ident("s", index, ref.tp.topic, ref.tp.partition, ref.offset)
+        name = (
+            store.ident("s", index, ref.tp.topic, ref.tp.partition, ref.offset)
+            if self.state is not None
+            else b""
+        )
         await self._send_all(self.stages.add(index, ref, converted, now, wall, name), wall, ref)
 
     # -- sending ----------------------------------------------------------------------------
@@ -810,6 +943,35 @@ class Step:
                 self._failure = StepFailed(f"cannot restore state: {type(exc).__name__}: {exc}")
         self.assigned.set()
         self._on_rebalance()
+
+
+class _FetchHold:
+    """One hold per partition of a fetched batch, released once every record batch sent from
+    it is acknowledged (or handed to per-record retries)."""
+
+    __slots__ = ("generation", "pending", "sealed_", "step", "tps")
+
+    def __init__(self, step: Step, generation: int) -> None:
+        self.step = step
+        self.generation = generation
+        self.tps: list[tuple[TopicPartition, int]] = []
+        self.pending = 0
+        self.sealed_ = False
+
+    def sealed(self) -> None:
+        """Every record batch of the fetch was sent."""
+        self.sealed_ = True
+        self._maybe_release()
+
+    def done(self) -> None:
+        """One record batch was acknowledged."""
+        self.pending -= 1
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        if self.sealed_ and self.pending == 0 and self.generation == self.step._generation:
+            for tp, offset in self.tps:
+                self.step.tracker.release(tp, offset)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
