@@ -161,3 +161,23 @@ async def ensure_topics(
             return
         await asyncio.sleep(settings.topic_describe_retry_delay_millis / 1000)
     raise TopicError(f"topics not visible after creation: {', '.join(sorted(missing))}")
+
+
+async def delete_groups(admin: AIOKafkaAdminClient, groups: list[str]) -> dict[str, int]:
+    """Delete consumer groups (their committed offsets), each at its coordinator.
+
+    aiokafka's admin client has no call for it. A group that still has members is left alone
+    (error 68, GroupNotEmpty); an unknown one is fine (69).
+
+    Returns:
+        Kafka's error code per group (0: deleted).
+    """
+    from aiokafka.protocol.admin import DeleteGroupsRequest
+
+    codes: dict[str, int] = {}
+    for group in groups:
+        node = await admin.find_coordinator(group)
+        response = await admin._send_request_to_node(node, DeleteGroupsRequest([group]))
+        for name, code in response.results:
+            codes[name] = code
+    return codes

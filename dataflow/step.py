@@ -932,6 +932,24 @@ class Step:
             self.assigned.clear()
         self._on_rebalance()
 
+    async def _log_start(self, assigned: set[TopicPartition]) -> None:
+        """Say where each partition starts: its committed offset, or the reset policy."""
+        starts = []
+        for tp in sorted(assigned):
+            try:
+                committed = await self.consumer.committed(tp)
+            except KafkaError as exc:
+                starts.append(f"{tp.topic}[{tp.partition}] (committed offset unknown: {exc})")
+                continue
+            if committed is None:
+                reset = getattr(self.consumer, "_auto_offset_reset", "reset")
+                where = f"the {reset} offset (none committed)"
+            else:
+                where = f"committed offset {committed}"
+            starts.append(f"{tp.topic}[{tp.partition}] from {where}")
+        if starts:
+            self.log.info("reads {}", "; ".join(starts))
+
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Restore the state of new partitions, then mark the step ready."""
         self.log.debug("assigned {}", sorted(f"{tp.topic}[{tp.partition}]" for tp in assigned))
@@ -941,6 +959,7 @@ class Step:
                 await self._restore(assigned)
             except Exception as exc:  # the pipeline is rebuilt; nothing past it was committed
                 self._failure = StepFailed(f"cannot restore state: {type(exc).__name__}: {exc}")
+            await self._log_start(assigned)
         self.assigned.set()
         self._on_rebalance()
 
