@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from loguru import logger
 
-from dataflow.kafka import ensure_topics, make_admin, make_producer
+from dataflow.kafka import delete_groups, ensure_topics, make_admin, make_producer
 from dataflow.pipeline import READY, Pipeline, state_topics
 from dataflow.proto.seldon.mlops.chainer import PipelineUpdateMessage
 from dataflow.proto.seldon.mlops.chainer import (
@@ -24,7 +24,7 @@ from dataflow.reachability import BrokerWatch
 from dataflow.settings import Settings
 from dataflow.store import CHANGELOG_CONFIG
 from dataflow.subscriber import Subscriber
-from dataflow.topology import TopologyError, check_state_bounds, topology_from
+from dataflow.topology import TopologyError, check_state_bounds, group_id, topology_from
 
 #: Seconds before a pipeline that failed at run time is rebuilt.
 RESTART_DELAY = 5.0
@@ -255,6 +255,11 @@ class Engine:
             except Exception as exc:
                 self._ack(message, Op.Delete, False, f"kafka topic deletion error: {exc}")
                 return
+            # Its consumer groups go too (still in use by another replica: left for it).
+            try:
+                await delete_groups(self.admin, self._group_ids(message, pipeline))
+            except Exception as exc:
+                logger.warning("consumer groups of {} not deleted: {}", message.pipeline, exc)
         self._ack(message, Op.Delete, True, "pipeline removed")
 
     def _on_failure(self, pipeline: Pipeline, reason: str) -> None:
@@ -288,6 +293,12 @@ class Engine:
             self._ack(latest, Op.Rebalance, True, "pipeline data streams: rebalancing")
 
     # -- topics -----------------------------------------------------------------------------
+
+    def _group_ids(self, message: PipelineUpdateMessage, pipeline: Pipeline | None) -> list[str]:
+        """The consumer groups of a pipeline being deleted with its topics."""
+        count = len(pipeline.topology.steps) if pipeline is not None else len(message.updates)
+        base = self.settings.group_base()
+        return [group_id(base, message.uid, index) for index in range(count)]
 
     def _state_topics(self, message: PipelineUpdateMessage, pipeline: Pipeline | None) -> list[str]:
         """The changelogs of a pipeline being deleted with its topics."""

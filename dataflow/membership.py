@@ -31,7 +31,7 @@ from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 
 from dataflow.settings import Settings
 
-__all__ = ["instance_id", "leave"]
+__all__ = ["instance_id", "leave", "member_of"]
 
 _MAX_SLOTS = 1024
 _held: list[IO[bytes]] = []  # lock files kept open for the life of the process
@@ -102,15 +102,26 @@ class _StaticLeaveGroup(Request[_LeaveGroupRequestV3]):  # type: ignore[misc]
         return request_struct_class(self._group, [(self._member, self._instance)])
 
 
-async def leave(consumer: AIOKafkaConsumer, group: str, instance: str) -> int:
-    """Leave `group` as static member `instance` now; returns Kafka's error code (0: left).
+async def leave(client: Any, node: int, group: str, member_id: str, instance: str) -> int:
+    """Leave `group` as static member `instance` (`member_id`) through `client`, a started
+    aiokafka client (the engine's producer's), at the group coordinator `node`.
+
+    Sent after the member's consumer stopped: a consumer still running would notice it is no
+    longer a member and join again.
+
+    Returns:
+        Kafka's error code (0: left).
 
     Raises:
         KafkaError: the coordinator could not be reached.
     """
-    coordinator: Any = consumer._coordinator
-    if coordinator is None or coordinator.coordinator_id is None:
-        return -1
-    request = _StaticLeaveGroup(group, coordinator.member_id, instance)
-    response = await consumer._client.send(coordinator.coordinator_id, request)
+    response = await client.send(node, _StaticLeaveGroup(group, member_id, instance))
     return int(response.error_code)
+
+
+def member_of(consumer: AIOKafkaConsumer) -> tuple[int, str] | None:
+    """(coordinator node, member id) of a consumer in a group, or None."""
+    coordinator: Any = consumer._coordinator
+    if coordinator is None or coordinator.coordinator_id is None or not coordinator.member_id:
+        return None
+    return coordinator.coordinator_id, coordinator.member_id

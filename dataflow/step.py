@@ -453,18 +453,22 @@ class Step:
     async def _close(self) -> None:
         instance = self.consumer._group_instance_id
         group = self.consumer._group_id
-        if instance and group:
-            # A static member leaves explicitly, so that the others take its partitions now.
-            try:
-                code = await asyncio.wait_for(membership.leave(self.consumer, group, instance), 5)
-                if code not in (0, -1):
-                    self.log.debug("leave group {}: error code {}", group, code)
-            except (KafkaError, TimeoutError, OSError) as exc:
-                self.log.debug("leave group {}: {}", group, exc)
+        member = membership.member_of(self.consumer)
         try:
             await self.consumer.stop()
         except Exception as exc:
             self.log.warning("consumer stop: {}", exc)
+        if instance and group and member is not None:
+            # A static member leaves explicitly, so that the others take its partitions now.
+            node, member_id = member
+            try:
+                code = await asyncio.wait_for(
+                    membership.leave(self.producer.client, node, group, member_id, instance), 5
+                )
+                if code:
+                    self.log.debug("leave group {}: error code {}", group, code)
+            except (KafkaError, TimeoutError, OSError) as exc:
+                self.log.debug("leave group {}: {}", group, exc)
 
     # -- records ----------------------------------------------------------------------------
 

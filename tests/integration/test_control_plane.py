@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from pathlib import Path
@@ -104,4 +105,58 @@ def test_bad_pipeline_is_refused_with_a_reason(tmp_path: Path, bootstrap: str, u
         eng.signal(signal.SIGINT)
         code = eng.wait(30)
         proxy.stop()
+    assert code == 0
+
+
+async def test_unload_with_clean_topics_deletes_changelogs_and_groups(
+    tmp_path: Path, bootstrap: str, unique: str
+) -> None:
+    """`cleanTopicsOnDelete`: the pipeline's own topics (as the scheduler asks: its inputs and
+    outputs; model topics are the models'), its steps' changelogs and its consumer groups all
+    go, so nothing of it is left to resume from."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from dataflow.topology import group_id
+
+    name, m1, m2, m3 = (f"{x}{unique}" for x in ("cl", "ma", "mb", "mc"))
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(
+        "apiVersion: mlops.seldon.io/v1alpha1\nkind: Pipeline\n"
+        f"metadata: {{name: {name}}}\nspec:\n  dataflow: {{cleanTopicsOnDelete: true}}\n"
+        f"  steps:\n    - name: {m1}\n    - name: {m2}\n"
+        f"    - name: {m3}\n      inputs: [{m1}, {m2}]\n      joinWindowMs: 1000\n"
+        f"  output: {{steps: [{m3}]}}\n"
+    )
+    proxy = Proxy(tmp_path).start()
+    eng = engine(tmp_path, bootstrap, proxy, name="engine-a")
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+
+    async def snapshot(prefix: str) -> tuple[set[str], set[str], set[str]]:
+        topics = set(await admin.list_topics())
+        groups = {g for g, _ in await admin.list_consumer_groups() if g.startswith(prefix)}
+        own = {t for t in topics if f".pipeline.{name}." in t}
+        return own, {t for t in topics if t.startswith(prefix)}, groups
+
+    try:
+        proxy.load(path)
+        ready = proxy.wait_state(name, "Ready", timeout=60)
+        prefix = group_id("seldon-dataflow", ready["uid"], 0)[: -len("s0")]
+        before = await snapshot(prefix)
+        proxy.unload(name)
+        proxy.wait_state(name, "Terminated", timeout=30)
+        after = before
+        for _ in range(100):
+            after = await snapshot(prefix)
+            if not any(after):
+                break
+            await asyncio.sleep(0.2)
+    finally:
+        await admin.close()
+        code = eng.stop()
+        proxy.stop()
+    own, changelogs, groups = before
+    assert own and groups and changelogs, before
+    assert changelogs <= {f"{g}-changelog" for g in groups}
+    assert after == (set(), set(), set()), f"left after unload: {after}"
     assert code == 0
