@@ -275,13 +275,16 @@ class Config:
 class Result:
     """One run's figures. Times are wall-clock seconds as this process saw them.
 
-    `resume_*_s`: per engine fault (kill, SIGTERM), the time from the signal until every
+    `stall_*_s`: per engine stop (kill, SIGTERM), the longest time any output partition went
+    without output from the signal until the next stop (see `stall_after`); median and max
+    over the stops. `resume_*_s` ("caught up"): per stop, the time from the signal until every
     output partition that had traffic received an output of an input produced after the
-    signal (outputs carry their input's timestamp); median and max over the faults, None if
-    some partition never resumed. `partition_gaps_s`: per output partition the longest gap
-    between two arrivals; `survivor_partitions`: the output partitions whose whole path (every
-    step's source partition) the replicas that were not stopped owned before the first fault,
-    from their `assigned [...]` log lines; `survivor_gap_s` the longest gap among those.
+    signal (outputs carry their input's timestamp; see `resume_after`), which includes working
+    off the backlog; median and max over the stops, None if some partition never got there.
+    `partition_gaps_s`: per output partition the longest gap between two arrivals;
+    `survivor_partitions`: the output partitions whose whole path (every step's source
+    partition) the replicas that were not stopped owned before the first fault, from their
+    `assigned [...]` log lines; `survivor_gap_s` the longest gap among those.
     """
 
     case: str
@@ -301,6 +304,8 @@ class Result:
     resume_median_s: float | None = None
     resume_max_s: float | None = None
     resume_never: int = 0
+    stall_median_s: float | None = None
+    stall_max_s: float | None = None
     partition_gaps_s: dict[int, float] = field(default_factory=dict)
     survivor_partitions: list[int] = field(default_factory=list)
     survivor_gap_s: float | None = None
@@ -310,11 +315,12 @@ class Result:
         def secs(value: float | None) -> str:
             return "-" if value is None else f"{value:.1f}"
 
-        resume = "-"
+        resume = stall = "-"
         if self.faults_applied:
             resume = f"{secs(self.resume_median_s)} / {secs(self.resume_max_s)}"
             if self.resume_never:
                 resume += f" ({self.resume_never} never)"
+            stall = f"{secs(self.stall_median_s)} / {secs(self.stall_max_s)}"
         gaps = ", ".join(
             f"p{p}{'*' if p in self.survivor_partitions else ''} {g:.1f}"
             for p, g in sorted(self.partition_gaps_s.items())
@@ -328,6 +334,7 @@ class Result:
             str(self.duplicated),
             f"{self.duplicated_s:.2f}",
             str(self.faults_applied),
+            stall,
             resume,
             f"{self.longest_gap_s:.1f}",
             gaps or "-",
@@ -346,8 +353,9 @@ HEADER = [
     "lost",
     "duplicated",
     "duplicated (s of traffic)",
-    "faults",
-    "resume after fault, median / max (s)",
+    "stops",
+    "output stall after a stop, median / max (s)",
+    "caught up after a stop, median / max (s)",
     "longest output gap (s)",
     "longest gap per partition (s; * survivors')",
     "survivors' longest gap (s)",
@@ -1134,6 +1142,26 @@ def resume_after(
     return out
 
 
+def stall_after(
+    start: float, end: float, by_partition: dict[int, list[tuple[float, int, int]]]
+) -> dict[int, float]:
+    """Per output partition: the longest time without an arrival from `start` (a stop) until
+    the first arrival after `end` (the next stop, or math.inf), counted from `start` at the
+    earliest. Replays and outputs in flight count as output here; a partition with nothing
+    after `start` counts until its last arrival overall (0)."""
+    out: dict[int, float] = {}
+    for partition, arrivals in by_partition.items():
+        i = bisect.bisect_right(arrivals, (start, math.inf, math.inf))
+        best, previous = 0.0, start
+        for t, _, _ in arrivals[i:]:
+            best = max(best, t - previous)
+            previous = t
+            if t > end:
+                break
+        out[partition] = best
+    return out
+
+
 def partition_gaps(
     by_partition: dict[int, list[tuple[float, int, int]]],
 ) -> dict[int, tuple[float, float]]:
@@ -1287,10 +1315,12 @@ def _figures(
     seconds since the run began, as in events.txt and timeline.txt."""
     rel = partial(_rel, run.t0)
     resumes: list[dict[str, Any]] = []
-    for stop in run.stops:
+    starts = [s["mono"] for s in run.stops]
+    for stop, end in zip(run.stops, [*starts[1:], math.inf], strict=True):
         per = resume_after(stop["mono"], stop["wall"], watcher.by_partition)
         done = [v for v in per.values() if v is not None]
         whole = max(done) if done and len(done) == len(per) else None
+        stalls = stall_after(stop["mono"], end, watcher.by_partition)
         resumes.append(
             {
                 "how": stop["how"],
@@ -1298,8 +1328,12 @@ def _figures(
                 "at_s": rel(stop["mono"]),
                 "exit_s": stop["exit_s"],
                 "restarted_s": stop["restarted_s"],
+                "stall_s": round(max(stalls.values(), default=0.0), 2),
                 "resume_s": None if whole is None else round(whole, 2),
-                "per_partition_s": {p: None if v is None else round(v, 2) for p, v in per.items()},
+                "stall_per_partition_s": {p: round(v, 2) for p, v in sorted(stalls.items())},
+                "resume_per_partition_s": {
+                    p: None if v is None else round(v, 2) for p, v in sorted(per.items())
+                },
             }
         )
     result.faults_applied = len(resumes)
@@ -1308,6 +1342,10 @@ def _figures(
     if values:
         result.resume_median_s = round(statistics.median(values), 2)
         result.resume_max_s = None if result.resume_never else round(max(values), 2)
+    stall_values = [r["stall_s"] for r in resumes]
+    if stall_values:
+        result.stall_median_s = round(statistics.median(stall_values), 2)
+        result.stall_max_s = round(max(stall_values), 2)
     gaps = partition_gaps(watcher.by_partition)
     result.partition_gaps_s = {p: round(g, 2) for p, (g, _) in gaps.items()}
 
@@ -1342,6 +1380,23 @@ def _figures(
         "stops": [{k: v for k, v in s.items() if k not in ("mono", "wall")} for s in run.stops],
         "engine_log_counts": {n: _log_counts(_read(run.logs / f"{n}.log")) for n in run.names},
     }
+
+
+def _write_arrivals(run: Run, watcher: Watcher, path: Path) -> None:
+    """The live consumer's arrivals and the stops, to compute other figures later: times in
+    seconds since the run began, input timestamps in wall-clock ms."""
+    data = {
+        "run_began_wall": run.t0_wall,
+        "stops": [
+            {**{k: v for k, v in s.items() if k != "mono"}, "at_s": s["mono"] - run.t0}
+            for s in run.stops
+        ],
+        "by_partition": {
+            p: [[round(t - run.t0, 3), n, ts] for t, n, ts in arrivals]
+            for p, arrivals in sorted(watcher.by_partition.items())
+        },
+    }
+    path.write_text(json.dumps(data) + "\n")
 
 
 def _rel(origin: float, mono: float) -> float:
@@ -1525,6 +1580,7 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         result.exits = _exits_summary(run.exits)
         result.notes = _notes(counted, producer, lag)
         figures = _figures(cfg, run, watcher, lay, result)
+        _write_arrivals(run, watcher, logs / "arrivals.json")
         result.details = {
             **counted,
             **figures,
@@ -1541,7 +1597,8 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         }
         run.say(
             f"sent {result.sent}, lost {result.lost}, duplicated {result.duplicated}, "
-            f"longest gap {gap:.1f}s; resume after fault median {result.resume_median_s} "
+            f"longest gap {gap:.1f}s; after a stop: output stall median {result.stall_median_s} "
+            f"max {result.stall_max_s} s, caught up median {result.resume_median_s} "
             f"max {result.resume_max_s} s; gaps per partition {result.partition_gaps_s}, "
             f"survivors' partitions {result.survivor_partitions}"
         )
