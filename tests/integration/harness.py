@@ -29,6 +29,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def free_broker_port() -> int:
+    """A free port whose next port is free too (a `scripts/kafka` broker's controller)."""
+    while True:
+        port = free_port()
+        try:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        return port
+
+
 def wait_until(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
     """Poll `check` until it returns a truthy value; fail with `what` after `timeout`."""
     deadline = time.monotonic() + timeout

@@ -12,6 +12,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import NewTopic
 
 from tests.conftest import REPO
+from tests.integration.harness import free_broker_port
 
 pytestmark = pytest.mark.kafka
 
@@ -119,7 +120,8 @@ async def test_transaction_is_seen_exactly_by_read_committed(
 def test_kafka_status_tells_running_from_stopped(tmp_path: Any) -> None:
     """A second broker of the script, in its own folder and port: stopped, running, stopped."""
     script = str(REPO / "scripts" / "kafka")
-    env = dict(os.environ, KAFKA_DIR=str(tmp_path), KAFKA_PORT="19392", KAFKA_HEAP="256m")
+    port = str(free_broker_port())
+    env = dict(os.environ, KAFKA_DIR=str(tmp_path), KAFKA_PORT=port, KAFKA_HEAP="256m")
 
     def run(command: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(

@@ -28,6 +28,7 @@ from tests.integration.harness import (
     consume,
     create_topics,
     engine,
+    free_broker_port,
     free_port,
     produce,
     wait_until,
@@ -61,7 +62,7 @@ class Broker:
     """A second broker of `scripts/kafka`, with SASL_PLAINTEXT (user alice) and mTLS listeners."""
 
     def __init__(self, folder: Path) -> None:
-        self.port, self.sasl_port, self.ssl_port = free_port(), free_port(), free_port()
+        self.port, self.sasl_port, self.ssl_port = free_broker_port(), free_port(), free_port()
         self.certs = folder / "certs"
         self.certs.mkdir()
         make_certs(self.certs)
@@ -94,7 +95,7 @@ class Broker:
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     b = Broker(tmp_path_factory.mktemp("broker"))
     while b.port + 1 in (b.sasl_port, b.ssl_port):  # the controller listens on port + 1
-        b.port = free_port()
+        b.port = free_broker_port()
         b.env["KAFKA_PORT"] = str(b.port)
     b.run("start")
     yield b
