@@ -913,6 +913,7 @@ class Run:
         self.stops: list[dict[str, Any]] = []
         self.events: list[str] = []
         self.timeline: list[tuple[float, str]] = []  # (wall time, what)
+        self.pipeline = ""  # its name, once loaded
 
     @property
     def engine(self) -> Process | None:
@@ -954,9 +955,19 @@ class Run:
             return None
         return None if pipeline is None else str(pipeline["state"])
 
-    def ready_everywhere(self, name: str) -> bool:
+    def iteration(self, name: str) -> int:
+        """The pipeline's current iteration timestamp at the proxy (0 if unknown)."""
+        assert self.proxy is not None
+        try:
+            pipeline = self.proxy.pipeline(name)
+        except OSError:
+            return 0
+        return int((pipeline or {}).get("timestamp") or 0)
+
+    def ready_everywhere(self, name: str, after: int = 0) -> bool:
         """Ready at the proxy, and acked with success by every replica (proxies that show
-        per-engine `streams`; tests/integration/test_chains.py waits the same way)."""
+        per-engine `streams`; tests/integration/test_chains.py waits the same way), in an
+        iteration later than `after` (the acks of an iteration before a stop are stale)."""
         assert self.proxy is not None
         try:
             pipeline = self.proxy.pipeline(name)
@@ -964,14 +975,16 @@ class Run:
             return False
         if pipeline is None or pipeline.get("state") != "Ready":
             return False
+        if after and int(pipeline.get("timestamp") or 0) <= after:
+            return False
         streams = pipeline.get("streams")
         if streams is None:
             return True
         return all((streams.get(n) or {}).get("success") for n in self.names)
 
-    async def wait_ready(self, name: str, timeout: float) -> None:
+    async def wait_ready(self, name: str, timeout: float, after: int = 0) -> None:
         deadline = time.monotonic() + timeout
-        while not await asyncio.to_thread(self.ready_everywhere, name):
+        while not await asyncio.to_thread(self.ready_everywhere, name, after):
             if time.monotonic() > deadline:
                 assert self.proxy is not None
                 raise RuntimeError(
@@ -1058,19 +1071,39 @@ class Run:
         await asyncio.sleep(self.cfg.after)
 
     async def _every(self, how: str, verb: str) -> None:
-        """Stop replica 0 every `kill_every` s for `duration` s, restarting it each time."""
+        """Stop replica 0 every `kill_every` s for `duration` s, restarting it each time.
+
+        A stop comes at its planned time (start + k * kill_every), but never before the
+        restarted replica acked the pipeline again (else it would be stopped while it starts,
+        a different fault); planned times that passed meanwhile are skipped.
+        """
         if self.cfg.replicas < 2:
             raise ValueError(f"{how} needs --replicas 2 or more")
         start = time.monotonic()
         end = start + self.cfg.duration
         planned = int(self.cfg.duration // self.cfg.kill_every)
-        for k in range(planned):
-            due = start + (k + 1) * self.cfg.kill_every
+        k = 0
+        while True:
+            k += 1
+            due = start + k * self.cfg.kill_every
+            if due > end:
+                break
+            if due < time.monotonic():
+                self.say(f"{how}: planned stop #{k} skipped (the replica was not back yet)")
+                continue
             await asyncio.sleep(max(0.0, due - time.monotonic()))
+            before = await asyncio.to_thread(self.iteration, self.pipeline)
             stop = await self._stop_restart(how)
+            try:
+                await self.wait_ready(
+                    self.pipeline, max(30.0, self.cfg.kill_every * 3), after=before
+                )
+                stop["ready_s"] = round(time.monotonic() - stop["mono"], 2)
+            except RuntimeError as exc:
+                self.say(f"{how}: {exc}")
             self.say(
-                f"{verb} {stop['replica']} #{k + 1}/{planned} (exit {stop['code']} after "
-                f"{stop['exit_s']:.1f}s), restarted"
+                f"{verb} {stop['replica']} #{k}/{planned} (exit {stop['code']} after "
+                f"{stop['exit_s']:.1f}s), restarted, acked again after {stop.get('ready_s')}s"
             )
         await asyncio.sleep(max(0.0, end - time.monotonic()))
         await asyncio.sleep(self.cfg.after)
@@ -1328,6 +1361,7 @@ def _figures(
                 "at_s": rel(stop["mono"]),
                 "exit_s": stop["exit_s"],
                 "restarted_s": stop["restarted_s"],
+                "ready_s": stop.get("ready_s"),
                 "stall_s": round(max(stalls.values(), default=0.0), 2),
                 "resume_s": None if whole is None else round(whole, 2),
                 "stall_per_partition_s": {p: round(v, 2) for p, v in sorted(stalls.items())},
@@ -1504,6 +1538,7 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         spec.write_text(f"kind: PipelineUpdate\nname: {name}\nversion: 1\nuid: {name}\n{lay.body}")
         proxy = (await asyncio.to_thread(proxy_class))(logs)
         run.proxy = await asyncio.to_thread(proxy.start, spec)
+        run.pipeline = name
         run.start_engines()
         await run.wait_ready(name, 90)
         run.say(
