@@ -10,7 +10,7 @@ from collections.abc import Sequence
 
 from loguru import logger
 
-from dataflow import logs
+from dataflow import __version__, logs
 from dataflow.settings import Settings, SettingsError, load_settings
 
 
@@ -44,6 +44,12 @@ async def serve(settings: Settings) -> None:
             await engine.start()
         except Exception as exc:
             reason = logs.last_kafka_error() or f"{type(exc).__name__}: {exc}"
+            if reason.rstrip().endswith(":"):  # e.g. a bare ConnectionResetError
+                reason = f"{reason.rstrip()} connection closed by the broker" + (
+                    " during the TLS handshake (does the listener speak TLS?)"
+                    if "SSL" in settings.kafka_security_protocol
+                    else ""
+                )
             raise StartupError(
                 f"cannot connect to Kafka at {settings.kafka_bootstrap_servers} "
                 f"({settings.kafka_security_protocol}): {reason}"
@@ -67,7 +73,16 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(f"dataflow: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
     logs.setup(settings.log_level_app, settings.log_level_kafka, settings.log_format)
-    logger.info("settings: {}", settings.masked())
+    logger.info(
+        "dataflow {}: scheduler {}:{}, Kafka {} ({}), health server :{}",
+        __version__,
+        settings.upstream_host,
+        settings.upstream_port,
+        settings.kafka_bootstrap_servers,
+        settings.kafka_security_protocol,
+        settings.health_server_port,
+    )
+    logger.debug("settings: {}", settings.masked())
     try:
         try:
             import uvloop

@@ -17,6 +17,8 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from dataflow import __version__
+
 ENV_PREFIX = "SELDON_"
 
 LogLevel = Literal["TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "WARN", "ERROR", "CRITICAL"]
@@ -175,6 +177,18 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("kafka_bootstrap_servers")
+    @classmethod
+    def _host_ports(cls, value: str) -> str:
+        for entry in value.split(","):
+            entry = entry.strip()
+            host, sep, port = entry.rpartition(":")
+            if not entry or (sep and (not host or host.startswith("[") != host.endswith("]"))):
+                raise ValueError(f"{entry!r} is not host:port")
+            if sep and not (port.isdigit() and 0 < int(port) < 65536):
+                raise ValueError(f"the port of {entry!r} is not a number from 1 to 65535")
+        return value
+
     @field_validator("log_level_app", "log_level_kafka", mode="before")
     @classmethod
     def _upper(cls, value: Any) -> Any:
@@ -206,6 +220,7 @@ def build_parser(prog: str = "python -m dataflow") -> argparse.ArgumentParser:
         "environment (name shown) or in a .env file.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     for name, info in Settings.model_fields.items():
         default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
         if isinstance(default, SecretStr):
@@ -232,10 +247,20 @@ def load_settings(argv: Sequence[str] | None = None) -> Settings:
         raise SettingsError(f"unknown argument {unknown[0]!r} (see --help)")
     overrides = {k: v for k, v in vars(args).items()}
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
     except ValidationError as exc:
         err = exc.errors()[0]
         field = str(err["loc"][0]) if err["loc"] else "?"
         source = f"--{field.replace('_', '-')}" if field in overrides else _env_name(field)
         value = err.get("input")
         raise SettingsError(f"bad value {value!r} for {source}: {err['msg']}") from None
+    for field in Settings.model_fields:  # every file a setting names must be readable
+        path = getattr(settings, field) if field.endswith("_path") else ""
+        if path:
+            source = f"--{field.replace('_', '-')}" if field in overrides else _env_name(field)
+            try:
+                with open(path, "rb"):
+                    pass
+            except OSError as exc:
+                raise SettingsError(f"cannot read {path!r} ({source}): {exc.strerror}") from None
+    return settings

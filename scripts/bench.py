@@ -60,6 +60,7 @@ LOG_APPEND = {"message.timestamp.type": "LogAppendTime"}
 BIG = 64 * 2**20
 MIB = 2**20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+REVISIONS: set[str] = set()  # of every engine started
 
 
 def engine_revision() -> str:
@@ -70,9 +71,18 @@ def engine_revision() -> str:
         done = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True)
         return done.stdout.rstrip()
 
+    import hashlib
+
     changed = [c for c in git("status", "--porcelain", "--", "dataflow").split("\n") if c]
     rev = git("rev-parse", "--short", "HEAD") or "unknown"
-    return rev + (f" + uncommitted {', '.join(c[3:] for c in changed)}" if changed else "")
+    if not changed:
+        return rev
+    digest = hashlib.sha1()
+    for path in sorted((REPO / "dataflow").rglob("*.py")):
+        digest.update(path.read_bytes())
+    return (
+        f"{rev} + uncommitted {', '.join(c[3:] for c in changed)} (files {digest.hexdigest()[:8]})"
+    )
 
 
 def load1() -> float:
@@ -362,6 +372,7 @@ class EngineProcess:
         self.group_prefix = f"bench-{tag}"
         self.proxy: Any = None
         self.engine: Any = None
+        self.revision = ""
 
     @property
     def pid(self) -> int:
@@ -371,6 +382,8 @@ class EngineProcess:
         from tests.integration.harness import Proxy, engine, wait_until
 
         self.logs.mkdir(parents=True, exist_ok=True)
+        self.revision = engine_revision()  # the working tree may change while the bench runs
+        REVISIONS.add(self.revision)
         self.proxy = Proxy(self.logs).start()
         self.engine = engine(
             self.logs,
@@ -615,6 +628,8 @@ async def throughput_run(
         before = sample(proc.pid)
         t0 = time.monotonic()
         await proc.begin(topics)
+        if isinstance(proc, EngineProcess):
+            result["engine_revision"] = proc.revision
         count = await wait_count(bench.bootstrap, topics.sink, partitions, n, proc.dead)
         after = sample(proc.pid)
         result["wall_s"] = time.monotonic() - t0
@@ -745,6 +760,7 @@ async def latency_run(bench: Bench, kind: str) -> dict[str, Any]:
         proc = await _contender(bench, kind, topics, n)
         await proc.begin(topics)
         if isinstance(proc, EngineProcess):
+            result["engine_revision"] = proc.revision
             await proc.wait_ready([topics.pipeline], 120)
         result["load_before"] = load1()
         before = sample(proc.pid)
@@ -803,6 +819,7 @@ async def rss_run(bench: Bench, count: int) -> dict[str, Any]:
     try:
         await create_topics(bench.bootstrap, topics, 1)
         await engine.start()
+        result["engine_revision"] = engine.revision
         idle = sample(engine.pid)
         result["load_before"] = load1()
         t0 = time.monotonic()
@@ -1136,6 +1153,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             out["errors"][name] = f"{type(exc).__name__}: {exc}"
             bench.say(f"  {name} failed: {out['errors'][name]}")
     out["seconds"] = time.monotonic() - t0
+    out["engine_revisions"] = sorted(REVISIONS)
     out["table"] = table(out["parts"], bench.runs) if out["parts"] else ""
     return out
 
@@ -1150,8 +1168,12 @@ def main(argv: list[str] | None = None) -> int:
     if any(p != "wire" for p in args.parts):
         out = _run(run_bench(args))
     print(f"machine: {out.get('machine', platform.platform())}, load now {os.getloadavg()}")
-    if "engine_revision" in out:
-        print(f"engine: {out['engine_revision']}")
+    revisions = out.get("engine_revisions") or [out.get("engine_revision", "?")]
+    if len(revisions) > 1:
+        print("engine: its code changed during the bench; runs used:")
+        print("\n".join(f"  {r}" for r in revisions))
+    elif "engine_revision" in out:
+        print(f"engine: {revisions[0]}")
     if out["table"]:
         print(f"\n{out['table']}\n")
         print(f"took {out['seconds']:.0f} s; logs in {out['logs']}")
