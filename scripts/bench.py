@@ -199,10 +199,17 @@ async def cleanup(bootstrap: str, topics: Sequence[str], group_prefix: str) -> N
         try:
             groups = [g[0] for g in await admin.list_consumer_groups()]
             mine = [g for g in groups if g.startswith(group_prefix)]
-            if mine:
+            for _ in range(5):  # a member that just left may still be in the group for a moment
+                if not mine:
+                    break
                 node = await admin.find_coordinator(mine[0])
+                left = []
                 for chunk in _chunks(mine, 200):
-                    await admin._send_request(DeleteGroupsRequest(chunk), node)
+                    response = await admin._send_request(DeleteGroupsRequest(chunk), node)
+                    left += [g for g, code in response.results if code == 68]  # GROUP_NOT_EMPTY
+                mine = left
+                if mine:
+                    await asyncio.sleep(1)
         except Exception as exc:
             print(f"  (group deletion: {exc})", file=sys.stderr)
     finally:
