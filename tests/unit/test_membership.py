@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from dataflow.membership import instance_id
 from dataflow.settings import Settings
@@ -16,9 +18,11 @@ _PRINT_ID = (
 )
 
 
-def _engine(hold: float) -> subprocess.Popen[str]:
+def _engine(hold: float, tmp: Path) -> subprocess.Popen[str]:
+    # A private temp folder: other engines on this machine hold slots of their own.
+    env = dict(os.environ, TMPDIR=str(tmp))
     return subprocess.Popen(
-        [sys.executable, "-c", _PRINT_ID, str(hold)], stdout=subprocess.PIPE, text=True
+        [sys.executable, "-c", _PRINT_ID, str(hold)], stdout=subprocess.PIPE, text=True, env=env
     )
 
 
@@ -27,11 +31,11 @@ def test_explicit_ids_win() -> None:
     assert instance_id(Settings(dataflow_replica_id="engine-a")) == "engine-a"
 
 
-def test_two_live_engines_get_two_slots_and_a_restart_gets_its_slot_back() -> None:
-    first = _engine(5)
+def test_two_live_engines_get_two_slots_and_a_restart_gets_its_slot_back(tmp_path: Path) -> None:
+    first = _engine(5, tmp_path)
     assert first.stdout is not None
     a = first.stdout.readline().strip()
-    second = _engine(5)
+    second = _engine(5, tmp_path)
     assert second.stdout is not None
     b = second.stdout.readline().strip()
     assert a != b, "two engines on one host"
@@ -39,7 +43,7 @@ def test_two_live_engines_get_two_slots_and_a_restart_gets_its_slot_back() -> No
     first.wait()
     first.stdout.close()
     time.sleep(0.1)
-    again = _engine(0)
+    again = _engine(0, tmp_path)
     out, _ = again.communicate(timeout=30)
     second.kill()
     second.wait()
