@@ -13,11 +13,13 @@ bytes, per element.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import struct
+import sys
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Literal, NoReturn
 
 __all__ = [
     "CONTENTS_FIELDS",
@@ -29,6 +31,7 @@ __all__ = [
     "encode_raw",
     "ensure_topics",
     "raw_datatype",
+    "run_tool",
 ]
 
 CONTENTS_FIELDS: dict[str, str] = {
@@ -198,3 +201,22 @@ async def ensure_topics(
             await asyncio.sleep(0.2)
     finally:
         await admin.close()
+
+
+def run_tool(name: str, main: Coroutine[Any, Any, int]) -> NoReturn:
+    """Run a tool's coroutine and exit with its code; Ctrl-C (130) or an error of Kafka or the
+    network (1) ends it with one line on stderr, never a traceback."""
+    from aiokafka.errors import KafkaError
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the one line below says why
+    try:
+        code = asyncio.run(main)
+    except KeyboardInterrupt:
+        logging.getLogger("asyncio").disabled = True  # "Unclosed AIOKafka..." of unstarted clients
+        print(f"{name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (KafkaError, OSError) as exc:
+        logging.getLogger("asyncio").disabled = True
+        print(f"{name}: {exc or type(exc).__name__}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(code)

@@ -14,7 +14,6 @@ an error (header `seldon-pipeline-errors`) or undecodable, 2 on timeout.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import math
 import struct
@@ -42,6 +41,7 @@ from dataflow.tools import (
     encode_raw,
     ensure_topics,
     raw_datatype,
+    run_tool,
 )
 from dataflow.topics import INPUTS, OUTPUTS, pipeline_topic
 
@@ -354,7 +354,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
     tensors = args.tensor or [parse_tensor(DEFAULT_TENSOR)]
     request = build_request(args.pipeline, tensors, args.id, args.raw, args.header)
-    sys.exit(asyncio.run(infer(args, request)))
+    run_tool("infer.py", infer(args, request))
 
 
 if __name__ == "__main__":

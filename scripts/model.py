@@ -348,7 +348,7 @@ async def serve(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> None:
     args = parser().parse_args(argv)
-    sys.exit(asyncio.run(serve(args)))
+    tools.run_tool("model.py", serve(args))
 
 
 if __name__ == "__main__":

@@ -84,10 +84,11 @@ def test_an_unusable_scheduler_ca_stops_the_engine_with_one_line(tmp_path: Path)
         timeout=60,
         check=False,
     )
-    assert result.returncode == 1
-    last = result.stderr.strip().splitlines()[-1]
-    assert last.startswith("dataflow: cannot load a TLS file (Kafka or scheduler): ")
-    assert "No such file" in last and "Traceback" not in result.stderr
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip().splitlines() == [
+        f"dataflow: cannot read '{tmp_path / 'missing.pem'}' (--upstream-tls-ca-path): "
+        "No such file or directory"
+    ]
 
 
 @pytest.mark.kafka
