@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import subprocess
 from typing import Any
 
@@ -118,15 +119,16 @@ async def test_transaction_is_seen_exactly_by_read_committed(
 
 
 def test_kafka_status_tells_running_from_stopped(tmp_path: Any) -> None:
-    """A second broker of the script, in its own folder and port: stopped, running, stopped."""
+    """A second broker of the script, in its own folder and port: stopped, running (this
+    checkout), another broker's port, a busy port refused in one line, stop after the folder
+    was deleted, stopped."""
     script = str(REPO / "scripts" / "kafka")
     port = str(free_broker_port())
-    env = dict(os.environ, KAFKA_DIR=str(tmp_path), KAFKA_PORT=port, KAFKA_HEAP="256m")
+    env = dict(os.environ, KAFKA_DIR=str(tmp_path / "a"), KAFKA_PORT=port, KAFKA_HEAP="256m")
+    other = dict(env, KAFKA_DIR=str(tmp_path / "b"))
 
-    def run(command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [script, command], capture_output=True, text=True, env=env, timeout=90
-        )
+    def run(command: str, e: dict[str, str] = env) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([script, command], capture_output=True, text=True, env=e, timeout=90)
 
     before = run("status")
     assert (before.returncode, "stopped" in before.stdout) == (3, True), before.stdout
@@ -135,10 +137,21 @@ def test_kafka_status_tells_running_from_stopped(tmp_path: Any) -> None:
         assert started.returncode == 0, started.stdout + started.stderr
         running = run("status")
         assert running.returncode == 0, running.stdout + running.stderr
-        assert "running" in running.stdout
+        assert "running (this checkout" in running.stdout
+        elsewhere = run("status", other)
+        assert elsewhere.returncode == 4, elsewhere.stdout
+        assert "another broker answers on the port" in elsewhere.stdout.replace(
+            f"127.0.0.1:{port}", "the port"
+        )
+        busy = run("start", other)
+        assert busy.returncode == 1 and busy.stdout == "", busy.stdout
+        assert busy.stderr.strip().splitlines() == [
+            f"kafka: error: port {port} on 127.0.0.1 is already in use "
+            "(another broker? scripts/kafka status; or set KAFKA_PORT)"
+        ]
+        shutil.rmtree(tmp_path / "a")
     finally:
         stopped = run("stop")
-    assert stopped.returncode == 0
+    assert stopped.returncode == 0 and "stopping pid" in stopped.stdout, stopped.stdout
     after = run("status")
     assert (after.returncode, "stopped" in after.stdout) == (3, True), after.stdout
-    assert not (tmp_path / "broker.pid").exists()
