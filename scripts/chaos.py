@@ -1178,19 +1178,19 @@ def resume_after(
 def stall_after(
     start: float, end: float, by_partition: dict[int, list[tuple[float, int, int]]]
 ) -> dict[int, float]:
-    """Per output partition: the longest time without an arrival from `start` (a stop) until
-    the first arrival after `end` (the next stop, or math.inf), counted from `start` at the
-    earliest. Replays and outputs in flight count as output here; a partition with nothing
-    after `start` counts until its last arrival overall (0)."""
+    """Per output partition: the longest time without an arrival between `start` (a stop) and
+    `end` (the next stop, or math.inf: then until the last arrival); a stall still going on at
+    `end` counts until `end` (the next stop's own figure goes on from there). Replays and
+    outputs in flight count as output here."""
     out: dict[int, float] = {}
     for partition, arrivals in by_partition.items():
         i = bisect.bisect_right(arrivals, (start, math.inf, math.inf))
         best, previous = 0.0, start
         for t, _, _ in arrivals[i:]:
-            best = max(best, t - previous)
-            previous = t
-            if t > end:
+            best = max(best, min(t, end) - previous)
+            if t >= end:
                 break
+            previous = t
         out[partition] = best
     return out
 
@@ -1431,6 +1431,44 @@ def _write_arrivals(run: Run, watcher: Watcher, path: Path) -> None:
         },
     }
     path.write_text(json.dumps(data) + "\n")
+
+
+def refigure(path: Path) -> dict[str, Any]:
+    """Stall and caught-up figures again from a run's arrivals.json (e.g. after the way they
+    are computed changed): per stop and their median / max, and the gaps per partition."""
+    data = json.loads(path.read_text())
+    by_partition = {
+        int(p): [(t, n, ts) for t, n, ts in arrivals]
+        for p, arrivals in data["by_partition"].items()
+    }
+    t0 = data["run_began_wall"]
+    stops = data["stops"]
+    starts = [s["at_s"] for s in stops]
+    rows = []
+    for stop, end in zip(stops, [*starts[1:], math.inf], strict=True):
+        # arrivals.json times are seconds since the run began, on the wall clock of its start
+        resume = resume_after(stop["at_s"], stop.get("wall", t0 + stop["at_s"]), by_partition)
+        stall = stall_after(stop["at_s"], end, by_partition)
+        done = [v for v in resume.values() if v is not None]
+        rows.append(
+            {
+                "at_s": round(stop["at_s"], 2),
+                "how": stop["how"],
+                "stall_s": round(max(stall.values(), default=0.0), 2),
+                "resume_s": round(max(done), 2) if done and len(done) == len(resume) else None,
+            }
+        )
+
+    def summary(key: str) -> list[float | None]:
+        values = [r[key] for r in rows if r[key] is not None]
+        return [round(statistics.median(values), 2), round(max(values), 2)] if values else []
+
+    return {
+        "stops": rows,
+        "stall_median_max_s": summary("stall_s"),
+        "resume_median_max_s": summary("resume_s"),
+        "partition_gaps_s": {p: round(g, 2) for p, (g, _) in partition_gaps(by_partition).items()},
+    }
 
 
 def _rel(origin: float, mono: float) -> float:
@@ -1754,6 +1792,14 @@ def parser() -> argparse.ArgumentParser:
         "--bootstrap", default=None, help="use this broker instead of private ones (no bounce)"
     )
     p.add_argument(
+        "--refigure",
+        type=Path,
+        nargs="+",
+        default=None,
+        metavar="ARRIVALS_JSON",
+        help="only print the stall and caught-up figures again from runs' arrivals.json",
+    )
+    p.add_argument(
         "--engine-rev",
         default=None,
         metavar="REV",
@@ -1824,6 +1870,10 @@ async def _main(args: argparse.Namespace) -> list[Result]:
 def main(argv: list[str] | None = None) -> int:
     p = parser()
     args = p.parse_args(argv)
+    if args.refigure:
+        for path in args.refigure:
+            print(json.dumps({"arrivals": str(path), **refigure(path)}))
+        return 0
     if args.partitions < 1 or args.replicas < 1:
         p.error("--partitions and --replicas must be 1 or more")
     if args.replicas < 2 and any(
