@@ -36,6 +36,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeAlias
 
+from dataflow import __version__
 from dataflow.headers import REQUEST_ID
 from dataflow.proto.inference import (
     InferTensorContents,
@@ -668,6 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Kafka security protocol; TLS and SASL details come from the engine's SELDON_KAFKA_* "
         f"settings [env {SECURITY_PROTOCOL_ENV}]",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 

@@ -15,6 +15,7 @@ import time
 import betterproto
 from aiokafka import AIOKafkaConsumer
 
+from dataflow import __version__
 from dataflow.proto.inference import InferTensorContents, ModelInferRequest
 
 
@@ -100,6 +101,7 @@ def topics(value: str) -> list[str]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--bootstrap-servers", default="localhost:9092")
     parser.add_argument("--security-protocol", default="PLAINTEXT")
     parser.add_argument("--pipeline-header", default="some-pipeline", help="unused, as in 2022")

@@ -26,6 +26,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from dataflow import __version__
 from dataflow.proto.inference import (
     InferTensorContents,
     ModelInferRequest,
@@ -347,6 +348,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=30, help="seconds to wait for the answer")
     p.add_argument("--partitions", type=int, default=1, help="partitions of created topics")
     p.add_argument("--json", action="store_true", help="print the response as JSON")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 

@@ -35,7 +35,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
-from dataflow import tools, wire
+from dataflow import __version__, tools, wire
 from dataflow.proto.inference import (
     InferTensorContents,
     ModelInferRequest,
@@ -338,6 +338,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--offset-reset", choices=("earliest", "latest"), default="earliest")
     p.add_argument("--partitions", type=int, default=1, help="partitions of created topics")
     p.add_argument("--verbose", "-v", action="store_true", help="one line per request")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
 
 

@@ -14,6 +14,7 @@ import sys
 
 from aiokafka import AIOKafkaProducer
 
+from dataflow import __version__
 from dataflow.proto.inference import (
     InferTensorContents,
     ModelInferResponse,
@@ -74,6 +75,7 @@ async def produce(args: argparse.Namespace) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     parser.add_argument("--bootstrap-servers", default="localhost:9092")
     parser.add_argument("--security-protocol", default="PLAINTEXT")
     parser.add_argument("--pipeline-header", default="some-pipeline")

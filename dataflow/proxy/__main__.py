@@ -25,6 +25,7 @@ from typing import Any
 from loguru import logger
 from pydantic import ValidationError
 
+from dataflow import __version__
 from dataflow.chainer import server_context
 from dataflow.proxy.client import ClientError, ControlClient
 from dataflow.proxy.database import StateDatabase, StateError
@@ -106,6 +107,7 @@ def serve_parser() -> argparse.ArgumentParser:
     _option(parser, "tls_key_path", metavar="FILE")
     _option(parser, "tls_client_ca_path", metavar="FILE")
     _add_log_level(parser)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return parser
 
 
