@@ -393,6 +393,11 @@ class Broker:
 
     def __init__(self, logs: Path, heap: str = "512m") -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="chaos-kafka-"))
+        # A copy of scripts/kafka as it is now: an edit of the script during a long run does not
+        # break the bounces or the final stop (it finds everything through KAFKA_* variables).
+        self.script = self.dir / "bin" / "kafka"
+        self.script.parent.mkdir()
+        shutil.copy2(REPO / "scripts" / "kafka", self.script)
         self.port = free_port_pair()
         self.logs = logs
         self.script_log = logs / "broker-script.log"
@@ -410,7 +415,7 @@ class Broker:
         t0 = time.monotonic()
         with self.script_log.open("ab") as log:
             proc = await asyncio.create_subprocess_exec(
-                str(REPO / "scripts" / "kafka"),
+                str(self.script),
                 command,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -433,7 +438,7 @@ class Broker:
         """Stop (synchronously, safe in any finally), keep the broker log, remove the folder."""
         with self.script_log.open("ab") as log:
             subprocess.run(
-                [str(REPO / "scripts" / "kafka"), "stop"],
+                [str(self.script), "stop"],
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 env=self.env,
