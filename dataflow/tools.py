@@ -100,7 +100,7 @@ def raw_datatype(datatype: str, shape: Sequence[int], blob: bytes) -> str:
     """The datatype a raw blob of a `datatype` tensor of `shape` is written in.
 
     FP16 raw contents are 2-byte halves, or 4-byte floats (`FP32`) when the blob has exactly 4
-    bytes per element of the shape, as the engine's raw conversion writes them (spec 4.6); any
+    bytes per element of the shape, as the engine's raw conversion writes them; any
     other datatype is returned unchanged.
     """
     if datatype == "FP16" and all(d >= 0 for d in shape) and len(blob) == 4 * math.prod(shape):

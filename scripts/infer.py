@@ -3,7 +3,7 @@
 
 Writes a ModelInferRequest to `<prefix>.<ns>.pipeline.<pipeline>.inputs` with key
 `0.<pipeline>.<id>` and headers `pipeline: <pipeline>`, `x-request-id: <id>` (the gateway's
-conventions, spec 4.9), then reads `<prefix>.<ns>.pipeline.<pipeline>.outputs` from its end offsets
+conventions), then reads `<prefix>.<ns>.pipeline.<pipeline>.outputs` from its end offsets
 taken before sending (no consumer group) until the record with that key (or `x-request-id`)
 arrives. Exit 0 with the response printed (one line, or JSON with --json), 1 when the answer is
 an error (header `seldon-pipeline-errors`) or undecodable, 2 on timeout.
@@ -132,7 +132,7 @@ def build_request(
     raw: bool = False,
     headers: Sequence[tuple[str, str]] = (),
 ) -> Request:
-    """The record for a request to `pipeline` (gateway conventions, spec 4.9).
+    """The record for a request to `pipeline` (gateway conventions).
 
     Args:
         pipeline: Pipeline name.
@@ -173,7 +173,7 @@ def tensor_values(
 ) -> list[Value]:
     """The elements of an output tensor, from its raw contents when given, else `contents`."""
     if raw is not None:
-        # FP16 raw contents may be 4-byte floats (the engine's raw conversion, spec 4.6).
+        # FP16 raw contents may be 4-byte floats (the engine's raw conversion).
         return decode_raw(raw_datatype(tensor.datatype, tensor.shape, raw), raw)
     field = CONTENTS_FIELDS.get(tensor.datatype)
     if field is None:
@@ -256,7 +256,7 @@ def error_of(record: ConsumerRecord[bytes, bytes]) -> str | None:
 
 
 def topic_names(prefix: str, namespace: str, pipeline: str) -> tuple[str, str]:
-    """(inputs, outputs) topics of `pipeline` (spec 3.1)."""
+    """(inputs, outputs) topics of `pipeline`."""
     return (
         pipeline_topic(namespace, pipeline, INPUTS, prefix=prefix),
         pipeline_topic(namespace, pipeline, OUTPUTS, prefix=prefix),

@@ -3,7 +3,7 @@
 
 Consumes `<prefix>.<ns>.model.<name>.inputs` (ModelInferRequest) and writes one
 ModelInferResponse per request to `<prefix>.<ns>.model.<name>.outputs` with the same key, the
-same partition number and the input's headers (spec 4.9); `model_name` is the model's name, `id`,
+same partition number and the input's headers; `model_name` is the model's name, `id`,
 `model_version` and `parameters` are copied. The "model" is a deterministic function:
 
 - `identity`: outputs are the inputs (names, datatypes, shapes, parameters, contents), raw input
@@ -178,7 +178,7 @@ def respond(request: bytes, name: str, fn: str, add: float, renames: dict[str, s
 
 
 def topic_names(prefix: str, namespace: str, name: str) -> tuple[str, str, str]:
-    """(inputs, outputs, errors) topics of model `name` (spec 3.1)."""
+    """(inputs, outputs, errors) topics of model `name`."""
     return (
         model_topic(namespace, name, INPUTS, prefix=prefix),
         model_topic(namespace, name, OUTPUTS, prefix=prefix),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Write the 2022 demo's V2 test messages (spec 5.1).
+"""Write the 2022 demo's V2 test messages.
 
 For every input topic: 5 records with header `pipeline: <pipeline>-other` (which the engine must
 drop), then 5 with `pipeline: <pipeline>`. Each value is a 77-byte `ModelInferResponse` with two
