@@ -1,4 +1,7 @@
-"""`python -m dataflow`: parse the settings, run the engine on uvloop until SIGTERM/SIGINT."""
+"""`python -m dataflow`: parse the settings, run the engine on uvloop until SIGTERM/SIGINT.
+
+With `--num-cores N` above 1 it runs `dataflow.workers.supervise` instead: N engine processes.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +9,8 @@ import asyncio
 import signal
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any
 
 from loguru import logger
 
@@ -83,14 +87,20 @@ def main(argv: Sequence[str] | None = None) -> None:
         settings.health_server_port,
     )
     logger.debug("settings: {}", settings.masked())
+    run: Callable[[Settings], Coroutine[Any, Any, None]] = serve
+    errors: tuple[type[Exception], ...] = (StartupError,)
+    if (settings.num_cores or 1) > 1:  # a supervisor of N engine processes
+        from dataflow import workers
+
+        run, errors = workers.supervise, (StartupError, workers.StartupError)
     try:
         try:
             import uvloop
         except ImportError:
-            asyncio.run(serve(settings))
+            asyncio.run(run(settings))
         else:
-            uvloop.run(serve(settings))
-    except StartupError as exc:
+            uvloop.run(run(settings))
+    except errors as exc:
         logger.remove()
         print(f"dataflow: {exc}", file=sys.stderr)
         raise SystemExit(1) from None

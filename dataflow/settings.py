@@ -97,6 +97,9 @@ class Settings(BaseSettings):
         "earliest", description="where a new consumer group starts"
     )
     kafka_producer_linger_ms: int = Field(2, ge=0, description="producer linger (batching)")
+    kafka_producer_batch_bytes: int = Field(
+        262144, ge=1024, description="largest record batch the producer builds, in bytes"
+    )
     kafka_producer_timeout_ms: int = Field(
         30000, ge=100, description="wait for a send's ack or topic metadata before a retry"
     )
@@ -161,8 +164,14 @@ class Settings(BaseSettings):
         20.0, gt=0, le=120, description="bound on a graceful shutdown"
     )
 
-    # Accepted for compatibility with the 2022 demo and old manifests; not used.
-    num_cores: int | None = Field(None, ge=1, description="ignored (2022 demo flag)")
+    # Worker processes (the 2022 demo's flag): above 1, a supervisor of that many engines.
+    num_cores: int | None = Field(
+        None,
+        ge=1,
+        description="engine processes on this host (empty or 1: one); above 1 a supervisor "
+        "runs that many, one subscriber and one ack per pipeline to the scheduler",
+    )
+    # Accepted for compatibility with old manifests; not used.
     cores_count: int | None = Field(None, ge=1, description="ignored (old setting)")
 
     @field_validator("upstream_tls_ca_path", "upstream_tls_cert_path", "upstream_tls_key_path")
