@@ -90,8 +90,9 @@ async def consume(args: argparse.Namespace) -> int:
         await consumer.stop()
     missing = {t: args.count - c for t, c in counts.items() if c < args.count}
     if missing:
-        print(f"timed out waiting for records: {missing}", file=sys.stderr)
+        print(f"demo FAILED: timed out waiting for records: {missing}", file=sys.stderr)
         return 1
+    print(f"demo OK: {args.count} records on each of {', '.join(counts)}", flush=True)
     return 0
 
 
