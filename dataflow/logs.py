@@ -15,6 +15,22 @@ _STDLIB_LEVELS = {
     "TRACE": 5, "DEBUG": 10, "INFO": 20, "SUCCESS": 25, "WARNING": 30, "ERROR": 40, "CRITICAL": 50,
 }  # fmt: skip
 
+#: aiokafka lines of healthy paths that it retries by itself (a new topic's leader not elected
+#: yet, the group coordinator not loaded yet on a first start): logged at INFO, not ERROR.
+_RETRIED = (
+    ("Got error produce response", "NotLeaderForPartitionError"),
+    ("Group Coordinator Request failed", "CoordinatorNotAvailable"),
+    ("FindCoordinator Request failed", "CoordinatorNotAvailable"),
+    ("Marking the coordinator dead", ""),
+)
+
+
+def _retried(record: logging.LogRecord) -> bool:
+    if not record.name.startswith("aiokafka") or record.levelno > logging.ERROR:
+        return False
+    message = record.getMessage()
+    return any(head in message and tail in message for head, tail in _RETRIED)
+
 
 #: Client-library lines let through per second, all loggers together; the rest are counted.
 CLIENT_LINES_PER_SECOND = 2
@@ -54,6 +70,8 @@ class _InterceptHandler(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         client = record.name.startswith(_KAFKA_LOGGERS)
+        if client and _retried(record):
+            record.levelno, record.levelname = logging.INFO, "INFO"
         if client and (record.levelno < self.kafka_level or not _Budget.allow()):
             return
         try:
