@@ -60,6 +60,7 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
         acks="all",
         enable_idempotence=True,
         linger_ms=settings.kafka_producer_linger_ms,
+        max_batch_size=settings.kafka_producer_batch_bytes,
         max_request_size=settings.kafka_max_message_size_bytes,
         request_timeout_ms=settings.kafka_producer_timeout_ms,
     )

@@ -239,22 +239,13 @@ class Step:
         sink_partitions = self._sink_partitions
         pipeline, version = self._header_values
         replaced = hdr.REPLACED
-        outputs: dict[
-            int,
-            list[
-                tuple[
-                    Any,
-                    bytes,
-                    int,
-                    list[tuple[str, bytes]],
-                    TopicPartition,
-                    ConsumerRecord[Any, Any],
-                ]
-            ],
-        ] = {}
+        # One open record batch (and what is in it) per sink partition.
+        open_batches: dict[int, tuple[Any, list[tuple[bytes, TopicPartition, Any]]]] = {}
+        create = self.producer.create_batch
         hold = _FetchHold(self, self._generation)
         t0 = time.perf_counter()
         received = time.perf_counter()
+        fetched = 0
         for tp, records in batch.items():
             routing = self._routing.get(tp.topic)
             sources = routing.sources if routing is not None else []
@@ -262,12 +253,12 @@ class Step:
             self.tracker.skip(tp, records[-1].offset)
             hold.tps.append((tp, records[0].offset))
             self._positions[tp] = records[-1].offset + 1
-            stats.records_in += len(records)
+            fetched += len(records)
             for record in records:
                 headers = record.headers
                 matched = False
                 for _index, source, wanted in sources:
-                    if not hdr.names_pipeline(headers, wanted):
+                    if (hdr.PIPELINE, wanted) not in headers:
                         continue
                     matched = True
                     try:
@@ -285,25 +276,24 @@ class Step:
                     kept = [(k, v) for k, v in headers if k not in replaced]
                     kept.append((hdr.PIPELINE, pipeline))
                     kept.append((hdr.PIPELINE_VERSION, version))
-                    partition = partition_for(record.key, sink_partitions)
-                    item = (record.key, value, record.timestamp, kept, tp, record)
-                    outputs.setdefault(partition, []).append(item)
+                    key = record.key
+                    partition = partition_for(key, sink_partitions) if sink_partitions > 1 else 0
+                    current = open_batches.get(partition)
+                    if current is None:
+                        current = open_batches[partition] = (create(), [])
+                    ts = record.timestamp if record.timestamp >= 0 else None
+                    if current[0].append(key=key, value=value, timestamp=ts, headers=kept) is None:
+                        await self._send_built(current[0], partition, current[1], hold, received)
+                        current = open_batches[partition] = (create(), [])
+                        current[0].append(key=key, value=value, timestamp=ts, headers=kept)
+                    current[1].append((value, tp, record))
                 if not matched:
                     stats.filtered += 1
-        fetched = sum(len(records) for records in batch.values())
+        stats.records_in += fetched
         if fetched:
             stats.convert_seconds.observe_many((time.perf_counter() - t0) / fetched, fetched)
-        for partition, items in outputs.items():
-            builder = self.producer.create_batch()
-            start = 0
-            for i, (key, value, timestamp, headers, _tp, _r) in enumerate(items):
-                ts = timestamp if timestamp >= 0 else None
-                if builder.append(key=key, value=value, timestamp=ts, headers=headers) is None:
-                    await self._send_built(builder, partition, items[start:i], hold, received)
-                    builder = self.producer.create_batch()
-                    start = i
-                    builder.append(key=key, value=value, timestamp=ts, headers=headers)
-            await self._send_built(builder, partition, items[start:], hold, received)
+        for partition, (builder, items) in open_batches.items():
+            await self._send_built(builder, partition, items, hold, received)
         hold.sealed()
 
     async def _send_built(
@@ -331,10 +321,10 @@ class Step:
                 reason = "cancelled" if future.cancelled() else repr(future.exception())
                 self.stats.send_failures += 1
                 self.log.warning("batch of {} to {} failed: {}", len(items), self.spec.sink, reason)
-                for key, value, timestamp, _headers, tp, record in items:
-                    ref = Ref(tp, record.offset, key, record.headers, timestamp, received,
-                              hold.generation)  # fmt: skip
-                    output = Output(key, value, timestamp, ref, (ref,))
+                for value, tp, record in items:
+                    ref = Ref(tp, record.offset, record.key, record.headers, record.timestamp,
+                              received, hold.generation)  # fmt: skip
+                    output = Output(record.key, value, record.timestamp, ref, (ref,))
                     self._hold_all((ref,))
                     self._retries.append((self.spec.sink, output, (), 2, reason))
         else:
