@@ -1,13 +1,24 @@
-"""The supervisor's pure parts: a worker's settings, its restart delays, merged metrics."""
+"""The supervisor without processes: a worker's settings, restart delays, merged metrics, and
+what it forwards to its workers and answers the scheduler."""
 
 from __future__ import annotations
+
+import asyncio
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from dataflow.proto.seldon.mlops.chainer import (
+    PipelineUpdateMessage,
+    PipelineUpdateMessagePipelineOperation,
+    PipelineUpdateStatusMessage,
+)
 from dataflow.settings import Settings
-from dataflow.workers import merge_metrics, restart_delay, worker_env
+from dataflow.workers import Supervisor, merge_metrics, restart_delay, worker_env
+
+Op = PipelineUpdateMessagePipelineOperation
+READY = "pipeline data streams: ready"
 
 
 def test_a_worker_gets_every_setting_but_its_identity_and_the_local_scheduler() -> None:
@@ -89,3 +100,56 @@ def test_metrics_of_the_workers_are_merged_with_a_worker_label() -> None:
         ({}, 0.0)
     ]
     assert text.count("# TYPE dataflow_step_records_in_total counter") == 1
+
+
+def _status(worker: str, op: Op, ts: int, reason: str = READY) -> PipelineUpdateStatusMessage:
+    update = PipelineUpdateMessage(op=op, pipeline="p", uid="u", timestamp=ts, stream=worker)
+    return PipelineUpdateStatusMessage(update=update, success=True, reason=reason)
+
+
+async def test_the_supervisor_forwards_replays_and_answers_once() -> None:
+    settings = Settings(dataflow_replica_id="e", num_cores=2, kafka_bootstrap_servers="127.0.0.1:1")
+    supervisor = Supervisor(settings, environ={})
+    sent: list[tuple[str, str, int, bool, str]] = []
+
+    async def ack(update: PipelineUpdateMessage, op: Op, success: bool, reason: str) -> bool:
+        sent.append((op.name, update.uid, update.timestamp, success, reason))
+        return True
+
+    supervisor.subscriber.ack = ack  # type: ignore[method-assign]
+
+    async def settle() -> None:
+        while supervisor._acks:
+            await asyncio.gather(*supervisor._acks)
+
+    create = PipelineUpdateMessage(op=Op.Create, pipeline="p", uid="u", timestamp=1)
+    supervisor._on_update(create)  # before any worker subscribed: kept for them
+    w0 = supervisor.subscription("e-w0")
+    w1 = supervisor.subscription("e-w1")
+    assert await anext(w0) == create
+    assert await anext(w1) == create
+    supervisor.worker_ack(_status("e-w0", Op.Create, 1))
+    await settle()
+    assert sent == []  # e-w1 has not answered
+    supervisor.worker_ack(_status("e-w1", Op.Create, 1))
+    supervisor.worker_ack(_status("x-w9", Op.Create, 1))  # not a connected worker: ignored
+    await settle()
+    assert sent == [("Create", "u", 1, True, READY)]
+
+    # A Delete goes to both; one worker's stream ends: the other's answer is the engine's.
+    delete = PipelineUpdateMessage(op=Op.Delete, pipeline="p", uid="u", timestamp=2)
+    supervisor._on_update(delete)
+    assert await anext(w0) == delete
+    assert await anext(w1) == delete
+    await w1.aclose()
+    supervisor.worker_ack(_status("e-w0", Op.Delete, 2, "pipeline removed"))
+    await settle()
+    assert sent[1:] == [("Delete", "u", 2, True, "pipeline removed")]
+
+    # An update that does not decode is refused here, never forwarded.
+    identity = PipelineUpdateMessage(op=Op.Create, pipeline="q", uid="v", timestamp=5)
+    supervisor._on_malformed(identity, "malformed PipelineUpdateMessage: x")
+    await settle()
+    assert sent[2:] == [("Create", "v", 5, False, "malformed PipelineUpdateMessage: x")]
+    await w0.aclose()
+    supervisor.subscriber.close()
