@@ -62,16 +62,19 @@ def test_bad_upstream_tls_settings_are_one_line(argv: list[str], message: str) -
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_upstream_tls_settings() -> None:
+def test_upstream_tls_settings(tmp_path: Path) -> None:
+    ca, cert, key = (tmp_path / n for n in ("ca.pem", "c.pem", "k.pem"))
+    for f in (ca, cert, key):
+        f.write_text("")  # load_settings refuses a file it cannot read
     s = load_settings(
         [
             "--upstream-security-protocol=SSL",
-            "--upstream-tls-ca-path=/ca.pem",
-            "--upstream-tls-cert-path=/c.pem",
-            "--upstream-tls-key-path=/k.pem",
+            f"--upstream-tls-ca-path={ca}",
+            f"--upstream-tls-cert-path={cert}",
+            f"--upstream-tls-key-path={key}",
         ]
     )
-    assert (s.upstream_tls_ca_path, s.upstream_tls_cert_path) == ("/ca.pem", "/c.pem")
+    assert (s.upstream_tls_ca_path, s.upstream_tls_cert_path) == (str(ca), str(cert))
     assert load_settings(["--upstream-security-protocol=SSL"]).upstream_tls_ca_path == ""
 
 
