@@ -85,7 +85,8 @@ class Engine:
         for background in (self._subscription, self._broker_watch):
             if background is not None:
                 background.cancel()
-                await asyncio.gather(background, return_exceptions=True)
+                # Bounded: a client call deep in a probe can be slow to give up.
+                await asyncio.wait({background}, timeout=2)
         for worker in list(self._workers.values()):
             worker.cancel()
         await asyncio.gather(*self._workers.values(), return_exceptions=True)
