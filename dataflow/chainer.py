@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import ssl
 import typing
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import betterproto
-from grpclib.const import Status
+from grpclib.const import Cardinality, Handler, Status
 from grpclib.encoding.proto import ProtoCodec
 from grpclib.exceptions import GRPCError
 
@@ -34,6 +35,9 @@ from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessage,
     PipelineUpdateMessagePipelineOperation,
 )
+
+SUBSCRIBE_PATH = "/seldon.mlops.chainer.Chainer/SubscribePipelineUpdates"
+EVENT_PATH = "/seldon.mlops.chainer.Chainer/PipelineUpdateEvent"
 
 INSTANCE_METADATA = "x-dataflow-instance"
 """gRPC metadata key of an engine process's instance id (lowercase, as HTTP/2 requires)."""
@@ -302,3 +306,29 @@ def client_context(
         context.load_cert_chain(cert, key)
     context.set_alpn_protocols(["h2"])
     return context
+
+
+def service_mapping(
+    subscribe: Callable[[Any], Awaitable[None]], event: Callable[[Any], Awaitable[None]]
+) -> dict[str, Handler]:
+    """grpclib's handler table of a Chainer server (the proxy's, the workers' supervisor's)."""
+    from dataflow.proto.seldon.mlops.chainer import (
+        PipelineSubscriptionRequest,
+        PipelineUpdateStatusMessage,
+        PipelineUpdateStatusResponse,
+    )
+
+    return {
+        SUBSCRIBE_PATH: Handler(
+            subscribe,
+            Cardinality.UNARY_STREAM,
+            PipelineSubscriptionRequest,
+            PipelineUpdateMessage,
+        ),
+        EVENT_PATH: Handler(
+            event,
+            Cardinality.UNARY_UNARY,
+            PipelineUpdateStatusMessage,
+            PipelineUpdateStatusResponse,
+        ),
+    }

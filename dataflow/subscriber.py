@@ -28,6 +28,7 @@ from loguru import logger
 
 from dataflow.chainer import (
     INSTANCE_METADATA,
+    SUBSCRIBE_PATH,
     MalformedMessage,
     StrictCodec,
     client_context,
@@ -45,7 +46,6 @@ from dataflow.proto.seldon.mlops.chainer import (
 )
 from dataflow.settings import Settings
 
-SUBSCRIBE_PATH = "/seldon.mlops.chainer.Chainer/SubscribePipelineUpdates"
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
 ACK_ATTEMPTS = 5

@@ -50,7 +50,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from grpclib.const import Cardinality, Handler
+from grpclib.const import Handler
 from grpclib.server import Server, Stream
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -61,7 +61,7 @@ from prometheus_client.samples import Sample
 from pydantic import SecretStr
 
 from dataflow.acks import COMMANDS, AckBook, Summary
-from dataflow.chainer import StrictCodec
+from dataflow.chainer import StrictCodec, service_mapping
 from dataflow.membership import instance_id
 from dataflow.proto.seldon.mlops.chainer import (
     PipelineSubscriptionRequest,
@@ -73,11 +73,10 @@ from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessagePipelineOperation as Op,
 )
 from dataflow.settings import ENV_PREFIX, Settings
-from dataflow.subscriber import SUBSCRIBE_PATH, Subscriber
+from dataflow.subscriber import Subscriber
 
 __all__ = ["StartupError", "Supervisor", "supervise", "worker_env"]
 
-EVENT_PATH = "/seldon.mlops.chainer.Chainer/PipelineUpdateEvent"
 LOCAL_HOST = "127.0.0.1"
 RESTART_MIN = 0.5
 RESTART_MAX = 5.0
@@ -204,20 +203,7 @@ class _LocalChainer:
         self._supervisor = supervisor
 
     def __mapping__(self) -> dict[str, Handler]:
-        return {
-            SUBSCRIBE_PATH: Handler(
-                self._subscribe,
-                Cardinality.UNARY_STREAM,
-                PipelineSubscriptionRequest,
-                PipelineUpdateMessage,
-            ),
-            EVENT_PATH: Handler(
-                self._event,
-                Cardinality.UNARY_UNARY,
-                PipelineUpdateStatusMessage,
-                PipelineUpdateStatusResponse,
-            ),
-        }
+        return service_mapping(self._subscribe, self._event)
 
     async def _subscribe(
         self, stream: Stream[PipelineSubscriptionRequest, PipelineUpdateMessage]

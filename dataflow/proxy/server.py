@@ -42,12 +42,12 @@ from typing import Any
 
 from aiohttp import web
 from grpclib.config import Configuration
-from grpclib.const import Cardinality, Handler, Status
+from grpclib.const import Handler, Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 from loguru import logger
 
-from dataflow.chainer import INSTANCE_METADATA, StrictCodec
+from dataflow.chainer import INSTANCE_METADATA, StrictCodec, service_mapping
 from dataflow.proto.seldon.mlops.chainer import (
     PipelineSubscriptionRequest,
     PipelineUpdateMessage,
@@ -68,8 +68,6 @@ from dataflow.specs import PipelineSpec, SpecError, load_spec, parse_spec, spec_
 from dataflow.topics import DEFAULT_NAMESPACE, DEFAULT_PREFIX
 
 SHUTDOWN_GRACE_S = 2.0
-SUBSCRIBE_PATH = "/seldon.mlops.chainer.Chainer/SubscribePipelineUpdates"
-EVENT_PATH = "/seldon.mlops.chainer.Chainer/PipelineUpdateEvent"
 UNAUTHORIZED = "unauthorized: missing or wrong bearer token"
 
 # Server-side keepalive: a subscription whose engine vanished (no FIN, no RST) is found within
@@ -117,20 +115,7 @@ class ChainerService:
         self._proxy = proxy
 
     def __mapping__(self) -> dict[str, Handler]:
-        return {
-            SUBSCRIBE_PATH: Handler(
-                self._subscribe,
-                Cardinality.UNARY_STREAM,
-                PipelineSubscriptionRequest,
-                PipelineUpdateMessage,
-            ),
-            EVENT_PATH: Handler(
-                self._event,
-                Cardinality.UNARY_UNARY,
-                PipelineUpdateStatusMessage,
-                PipelineUpdateStatusResponse,
-            ),
-        }
+        return service_mapping(self._subscribe, self._event)
 
     async def _subscribe(
         self, stream: Stream[PipelineSubscriptionRequest, PipelineUpdateMessage]

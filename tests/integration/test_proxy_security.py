@@ -21,7 +21,14 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 from loguru import logger
 
-from dataflow.chainer import INSTANCE_METADATA, StrictCodec, client_context, server_context
+from dataflow.chainer import (
+    EVENT_PATH,
+    INSTANCE_METADATA,
+    SUBSCRIBE_PATH,
+    StrictCodec,
+    client_context,
+    server_context,
+)
 from dataflow.engine import Engine
 from dataflow.proto.seldon.mlops.chainer import (
     ChainerStub,
@@ -32,7 +39,7 @@ from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateStatusResponse,
 )
 from dataflow.proxy import ProxyServer
-from dataflow.proxy.server import EVENT_PATH, SUBSCRIBE_PATH, UNAUTHORIZED
+from dataflow.proxy.server import UNAUTHORIZED
 from dataflow.settings import Settings
 from dataflow.subscriber import Subscriber
 from tests.integration.harness import REPO, engine
