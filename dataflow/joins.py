@@ -216,6 +216,19 @@ class _Window(Generic[T]):
             record.alive = False
             self.count -= 1
 
+    def replace(self, side: list[Entry[T]], ident: bytes, step: Step[T], late: bool) -> None:
+        """Drop the entry named `ident` from `side`: its record was consumed again (after a
+        restart) and the new copy replaces it. A late copy is not kept, so then the old entry
+        leaves the state too."""
+        for old in side:
+            if old.ident == ident:
+                self.kill(old)
+                side.remove(old)
+                step.released.append(old.token)
+                if late:
+                    step.removed.append(old)
+                return
+
     def pop_due(self, now_ms: int, wall_ms: int | None = None) -> Entry[T] | None:
         """The next live record whose window closed by `now_ms` (or `wall_ms`), marked dead."""
         for heap, clock in ((self._heap, now_ms), (self._wall, wall_ms)):
@@ -360,14 +373,7 @@ class Joiner(Generic[T]):
             sides = [[] for _ in range(self._n)]
             self._by_key[key] = sides
         if ident:
-            for old in sides[source_index]:
-                if old.ident == ident:  # consumed again: the new copy replaces it
-                    window.kill(old)
-                    sides[source_index].remove(old)
-                    step.released.append(old.token)
-                    if late:
-                        step.removed.append(old)
-                    break
+            window.replace(sides[source_index], ident, step, late)
         self._match(record, sides, step)
         if late:
             # Behind stream time by more than W: matched what is held, kept by nobody.
@@ -686,14 +692,7 @@ class TriggerGate(Generic[T]):
             sides = [[] for _ in range(self._n)]
             self._triggers[key] = sides
         if ident:
-            for old in sides[trigger_index]:
-                if old.ident == ident:  # consumed again: the new copy replaces it
-                    window.kill(old)
-                    sides[trigger_index].remove(old)
-                    step.released.append(old.token)
-                    if late:
-                        step.removed.append(old)
-                    break
+            window.replace(sides[trigger_index], ident, step, late)
         sides[trigger_index].append(trigger)
         self._release_waiting(key, step)
         if late:
