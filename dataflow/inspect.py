@@ -25,7 +25,6 @@ The resolution, decoding and formatting functions are pure; only `inspect_topics
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import json
@@ -36,7 +35,6 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, TypeAlias
 
-from dataflow import __version__
 from dataflow.headers import REQUEST_ID
 from dataflow.proto.inference import (
     InferTensorContents,
@@ -609,94 +607,77 @@ async def inspect_topics(
         await consumer.stop()
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The command line of `python -m dataflow.inspect`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m dataflow.inspect",
-        description="Print the V2 messages of a pipeline, a step or a topic as JSON lines "
-        "(one object per record), like `seldon pipeline inspect`.",
-        epilog="reference forms: " + REFERENCE_FORM,
-    )
-    parser.add_argument(
-        "reference",
-        nargs="?",
-        help="<pipeline>[.<step>][.inputs|.outputs[.<tensor>]]",
-    )
-    parser.add_argument(
-        "--topic",
-        action="append",
-        default=[],
-        metavar="TOPIC",
-        help="read this topic by its full name, e.g. seldon.default.model.m.inputs (repeatable)",
-    )
-    parser.add_argument("--namespace", default=DEFAULT_NAMESPACE, help="scheduler namespace")
-    parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="topic prefix")
-    parser.add_argument(
-        "--kind",
-        choices=("request", "response", "text"),
-        help="decode --topic values as this (default: from the topic name)",
-    )
-    parser.add_argument(
-        "--request-id", help="only records whose message id, x-request-id header or key is this"
-    )
-    parser.add_argument(
-        "--offset",
-        type=int,
-        help="start at this offset in every partition; -N: the last N records (default: beginning)",
-    )
-    parser.add_argument(
-        "--num", type=int, default=10, help="stop after this many records (0: no limit)"
-    )
-    parser.add_argument("--follow", action="store_true", help="keep reading new records")
-    parser.add_argument(
-        "--timeout",
-        type=float,
-        default=10.0,
-        help="without --follow: give up after this many seconds without records",
-    )
-    parser.add_argument(
-        "--raw", action="store_true", help="keep raw tensor contents as bytes (base64)"
-    )
-    parser.add_argument(
-        "--bootstrap-servers",
-        default=os.environ.get(BOOTSTRAP_ENV) or DEFAULT_BOOTSTRAP,
-        help=f"Kafka bootstrap servers [env {BOOTSTRAP_ENV}, default {DEFAULT_BOOTSTRAP}]",
-    )
-    parser.add_argument(
-        "--security-protocol",
-        default=os.environ.get(SECURITY_PROTOCOL_ENV) or "PLAINTEXT",
-        choices=("PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"),
-        help="Kafka security protocol; TLS and SASL details come from the engine's SELDON_KAFKA_* "
-        f"settings [env {SECURITY_PROTOCOL_ENV}]",
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    return parser
-
-
 def _print(line: dict[str, Any]) -> None:
     sys.stdout.write(json.dumps(line, ensure_ascii=False) + "\n")
     sys.stdout.flush()
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Entry point of `python -m dataflow.inspect`."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.reference is None and not args.topic:
-        parser.error("give a reference or --topic")
+class Arguments(Protocol):
+    """The command line of `dataflow inspect` (`dataflow.cli.tools.InspectCommand`)."""
+
+    @property
+    def reference(self) -> str: ...
+
+    @property
+    def topic(self) -> list[str]: ...
+
+    @property
+    def namespace(self) -> str: ...
+
+    @property
+    def prefix(self) -> str: ...
+
+    @property
+    def kind(self) -> Kind | None: ...
+
+    @property
+    def request_id(self) -> str: ...
+
+    @property
+    def offset(self) -> int | None: ...
+
+    @property
+    def num(self) -> int: ...
+
+    @property
+    def follow(self) -> bool: ...
+
+    @property
+    def timeout(self) -> float: ...
+
+    @property
+    def raw(self) -> bool: ...
+
+    @property
+    def bootstrap_servers(self) -> str: ...
+
+    @property
+    def security_protocol(self) -> str: ...
+
+
+def run(args: Arguments) -> int:
+    """Run `dataflow inspect` with its parsed command line; returns the exit code.
+
+    Raises:
+        UsageError: a command line that names no topic or a bad reference (exit 2).
+    """
+    from dataflow.cli.base import UsageError
+
+    if not args.reference and not args.topic:
+        raise UsageError("give a reference or --topic")
     if args.kind and not args.topic:
-        parser.error("--kind applies to --topic only")
+        raise UsageError("--kind applies to --topic only")
     try:
         targets: list[Target] = []
-        if args.reference is not None:
+        if args.reference:
             targets += resolve(args.reference, namespace=args.namespace, prefix=args.prefix)
         targets += [target_for_topic(t, args.kind) for t in args.topic]
     except TopicError as exc:
-        parser.error(str(exc))
+        raise UsageError(str(exc)) from None
     options = Options(
         bootstrap_servers=args.bootstrap_servers,
         security_protocol=args.security_protocol,
-        request_id=args.request_id,
+        request_id=args.request_id or None,
         offset=args.offset,
         num=args.num,
         follow=args.follow,
@@ -706,17 +687,27 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         asyncio.run(inspect_topics(targets, options, _print))
     except KeyboardInterrupt:
-        raise SystemExit(130) from None
+        return 130
     except BrokenPipeError:
         # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush quiet.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise SystemExit(0) from None
+        return 0
     except InspectError as exc:
-        print(f"dataflow.inspect: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        print(f"dataflow inspect: {exc}", file=sys.stderr)
+        return 1
     except Exception as exc:  # Kafka errors: one line, not a traceback
-        print(f"dataflow.inspect: {type(exc).__name__}: {exc}", file=sys.stderr)
-        raise SystemExit(1) from None
+        print(f"dataflow inspect: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of `python -m dataflow.inspect` (the same as `dataflow inspect`)."""
+    from dataflow.cli import base
+    from dataflow.cli.tools import InspectCommand
+
+    args = sys.argv[1:] if argv is None else argv
+    raise SystemExit(base.run(InspectCommand, args, "python -m dataflow.inspect"))
 
 
 if __name__ == "__main__":

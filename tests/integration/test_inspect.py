@@ -297,7 +297,8 @@ def test_bad_command_lines_exit_2(argv: list[str], capsys: pytest.CaptureFixture
     with pytest.raises(SystemExit) as exc:
         main(argv)
     assert exc.value.code == 2
-    assert "error" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("python -m dataflow.inspect: ") and len(err.splitlines()) == 1, err
 
 
 # --------------------------------------------------------------------------- against the broker

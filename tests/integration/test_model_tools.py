@@ -25,6 +25,8 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from dataflow.cli.base import parse, run
+from dataflow.cli.tools import ModelCommand
 from dataflow.proto.inference import (
     InferParameter,
     InferTensorContents,
@@ -240,18 +242,17 @@ def test_unknown_function_is_rejected() -> None:
 
 
 def test_model_cli_parses_renames_and_rejects_bad_ones() -> None:
-    args = model.parser().parse_args(
-        ["--name", "m", "--fn", "rename", "--rename", "A=B", "--rename", "C=D"]
+    args = parse(
+        ModelCommand, ["--name", "m", "--fn", "rename", "--rename", "A=B", "--rename", "C=D"]
     )
     assert (args.name, args.namespace, args.prefix, args.fn) == ("m", "default", "seldon", "rename")
-    assert dict(args.rename) == {"A": "B", "C": "D"}
+    assert args.rename == {"A": "B", "C": "D"}
     assert model.topic_names("seldon", "ns", "m") == (
         "seldon.ns.model.m.inputs",
         "seldon.ns.model.m.outputs",
         "seldon.ns.errors.errors",
     )
-    with pytest.raises(SystemExit):
-        model.parser().parse_args(["--name", "m", "--rename", "A"])
+    assert run(ModelCommand, ["--name", "m", "--rename", "A"], "model.py") == 2
 
 
 # -- infer: requests and rendering -------------------------------------------------------------

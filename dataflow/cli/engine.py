@@ -1,0 +1,139 @@
+"""`dataflow engine` (and `python -m dataflow`): run the engine on uvloop until SIGTERM/SIGINT.
+
+Its flags are the settings of `dataflow.settings.Settings` (`--kebab-case`, the reference engine's
+names), each also set by its `SELDON_*` variable or `.env`; flags win. With `--num-cores N` above 1
+it runs `dataflow.workers.supervise` instead: N engine processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import ssl
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from dataflow.cli.base import UsageError, given
+from dataflow.settings import Settings
+
+NAME = "dataflow"
+
+
+class StartupError(Exception):
+    """The engine could not start; str() is the one line to print."""
+
+
+class EngineCommand(Settings):
+    """Run the data-flow engine: subscribe to the scheduler (Chainer gRPC) and run every
+    pipeline it sends on Kafka. Every flag can also be set in the environment (name shown) or in a
+    .env file; flags win."""
+
+    def cli_cmd(self) -> None:
+        check_files(self)
+        raise SystemExit(run(self))
+
+
+def check_files(settings: Settings) -> None:
+    """Every file a `*_path` setting names must be readable.
+
+    Raises:
+        UsageError: one line naming the file and its setting.
+    """
+    for field in type(settings).model_fields:
+        path = getattr(settings, field) if field.endswith("_path") else ""
+        if not path:
+            continue
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            where = given(type(settings), field)
+            raise UsageError(f"cannot read {path!r} ({where}): {exc.strerror}") from None
+
+
+async def serve(settings: Settings) -> None:
+    """Run one engine until a stop signal, then shut it down within the configured bound."""
+    from loguru import logger
+
+    from dataflow import logs
+    from dataflow.engine import Engine
+    from dataflow.health import HealthServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        engine = Engine(settings)
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(f"cannot load a TLS file (Kafka or scheduler): {exc}") from exc
+    health = HealthServer(engine, settings.health_server_port, settings.health_server_host)
+    try:
+        await health.start()
+    except OSError as exc:
+        raise StartupError(
+            f"cannot start the health server on "
+            f"{settings.health_server_host}:{settings.health_server_port}: {exc}"
+        ) from exc
+    try:
+        try:
+            await engine.start()
+        except Exception as exc:
+            reason = logs.last_kafka_error() or f"{type(exc).__name__}: {exc}"
+            if reason.rstrip().endswith(":"):  # e.g. a bare ConnectionResetError
+                reason = f"{reason.rstrip()} connection closed by the broker" + (
+                    " during the TLS handshake (does the listener speak TLS?)"
+                    if "SSL" in settings.kafka_security_protocol
+                    else ""
+                )
+            raise StartupError(
+                f"cannot connect to Kafka at {settings.kafka_bootstrap_servers} "
+                f"({settings.kafka_security_protocol}): {reason}"
+            ) from exc
+        await stop.wait()
+        logger.info(
+            "stop signal received; shutting down (bound {}s)", settings.shutdown_timeout_seconds
+        )
+    finally:
+        try:
+            await asyncio.wait_for(engine.stop(), settings.shutdown_timeout_seconds)
+        finally:
+            await health.stop()
+
+
+def run(settings: Settings) -> int:
+    """Set up logging and run the engine (or the supervisor of `--num-cores` engines)."""
+    from loguru import logger
+
+    from dataflow import __version__, logs
+
+    logs.setup(settings.log_level_app, settings.log_level_kafka, settings.log_format)
+    logger.info(
+        "dataflow {}: scheduler {}:{}, Kafka {} ({}), health server :{}",
+        __version__,
+        settings.upstream_host,
+        settings.upstream_port,
+        settings.kafka_bootstrap_servers,
+        settings.kafka_security_protocol,
+        settings.health_server_port,
+    )
+    logger.debug("settings: {}", settings.masked())
+    main: Callable[[Settings], Coroutine[Any, Any, None]] = serve
+    errors: tuple[type[Exception], ...] = (StartupError,)
+    if (settings.num_cores or 1) > 1:  # a supervisor of N engine processes
+        from dataflow import workers
+
+        main, errors = workers.supervise, (StartupError, workers.StartupError)
+    try:
+        try:
+            import uvloop
+        except ImportError:
+            asyncio.run(main(settings))
+        else:
+            uvloop.run(main(settings))
+    except errors as exc:
+        logger.remove()
+        print(f"{NAME}: {exc}", file=sys.stderr)
+        return 1
+    return 0

@@ -1,0 +1,198 @@
+"""`dataflow inspect`, `infer`, `model` and `kafka`: the tools' command lines.
+
+The tools' code is in `dataflow.inspect`, `dataflow.infer` and `dataflow.model` (imported when a
+command runs, so `dataflow --help` stays quick); `scripts/infer.py` and `scripts/model.py` run the
+same commands.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import Field
+from pydantic_settings import CliImplicitFlag, CliPositionalArg
+
+from dataflow.cli.base import Command, Repeated, UsageError
+
+DEFAULT_BOOTSTRAP = "localhost:9092"
+BOOTSTRAP_ENV = "SELDON_KAFKA_BOOTSTRAP_SERVERS"
+SECURITY_PROTOCOL_ENV = "SELDON_KAFKA_SECURITY_PROTOCOL"
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_SSL", "SASL_PLAINTEXT"]
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(name) or default
+
+
+class InspectCommand(Command):
+    """Print the V2 messages of a pipeline, a step or a topic as JSON lines (one object per
+    record), like `seldon pipeline inspect`. References: <pipeline> (its inputs and outputs),
+    <pipeline>.inputs|outputs[.<tensor>], <pipeline>.<step> (the step's model topics),
+    <pipeline>.<step>.inputs|outputs[.<tensor>]."""
+
+    ENV: ClassVar[dict[str, str]] = {
+        "bootstrap_servers": BOOTSTRAP_ENV,
+        "security_protocol": SECURITY_PROTOCOL_ENV,
+    }
+
+    reference: CliPositionalArg[str] = Field(
+        "", description="<pipeline>[.<step>][.inputs|.outputs[.<tensor>]]"
+    )
+    topic: list[str] = Field(
+        default_factory=list,
+        json_schema_extra={"metavar": "TOPIC"},
+        description="read this topic by its full name, e.g. seldon.default.model.m.inputs "
+        "(repeatable)",
+    )
+    namespace: str = Field("default", description="scheduler namespace")
+    prefix: str = Field("seldon", description="topic prefix")
+    kind: Literal["request", "response", "text"] | None = Field(
+        None, description="decode --topic values as this (default: from the topic name)"
+    )
+    request_id: str = Field(
+        "", description="only records whose message id, x-request-id header or key is this"
+    )
+    offset: int | None = Field(
+        None,
+        description="start at this offset in every partition; -N: the last N records "
+        "(default: beginning)",
+    )
+    num: int = Field(10, ge=0, description="stop after this many records (0: no limit)")
+    follow: CliImplicitFlag[bool] = Field(False, description="keep reading new records")
+    timeout: float = Field(
+        10.0, gt=0, description="without --follow: give up after this many seconds without records"
+    )
+    raw: CliImplicitFlag[bool] = Field(
+        False, description="keep raw tensor contents as bytes (base64)"
+    )
+    bootstrap_servers: str = Field(
+        default_factory=lambda: _env(BOOTSTRAP_ENV, DEFAULT_BOOTSTRAP),
+        description="Kafka bootstrap servers",
+    )
+    security_protocol: SecurityProtocol = Field(
+        default_factory=lambda: _env(SECURITY_PROTOCOL_ENV, "PLAINTEXT"),  # type: ignore[arg-type]
+        description="Kafka security protocol; TLS and SASL details come from the engine's "
+        "SELDON_KAFKA_* settings",
+    )
+
+    def cli_cmd(self) -> None:
+        from dataflow import inspect
+
+        raise SystemExit(inspect.run(self))
+
+
+class InferCommand(Command):
+    """Send one request to a pipeline over Kafka and print its answer, like
+    `seldon pipeline infer`. Exit 0 with the response, 1 when the answer is an error, 2 on
+    timeout."""
+
+    pipeline: CliPositionalArg[str] = Field(description="pipeline name")
+    namespace: str = Field("default", description="scheduler namespace")
+    prefix: str = Field("seldon", description="topic prefix")
+    bootstrap_servers: str = Field(DEFAULT_BOOTSTRAP, description="Kafka bootstrap servers")
+    tensor: Repeated = Field(
+        default_factory=list,
+        json_schema_extra={"metavar": "NAME:DATATYPE:SHAPE:VALUES"},
+        description="input tensor NAME:DATATYPE:SHAPE:VALUES (repeatable; default "
+        "INPUT0:FP32:1,4:1,2,3,4)",
+    )
+    raw: CliImplicitFlag[bool] = Field(False, description="send values as raw input contents")
+    header: Repeated = Field(
+        default_factory=list,
+        json_schema_extra={"metavar": "NAME=VALUE"},
+        description="request header NAME=VALUE (repeatable)",
+    )
+    id: str = Field("", description="request id (default a random UUID)")
+    timeout: float = Field(30.0, gt=0, description="seconds to wait for the answer")
+    partitions: int = Field(1, ge=1, description="partitions of created topics")
+    json_: CliImplicitFlag[bool] = Field(
+        False, alias="json", description="print the response as JSON"
+    )
+
+    NAME: ClassVar[str] = "dataflow infer"
+
+    def cli_cmd(self) -> None:
+        from dataflow import infer, tools
+
+        try:
+            tensors = [infer.parse_tensor(t) for t in self.tensor or [infer.DEFAULT_TENSOR]]
+        except ValueError as e:
+            raise UsageError(f"--tensor: {e}") from None
+        headers = []
+        for value in self.header:
+            name, sep, text = value.partition("=")
+            if not sep or not name:
+                raise UsageError(f"--header: expected NAME=VALUE, got {value!r}")
+            headers.append((name, text))
+        request = infer.build_request(self.pipeline, tensors, self.id, self.raw, headers)
+        tools.run_tool(type(self).NAME, infer.infer(self, request))
+
+
+class ModelCommand(Command):
+    """A stand-in model on Kafka: answers <prefix>.<ns>.model.<name>.inputs on
+    <prefix>.<ns>.model.<name>.outputs, as Seldon's modelgw does, computing identity, add a
+    constant, or rename tensors. Runs until SIGTERM or SIGINT."""
+
+    name: str = Field(description="model name")
+    namespace: str = Field("default", description="scheduler namespace")
+    prefix: str = Field("seldon", description="topic prefix")
+    bootstrap_servers: str = Field(DEFAULT_BOOTSTRAP, description="Kafka bootstrap servers")
+    fn: Literal["identity", "add", "rename"] = Field(
+        "identity", description="what the model computes"
+    )
+    add: float = Field(1.0, description="the constant of --fn add")
+    rename: dict[str, str] = Field(
+        default_factory=dict,
+        json_schema_extra={"metavar": "OLD=NEW"},
+        description="tensor rename OLD=NEW of --fn rename (repeatable)",
+    )
+    group: str = Field("", description="consumer group (default <prefix>-<ns>-model-<name>)")
+    offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="where a new consumer group starts"
+    )
+    partitions: int = Field(1, ge=1, description="partitions of created topics")
+    verbose: CliImplicitFlag[bool] = Field(False, description="one line per request")
+
+    NAME: ClassVar[str] = "dataflow model"
+
+    def cli_cmd(self) -> None:
+        from dataflow import model, tools
+
+        tools.run_tool(type(self).NAME, model.serve(self))
+
+
+def checkout_script(name: str) -> Path | None:
+    """`scripts/<name>` of the source checkout this package runs from, None in a wheel."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / name
+    return script if script.is_file() and os.access(script, os.X_OK) else None
+
+
+class KafkaCommand(Command):
+    """A local single-node KRaft Kafka broker for development and tests (scripts/kafka of the
+    source checkout: jars from Maven Central, data in .kafka/; KAFKA_PORT, KAFKA_VERSION,
+    KAFKA_DIR, ... in the environment)."""
+
+    verb: CliPositionalArg[Literal["start", "stop", "status", "logs", "fetch"]] = Field(
+        description="start, stop, status (exit 0 running, 3 stopped, 4 another broker), logs, "
+        "fetch (the jars only)"
+    )
+    lines: CliPositionalArg[int] = Field(100, ge=1, description="logs: how many lines")
+
+    def cli_cmd(self) -> None:
+        script = checkout_script("kafka")
+        if script is None:
+            raise UsageError(
+                "the broker script is part of the source checkout (scripts/kafka), not of the "
+                "installed package; run it from a clone of the repository, or use any Kafka "
+                "broker (SELDON_KAFKA_BOOTSTRAP_SERVERS)"
+            )
+        if shutil.which("bash") is None:
+            raise UsageError("scripts/kafka needs bash")
+        args = [str(script), self.verb] + ([str(self.lines)] if self.verb == "logs" else [])
+        sys.stdout.flush()
+        raise SystemExit(subprocess.call(args))
