@@ -209,7 +209,8 @@ def bad_value(error: ValidationError, model: type[BaseSettings], argv: Sequence[
             break
     flag = "--" + field.replace("_", "-")
     env = env_name(owner, field)
-    source = flag if _flag_given(flag, argv) or env is None else env
+    # Not a flag on the command line: a variable's value, else a positional argument's.
+    source = flag if _flag_given(flag, argv) else env or field.upper()
     info = owner.model_fields.get(field)
     secret = info is not None and info.annotation is SecretStr
     value = "(secret)" if secret else repr(first.get("input"))

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field
 from pydantic_settings import CliImplicitFlag, CliPositionalArg
 
 from dataflow.cli.base import Command, Repeated, UsageError
@@ -156,7 +156,9 @@ class ModelCommand(Command):
         "earliest", description="where a new consumer group starts"
     )
     partitions: int = Field(1, ge=1, description="partitions of created topics")
-    verbose: CliImplicitFlag[bool] = Field(False, description="one line per request")
+    verbose: CliImplicitFlag[bool] = Field(
+        False, validation_alias=AliasChoices("verbose", "v"), description="one line per request"
+    )
 
     NAME: ClassVar[str] = "dataflow model"
 
