@@ -28,9 +28,7 @@ def test_the_walkthrough_ends_with_everything_stopped(tmp_path: Path) -> None:
     kafka, proxy, control = free_broker_port(), free_port(), free_port()
     bootstrap = f"127.0.0.1:{kafka}"
     script = block.replace("--upstream-port=10101", f"--upstream-port={proxy}")
-    script = re.sub(
-        r"(scripts/(model|infer)\.py) ", rf"\1 --bootstrap-servers {bootstrap} ", script
-    )
+    script = re.sub(r"(dataflow (model|infer)) ", rf"\1 --bootstrap-servers {bootstrap} ", script)
     marker = uuid.uuid4().hex
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SELDON_", "KAFKA_"))}
     env.update(
@@ -49,9 +47,8 @@ def test_the_walkthrough_ends_with_everything_stopped(tmp_path: Path) -> None:
     # A reader types the lines one at a time: wait for the proxy before `load`, and for the
     # pipeline before `infer` (the only changes to the block besides ports).
     script = script.replace(
-        "python -m dataflow.proxy load ",
-        "until python -m dataflow.proxy status >/dev/null 2>&1; do sleep 0.2; done\n"
-        "python -m dataflow.proxy load --wait 60 ",
+        "dataflow load ",
+        "until dataflow status >/dev/null 2>&1; do sleep 0.2; done\ndataflow load --wait 60 ",
     )
     result = subprocess.run(
         ["bash", "-c", "set -e\n" + script],
