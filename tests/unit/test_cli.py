@@ -4,8 +4,10 @@ except those that fail before any I/O."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -259,3 +261,44 @@ def test_render_table_and_one_pipeline() -> None:
         "  retiring: v1 (uid u1) deleting",
     ]
     assert "no dataflow engines" in render.pipeline(_record(streams={}, retiring=[]))
+
+
+# -- describe: wired to ControlClient.describe and dataflow.describe's renderers -----------------
+
+
+def test_describe_prints_text_json_or_dot(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dataflow.proxy.client import ControlClient
+
+    fake = types.ModuleType("dataflow.describe")
+    fake.render_text = lambda d: f"{d['name']}: 2 steps"  # type: ignore[attr-defined]
+    fake.render_dot = lambda d: f'digraph "{d["name"]}" {{}}\n'  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "dataflow.describe", fake)
+    asked: list[tuple[str, str]] = []
+
+    def describe(self: ControlClient, name: str) -> dict[str, object]:
+        asked.append((self.url, name))
+        return {"name": name, "steps": []}
+
+    monkeypatch.setattr(ControlClient, "describe", describe, raising=False)
+    url = ["--url", "http://127.0.0.1:1"]
+    assert run(["describe", "p1", *url]) == 0
+    assert capsys.readouterr().out == "p1: 2 steps\n"
+    assert run(["describe", "p1", "--json", *url]) == 0
+    assert json.loads(capsys.readouterr().out) == {"name": "p1", "steps": []}
+    assert run(["describe", "p1", "--dot", *url]) == 0
+    assert capsys.readouterr().out == 'digraph "p1" {}\n'
+    assert asked == [("http://127.0.0.1:1", "p1")] * 3
+    assert run(["describe", "p1", "--json", "--dot"]) == 2
+    assert capsys.readouterr().err == "dataflow: give --json or --dot, not both\n"
+
+
+def test_describe_without_the_client_method_is_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from dataflow.proxy.client import ControlClient
+
+    monkeypatch.delattr(ControlClient, "describe", raising=False)
+    assert run(["describe", "p1"]) == 1
+    assert capsys.readouterr().err == "error: this version of dataflow cannot describe pipelines\n"
