@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from dataflow.cli import base
 from dataflow.cli.proxy import (
@@ -47,19 +48,20 @@ EPILOG = (
 )
 
 
-def run(argv: Sequence[str]) -> int:
+def run(argv: Sequence[str], prog: str = PROG) -> int:
     """Run one command line (without the program name) and return the exit code."""
     args = list(argv)
     if args and args[0] in CLIENT_COMMANDS:
-        return base.run(CLIENT_COMMANDS[args[0]], args[1:], f"{PROG} {args[0]}")
+        return base.run(CLIENT_COMMANDS[args[0]], args[1:], f"{prog} {args[0]}")
     if args and args[0] == "serve":
         args = args[1:]
-    return base.run(ProxyCommand, args, PROG, epilog=EPILOG)
+    return base.run(ProxyCommand, args, prog, epilog=EPILOG.replace(PROG, prog))
 
 
 def main() -> None:
     """Entry point of `python -m dataflow.proxy` and `dataflow-proxy`."""
-    sys.exit(run(sys.argv[1:]))
+    script = Path(sys.argv[0]).name == "dataflow-proxy"
+    sys.exit(run(sys.argv[1:], "dataflow-proxy" if script else PROG))
 
 
 if __name__ == "__main__":
