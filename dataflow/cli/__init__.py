@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 
 from pydantic import Field
-from pydantic_settings import CliApp, CliSubCommand, SettingsConfigDict
+from pydantic_settings import CliApp, CliSubCommand
 
 from dataflow.cli import base
 from dataflow.cli.base import Command
@@ -42,8 +42,6 @@ DESCRIPTION = (
 
 class Dataflow(Command):
     """The root command: one subcommand."""
-
-    model_config = SettingsConfigDict(env_prefix="DATAFLOW_CLI_")
 
     engine: CliSubCommand[EngineCommand] = Field(
         description="run the engine (the settings of python -m dataflow)"

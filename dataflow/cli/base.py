@@ -75,8 +75,17 @@ class Parser(argparse.ArgumentParser):
         )
 
     def error(self, message: str) -> NoReturn:
-        print(f"{self.prog}: {message} (see {self.prog} --help)", file=sys.stderr)
+        command = self.prog
+        argv = _ARGV.get()
+        if argv and any(argv[0] in choices for choices in self._commands()):
+            command = f"{self.prog} {argv[0]}"  # pydantic-settings reports leftovers at the root
+        print(f"{self.prog}: {message} (see {command} --help)", file=sys.stderr)
         raise SystemExit(2)
+
+    def _commands(self) -> Iterator[Mapping[str, argparse.ArgumentParser]]:
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                yield action.choices
 
 
 class Command(BaseSettings):
