@@ -66,6 +66,22 @@ def make_producer(settings: Settings) -> AIOKafkaProducer:
     )
 
 
+def make_transactional_producer(settings: Settings, transactional_id: str) -> AIOKafkaProducer:
+    """A producer of one task in exactly-once mode (`dataflow.transactions`): transactional
+    (hence idempotent), otherwise sized as the shared one."""
+    return AIOKafkaProducer(
+        **_common(settings),
+        acks="all",
+        enable_idempotence=True,
+        transactional_id=transactional_id,
+        transaction_timeout_ms=settings.transaction_timeout_ms,
+        linger_ms=settings.kafka_producer_linger_ms,
+        max_batch_size=settings.kafka_producer_batch_bytes,
+        max_request_size=settings.kafka_max_message_size_bytes,
+        request_timeout_ms=settings.kafka_producer_timeout_ms,
+    )
+
+
 def make_consumer(
     settings: Settings, group_id: str, instance: str | None = None, **extra: Any
 ) -> AIOKafkaConsumer:

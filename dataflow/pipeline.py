@@ -8,13 +8,14 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaProducer
 from loguru import logger
 
-from dataflow.kafka import make_consumer, make_restore_consumer
+from dataflow.kafka import make_consumer, make_restore_consumer, make_transactional_producer
 from dataflow.membership import instance_id
 from dataflow.settings import Settings
 from dataflow.stages import StepStages
 from dataflow.step import StateOptions, Step, StepFailed
 from dataflow.store import changelog_topic
 from dataflow.topology import Topology, group_id
+from dataflow.transactions import Transactions
 
 READY = "pipeline data streams: ready"
 
@@ -63,6 +64,13 @@ class Pipeline:
                 max_records=settings.state_max_records,
                 max_bytes=settings.state_max_bytes,
             )
+            transactions = None
+            if settings.processing_guarantee == "exactly_once":
+                transactions = Transactions(
+                    lambda tid: make_transactional_producer(settings, tid),
+                    group,
+                    settings.transaction_interval_ms / 1000,
+                )
             self.steps.append(
                 Step(
                     topology,
@@ -74,6 +82,7 @@ class Pipeline:
                     guard,
                     self._rebalanced,
                     state,
+                    transactions,
                 )
             )
         self._tasks: list[asyncio.Task[None]] = []

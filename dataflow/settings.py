@@ -150,6 +150,22 @@ class Settings(BaseSettings):
         description="most key and value bytes a step holds in state (then it stops fetching)",
     )
 
+    # Processing guarantee (dataflow.transactions).
+    processing_guarantee: Literal["at_least_once", "exactly_once"] = Field(
+        "at_least_once",
+        description="at_least_once, or exactly_once: each step's outputs, state writes and "
+        "consumed offsets committed in one Kafka transaction per input partition",
+    )
+    transaction_interval_ms: int = Field(
+        100, ge=1, le=60000, description="exactly_once: how often each step commits"
+    )
+    transaction_timeout_ms: int = Field(
+        10000,
+        ge=1000,
+        le=900000,
+        description="exactly_once: the broker aborts a transaction left open this long",
+    )
+
     # Topic creation.
     topic_create_timeout_millis: int = Field(60000, ge=1, description="topic creation timeout")
     topic_describe_timeout_millis: int = Field(1000, ge=1, description="per describe call")

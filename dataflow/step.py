@@ -30,6 +30,7 @@ from dataflow.stages import Headers, Ref, Result, StepStages
 from dataflow.stats import StepStats
 from dataflow.streamtime import StreamTime
 from dataflow.topology import Source, StepSpec, Topology, Trigger
+from dataflow.transactions import Transactions
 from dataflow.wire import ChainType, WireError, convert
 
 # Trigger records parse as responses whatever their topic (spec 4.7).
@@ -99,6 +100,8 @@ class Step:
         guard: the pipeline's shared revisit guard, when cycles are allowed.
         on_rebalance: called when the step loses or gets its partitions.
         state: where a stateful step (join, trigger gate, batch) keeps its state.
+        transactions: exactly-once mode (`dataflow.transactions`): the step sends through its
+            tasks' transactional producers, and commits its offsets in their transactions.
     """
 
     def __init__(
@@ -112,6 +115,7 @@ class Step:
         guard: RevisitGuard | None = None,
         on_rebalance: Callable[[], None] | None = None,
         state: StateOptions | None = None,
+        transactions: Transactions | None = None,
     ) -> None:
         self.topology = topology
         self.spec = spec
@@ -126,6 +130,7 @@ class Step:
         if self.stages.stateful and state is None:
             raise ValueError("a stateful step needs StateOptions")
         self.state = state if self.stages.stateful else None
+        self._txn = transactions
         self._timed = self.stages.timed
         # Stateless steps without a cycle guard take the batch-at-a-time path.
         self._fast = not self.stages.stateful and guard is None
@@ -239,9 +244,10 @@ class Step:
         sink_partitions = self._sink_partitions
         pipeline, version = self._header_values
         replaced = hdr.REPLACED
-        # One open record batch (and what is in it) per sink partition.
-        open_batches: dict[int, tuple[Any, list[tuple[bytes, TopicPartition, Any]]]] = {}
-        create = self.producer.create_batch
+        # Per producer (exactly-once: one per task), one open record batch (and what is in it)
+        # per sink partition.
+        producers: dict[int, tuple[AIOKafkaProducer, dict[int, tuple[Any, list[Any]]]]] = {}
+        producer = self.producer
         hold = _FetchHold(self, self._generation)
         t0 = time.perf_counter()
         received = time.perf_counter()
@@ -254,6 +260,14 @@ class Step:
             hold.tps.append((tp, records[0].offset))
             self._positions[tp] = records[-1].offset + 1
             fetched += len(records)
+            task = 0
+            if self._txn is not None:
+                task = tp.partition
+                producer = await self._txn.producer(task)
+            if task not in producers:
+                producers[task] = (producer, {})
+            open_batches = producers[task][1]
+            create = producer.create_batch
             for record in records:
                 headers = record.headers
                 matched = False
@@ -283,7 +297,9 @@ class Step:
                         current = open_batches[partition] = (create(), [])
                     ts = record.timestamp if record.timestamp >= 0 else None
                     if current[0].append(key=key, value=value, timestamp=ts, headers=kept) is None:
-                        await self._send_built(current[0], partition, current[1], hold, received)
+                        await self._send_built(
+                            producer, current[0], partition, current[1], hold, received
+                        )
                         current = open_batches[partition] = (create(), [])
                         current[0].append(key=key, value=value, timestamp=ts, headers=kept)
                     current[1].append((value, tp, record))
@@ -292,12 +308,14 @@ class Step:
         stats.records_in += fetched
         if fetched:
             stats.convert_seconds.observe_many((time.perf_counter() - t0) / fetched, fetched)
-        for partition, (builder, items) in open_batches.items():
-            await self._send_built(builder, partition, items, hold, received)
+        for producer, open_batches in producers.values():
+            for partition, (builder, items) in open_batches.items():
+                await self._send_built(producer, builder, partition, items, hold, received)
         hold.sealed()
 
     async def _send_built(
         self,
+        producer: AIOKafkaProducer,
         builder: Any,
         partition: int,
         items: list[Any],
@@ -308,14 +326,20 @@ class Step:
             return
         hold.pending += 1
         self.stats.records_out += len(items)
-        future = await self.producer.send_batch(builder, self.spec.sink, partition=partition)
+        future = await producer.send_batch(builder, self.spec.sink, partition=partition)
         future.add_done_callback(partial(self._on_batch_ack, items, hold, received))
 
     def _on_batch_ack(
         self, items: list[Any], hold: _FetchHold, received: float, future: asyncio.Future[Any]
     ) -> None:
         if future.cancelled() or future.exception() is not None:
-            if hold.generation == self._generation:
+            if self._txn is not None:
+                # Exactly-once: the transaction cannot commit; the step is rebuilt.
+                reason = "cancelled" if future.cancelled() else repr(future.exception())
+                self._failure = StepFailed(
+                    f"transaction failed: send to {self.spec.sink}: {reason}"
+                )
+            elif hold.generation == self._generation:
                 # Each record is retried on its own (and refused ones go to the error topic);
                 # it holds its own offset from now, so the fetch hold can end.
                 reason = "cancelled" if future.cancelled() else repr(future.exception())
@@ -437,10 +461,12 @@ class Step:
             await self.producer.flush()
             await asyncio.sleep(0)
             await self._commit(force=True)
-        except KafkaError as exc:
+        except (KafkaError, StepFailed) as exc:
             self.log.warning("final commit failed: {}", exc)
 
     async def _close(self) -> None:
+        if self._txn is not None:
+            await self._txn.close()  # aborts what is still open
         instance = self.consumer._group_instance_id
         group = self.consumer._group_id
         member = membership.member_of(self.consumer)
@@ -603,7 +629,10 @@ class Step:
         if held:
             assert cause is not None
             self.tracker.hold(cause.tp, cause.offset)
-        future = await self.producer.send(
+        producer = self.producer
+        if self._txn is not None:
+            producer = await self._txn.producer(token.tp.partition)
+        future = await producer.send(
             self.state.changelog,
             value,
             key=entry.ident,
@@ -648,6 +677,12 @@ class Step:
             if entry.ident in self._entries:
                 continue  # written again since (the same record consumed again)
             partition = entry.token.tp.partition % self._changelog_partitions
+            if self._txn is not None:  # in the transaction; a failure fails the step
+                producer = await self._txn.producer(entry.token.tp.partition)
+                await producer.send(
+                    self.state.changelog, None, key=entry.ident, partition=partition
+                )
+                continue
             try:
                 await self.producer.send(
                     self.state.changelog, None, key=entry.ident, partition=partition
@@ -762,8 +797,11 @@ class Step:
 
     async def _deliver(self, topic: str, output: Output[Ref], extra: Headers, attempt: int) -> None:
         partition, headers = self._record_parts(topic, output, extra)
+        producer = self.producer
+        if self._txn is not None:
+            producer = await self._txn.producer(output.origin.tp.partition)
         try:
-            future = await self.producer.send(
+            future = await producer.send(
                 topic,
                 output.value,
                 key=output.key,
@@ -793,6 +831,10 @@ class Step:
             reason = "cancelled" if exc is None else repr(exc)
             if not self._current(output.origin):
                 return  # its partition was revoked: the next owner replays the record
+            if self._txn is not None:
+                # Exactly-once: the transaction cannot commit; the step is rebuilt.
+                self._failure = StepFailed(f"transaction failed: send to {topic}: {reason}")
+                return
             if isinstance(exc, MessageSizeTooLargeError) and topic != self.error_topic:
                 # The broker refused the record batch: retry this record alone.
                 why = f"output of {len(output.value)} bytes refused by {topic}: {exc}"
@@ -865,6 +907,9 @@ class Step:
     # -- commits ----------------------------------------------------------------------------
 
     async def _commit(self, force: bool) -> None:
+        if self._txn is not None:
+            await self._commit_transactions(force)
+            return
         now = time.monotonic()
         if not force and now - self._last_commit < COMMIT_INTERVAL:
             return
@@ -883,6 +928,32 @@ class Step:
             self.log.warning("commit failed, will retry: {}", exc)
             return
         self.tracker.mark_committed(offsets)
+
+    async def _commit_transactions(self, force: bool) -> None:
+        """Exactly-once: commit each task's transaction with its consumed positions.
+
+        Everything sent is acknowledged first, so that the tombstones of entries whose outputs
+        were delivered go into the same transaction as those outputs.
+        """
+        assert self._txn is not None
+        if not force and not self._txn.due():
+            return
+        try:
+            await self._txn.flush()
+            await asyncio.sleep(0)  # the acks' callbacks run: deferred tombstones are released
+            if self._failure is None and self._tombstones:
+                await self._flush_tombstones()
+                await self._txn.flush()
+                await asyncio.sleep(0)
+            if self._failure is not None:
+                raise self._failure
+            assigned = self.consumer.assignment()
+            await self._txn.commit({tp: o for tp, o in self._positions.items() if tp in assigned})
+        except Exception as exc:
+            await self._txn.abort()
+            if isinstance(exc, StepFailed):
+                raise
+            raise StepFailed(f"exactly-once: {exc}") from exc
 
     def lag(self) -> dict[TopicPartition, int]:
         """Records behind the high watermark per assigned partition (known positions only)."""
@@ -917,6 +988,11 @@ class Step:
                 await self._commit(force=True)
             except KafkaError as exc:
                 self.log.warning("commit on revoke failed: {}", exc)
+            except StepFailed as exc:  # exactly-once: aborted; the next owner replays
+                self.log.warning("commit on revoke failed: {}", exc)
+                self._failure = exc
+            if self._txn is not None:  # the next owner's producers fence these anyway
+                await self._txn.assign(self._txn.tasks - {tp.partition for tp in revoked})
             self._generation += 1
             for tp in revoked:
                 self.tracker.forget(tp)
@@ -927,19 +1003,32 @@ class Step:
         self._on_rebalance()
 
     async def _log_start(self, assigned: set[TopicPartition]) -> None:
-        """Say where each partition starts: its committed offset, or the reset policy."""
+        """Say where each partition starts: its committed offset, or the reset policy.
+
+        Exactly-once: the committed offsets are read again now that the previous owners are
+        fenced (their last transactions committed or aborted), and the consumer seeks to them
+        (or to the reset policy's end): records it fetched before are dropped (`on_assigned`)."""
         starts = []
+        reset = getattr(self.consumer, "_auto_offset_reset", "reset")
         for tp in sorted(assigned):
             try:
                 committed = await self.consumer.committed(tp)
             except KafkaError as exc:
                 starts.append(f"{tp.topic}[{tp.partition}] (committed offset unknown: {exc})")
+                if self._txn is not None:
+                    self._failure = StepFailed(f"cannot read the committed offset of {tp}: {exc}")
                 continue
             if committed is None:
-                reset = getattr(self.consumer, "_auto_offset_reset", "reset")
                 where = f"the {reset} offset (none committed)"
+                if self._txn is not None:
+                    if reset == "latest":
+                        await self.consumer.seek_to_end(tp)
+                    else:
+                        await self.consumer.seek_to_beginning(tp)
             else:
                 where = f"committed offset {committed}"
+                if self._txn is not None:
+                    self.consumer.seek(tp, committed)
             starts.append(f"{tp.topic}[{tp.partition}] from {where}")
         if starts:
             self.log.info("reads {}", "; ".join(starts))
@@ -950,10 +1039,15 @@ class Step:
         async with self._batch_lock:
             self._clock.assign(assigned)
             try:
+                if self._txn is not None:  # fences the previous owners before reading state
+                    await self._txn.assign({tp.partition for tp in assigned})
                 await self._restore(assigned)
             except Exception as exc:  # the pipeline is rebuilt; nothing past it was committed
                 self._failure = StepFailed(f"cannot restore state: {type(exc).__name__}: {exc}")
             await self._log_start(assigned)
+            if self._txn is not None:
+                # A batch fetched while this ran may come from before the seek: drop it.
+                self._generation += 1
         self.assigned.set()
         self._on_rebalance()
 

@@ -259,6 +259,7 @@ class Config:
     kill_every: float = 10.0
     duration: float = 180.0
     log_level: str = "DEBUG"
+    guarantee: str = "at_least_once"
 
     @property
     def faults(self) -> list[str]:
@@ -266,9 +267,10 @@ class Config:
 
     @property
     def label(self) -> str:
+        label = self.case
         if self.case in ("join", "outer") and self.window_ms != 1000:
-            return f"{self.case}({self.window_ms / 1000:g}s)"
-        return self.case
+            label = f"{self.case}({self.window_ms / 1000:g}s)"
+        return label + ("-eos" if self.guarantee == "exactly_once" else "")
 
 
 @dataclass
@@ -945,6 +947,7 @@ class Run:
             name=name,
             log_level_app=self.cfg.log_level,
             kafka_partitions_default=str(self.cfg.partitions),
+            processing_guarantee=self.cfg.guarantee,
         )
 
     def start_engines(self) -> None:
@@ -1784,6 +1787,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level", default="DEBUG", help="engines' SELDON_LOG_LEVEL_APP (default DEBUG)"
     )
+    p.add_argument(
+        "--guarantee",
+        choices=("at_least_once", "exactly_once"),
+        default="at_least_once",
+        help="engines' SELDON_PROCESSING_GUARANTEE (default at_least_once)",
+    )
     p.add_argument("--lead", type=float, default=3.0, help="producing before the fault (3 s)")
     p.add_argument("--after", type=float, default=10.0, help="producing after the fault (10 s)")
     p.add_argument("--quiet", type=float, default=15.0, help="drain until no output for (15 s)")
@@ -1853,6 +1862,7 @@ async def _main(args: argparse.Namespace) -> list[Result]:
                     kill_every=args.kill_every,
                     duration=args.duration,
                     log_level=args.log_level,
+                    guarantee=args.guarantee,
                 )
                 logs = root / f"{cfg.label}-{fault}".replace("(", "-").replace(")", "")
                 result = await run_one(
