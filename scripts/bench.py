@@ -4,6 +4,7 @@
     scripts/bench --records 300000 --parts throughput,latency --json out.json
     scripts/bench --quick                           # a short smoke of every part
     scripts/bench --parts wire                      # the wire-conversion micro-benchmark
+    scripts/bench --parts guarantees                # at-least-once vs exactly-once vs raw
 
 Both contenders run as child processes on the same broker, alternated (raw, engine, raw,
 engine, ...), each run on its own fresh topic pair, pre-loaded once before the run:
@@ -55,7 +56,7 @@ sys.path.insert(0, str(REPO))
 from producer import demo_response  # noqa: E402
 
 PARTS = ("throughput", "partitions", "latency", "rss", "large")
-EXTRA_PARTS = ("wire",)
+EXTRA_PARTS = ("wire", "guarantees")
 LOG_APPEND = {"message.timestamp.type": "LogAppendTime"}
 BIG = 64 * 2**20
 MIB = 2**20
@@ -311,12 +312,19 @@ async def append_span(bootstrap: str, topic: str, partitions: int) -> tuple[int,
             end = (await consumer.end_offsets([tp]))[tp]
             if end <= start:
                 continue
-            for offset in (start, end - 1):
-                consumer.seek(tp, offset)
-                record = await asyncio.wait_for(consumer.getone(tp), 60)
-                if record.timestamp_type != 1:
-                    raise RuntimeError(f"{topic} is not a LogAppendTime topic")
-                first, last = min(first, record.timestamp), max(last, record.timestamp)
+            consumer.seek(tp, start)
+            record = await asyncio.wait_for(consumer.getone(tp), 60)
+            if record.timestamp_type != 1:
+                raise RuntimeError(f"{topic} is not a LogAppendTime topic")
+            first = min(first, record.timestamp)
+            # The last record: exactly-once outputs end with a transaction marker (no record),
+            # so read the tail up to the end rather than the one offset before it.
+            consumer.seek(tp, max(start, end - 200))
+            deadline = time.monotonic() + 60
+            while await consumer.position(tp) < end and time.monotonic() < deadline:
+                batch = await consumer.getmany(tp, timeout_ms=1000)
+                for got in batch.get(tp, []):
+                    last = max(last, got.timestamp)
     finally:
         await consumer.stop()
     return first, last
@@ -336,6 +344,36 @@ async def read_all(bootstrap: str, topic: str, n: int, timeout: float = 60) -> l
     finally:
         await consumer.stop()
     return records
+
+
+async def receive_times(
+    bootstrap: str, topic: str, n: int, ready: asyncio.Event, timeout: float = 120
+) -> dict[bytes, float]:
+    """Wall time (us) at which a live `read_committed` reader of `topic` receives each key: when
+    an output becomes visible downstream (for exactly-once: after its transaction commits)."""
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        group_id=None,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        fetch_max_wait_ms=10,
+    )
+    await consumer.start()
+    seen: dict[bytes, float] = {}
+    try:
+        ready.set()
+        deadline = time.monotonic() + timeout
+        while len(seen) < n and time.monotonic() < deadline:
+            batch = await consumer.getmany(timeout_ms=100, max_records=10_000)
+            now_us = time.time_ns() / 1000
+            for rs in batch.values():
+                for r in rs:
+                    if r.key is not None:
+                        seen.setdefault(r.key, now_us)
+    finally:
+        await consumer.stop()
+    return seen
 
 
 # -- the contenders ------------------------------------------------------------------------------
@@ -756,7 +794,9 @@ def _percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[k]
 
 
-async def latency_run(bench: Bench, kind: str) -> dict[str, Any]:
+async def latency_run(
+    bench: Bench, kind: str, visible: bool = False, **settings: str
+) -> dict[str, Any]:
     topics = Topics.fresh("l" + kind[0])
     n = int(bench.latency_rate * bench.latency_seconds)
     result: dict[str, Any] = {"kind": kind, "records": n, "rate": bench.latency_rate}
@@ -764,15 +804,31 @@ async def latency_run(bench: Bench, kind: str) -> dict[str, Any]:
     try:
         await create_topics(bench.bootstrap, [topics.source], 1)
         await create_topics(bench.bootstrap, [topics.sink], 1, LOG_APPEND)
-        proc = await _contender(bench, kind, topics, n)
+        proc = await _contender(bench, kind, topics, n, **settings)
         await proc.begin(topics)
         if isinstance(proc, EngineProcess):
             result["engine_revision"] = proc.revision
             await proc.wait_ready([topics.pipeline], 120)
         result["load_before"] = load1()
         before = sample(proc.pid)
+        receiver = None
+        if visible:
+            ready = asyncio.Event()
+            receiver = asyncio.create_task(
+                receive_times(bench.bootstrap, topics.sink, n, ready), name="bench-receiver"
+            )
+            await ready.wait()
         sent, result["send_s"] = await paced_send(bench, topics)
         count = await wait_count(bench.bootstrap, topics.sink, 1, sent, proc.dead)
+        if receiver is not None:
+            seen = await receiver
+            visible_ms = sorted(
+                (t - int(k.split(b":")[1])) / 1000 for k, t in seen.items() if b":" in k
+            )
+            result.update(
+                visible_p50_ms=_percentile(visible_ms, 0.50),
+                visible_p99_ms=_percentile(visible_ms, 0.99),
+            )
         after = sample(proc.pid)
         result["load_after"] = load1()
         records = await read_all(bench.bootstrap, topics.sink, count)
@@ -813,6 +869,111 @@ async def part_latency(bench: Bench) -> dict[str, Any]:
         for kind, rs in runs.items()
     }
     return part
+
+
+#: The contenders of the guarantees part: (label, contender kind, engine settings).
+GUARANTEES: tuple[tuple[str, str, dict[str, str]], ...] = (
+    ("raw", "raw", {}),
+    ("at_least_once", "engine", {"processing_guarantee": "at_least_once"}),
+    ("exactly_once", "engine", {"processing_guarantee": "exactly_once"}),
+)
+
+
+async def part_guarantees(bench: Bench) -> dict[str, Any]:
+    """The 1-partition chain's throughput and the latency at a steady rate, with the engine in
+    both processing guarantees, alternated with the raw loop (raw, at-least-once,
+    exactly-once, raw, ...)."""
+    part: dict[str, Any] = {
+        "records": bench.records,
+        "rate": bench.latency_rate,
+        "seconds": bench.latency_seconds,
+        "load_before": load1(),
+    }
+    value = demo_response(1)
+    through: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in GUARANTEES}
+    latency: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in GUARANTEES}
+    for i in range(bench.runs):
+        for label, kind, settings in GUARANTEES:
+            r = await throughput_run(bench, kind, bench.records, value, 1, False, **settings)
+            through[label].append(r)
+            bench.say(
+                f"  guarantees throughput run {i + 1}/{bench.runs} {label:<13}: "
+                f"{r['rate']:>10,.0f} records/s, {r['count']:,} out, "
+                f"cpu {r['cpu_us_per_record']:.1f} us/record, "
+                f"load {r['load_before']:.2f}->{r['load_after']:.2f}"
+            )
+        for label, kind, settings in GUARANTEES:
+            r = await latency_run(bench, kind, visible=True, **settings)
+            latency[label].append(r)
+            bench.say(
+                f"  guarantees latency run {i + 1}/{bench.runs} {label:<13}: "
+                f"p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, max {r['max_ms']:.1f} ms, "
+                f"visible to a read_committed reader p50 {r['visible_p50_ms']:.1f} ms "
+                f"p99 {r['visible_p99_ms']:.1f} ms, "
+                f"{r['count']:,} out, load {r['load_before']:.2f}->{r['load_after']:.2f}"
+            )
+    part["load_after"] = load1()
+    part["runs"] = {"throughput": through, "latency": latency}
+    part["median"] = {
+        label: {
+            "rate": _median(through[label], "rate"),
+            "cpu_us_per_record": _median(through[label], "cpu_us_per_record"),
+            "p50_ms": _median(latency[label], "p50_ms"),
+            "p99_ms": _median(latency[label], "p99_ms"),
+            "visible_p50_ms": _median(latency[label], "visible_p50_ms"),
+            "visible_p99_ms": _median(latency[label], "visible_p99_ms"),
+        }
+        for label, _, _ in GUARANTEES
+    }
+    return part
+
+
+def guarantees_table(part: dict[str, Any], runs: int) -> str:
+    """The guarantees part: each mode beside the raw loop, and exactly-once / at-least-once."""
+    med = part["median"]
+    raw, alo, eos = med["raw"], med["at_least_once"], med["exactly_once"]
+    rows = [
+        [
+            f"records/s, 1 partition, {part['records']:,} of 77 B, {_of(runs)}",
+            f"{raw['rate']:,.0f}/s",
+            f"{alo['rate']:,.0f}/s ({_ratio(alo['rate'], raw['rate'])})",
+            f"{eos['rate']:,.0f}/s ({_ratio(eos['rate'], raw['rate'])})",
+            _ratio(eos["rate"], alo["rate"]),
+        ],
+        [
+            "CPU per record",
+            f"{raw['cpu_us_per_record']:.1f} us",
+            f"{alo['cpu_us_per_record']:.1f} us",
+            f"{eos['cpu_us_per_record']:.1f} us",
+            _ratio(eos["cpu_us_per_record"], alo["cpu_us_per_record"]),
+        ],
+    ]
+    for key, what in (
+        ("p50_ms", "p50 added latency (send → output append)"),
+        ("p99_ms", "p99 added latency (send → output append)"),
+        ("visible_p50_ms", "p50 send → received by a live read_committed reader"),
+        ("visible_p99_ms", "p99 send → received by a live read_committed reader"),
+    ):
+        rows.append(
+            [
+                f"{what} at {part['rate']:,}/s, {_of(runs)}",
+                f"{raw[key]:.1f} ms",
+                f"{alo[key]:.1f} ms ({_ratio(alo[key], raw[key])})",
+                f"{eos[key]:.1f} ms ({_ratio(eos[key], raw[key])})",
+                _ratio(eos[key], alo[key]),
+            ]
+        )
+    header = [
+        "figure",
+        "raw aiokafka loop",
+        "at_least_once (/ raw)",
+        "exactly_once (/ raw)",
+        "exactly / at-least",
+    ]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    lines.append(f"\nload {_load(part)}")
+    return "\n".join(lines)
 
 
 async def rss_run(bench: Bench, count: int) -> dict[str, Any]:
@@ -1067,7 +1228,7 @@ def parser() -> argparse.ArgumentParser:
         "--parts",
         type=_parts,
         default=list(PARTS),
-        help=f"comma-separated, of {', '.join(PARTS)} (default all) and wire",
+        help=f"comma-separated, of {', '.join(PARTS)} (default all), wire and guarantees",
     )
     p.add_argument("--records", type=int, help="records per throughput run (1,000,000)")
     p.add_argument("--runs", type=int, help="runs of each contender per part (3)")
@@ -1147,6 +1308,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "latency": part_latency,
         "rss": part_rss,
         "large": part_large,
+        "guarantees": part_guarantees,
     }
     for name in args.parts:
         if name == "wire":
@@ -1161,7 +1323,10 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             bench.say(f"  {name} failed: {out['errors'][name]}")
     out["seconds"] = time.monotonic() - t0
     out["engine_revisions"] = sorted(REVISIONS)
-    out["table"] = table(out["parts"], bench.runs) if out["parts"] else ""
+    main_parts = {k: v for k, v in out["parts"].items() if k != "guarantees"}
+    out["table"] = table(main_parts, bench.runs) if main_parts else ""
+    if "guarantees" in out["parts"]:
+        out["guarantees_table"] = guarantees_table(out["parts"]["guarantees"], bench.runs)
     return out
 
 
@@ -1183,6 +1348,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"engine: {revisions[0]}")
     if out["table"]:
         print(f"\n{out['table']}\n")
+    if out.get("guarantees_table"):
+        print(f"\nprocessing guarantees:\n\n{out['guarantees_table']}\n")
+    if "seconds" in out:
         print(f"took {out['seconds']:.0f} s; logs in {out['logs']}")
     if "wire" in args.parts:
         out["wire"] = wire_table()
