@@ -145,3 +145,16 @@ async def test_chain_of_two_replicas_loses_nothing_across_replica_kills(
     assert result.lost == 0, _summary(result)
     assert result.faults_applied == 2 and result.resume_never == 0, _summary(result)
     assert (tmp_path / "engine-b.log").exists() and (tmp_path / "timeline.txt").exists()
+
+
+async def test_exactly_once_join_writes_each_id_once_across_kill9(
+    tmp_path: Path, bootstrap: str, unique: str
+) -> None:
+    """Exactly-once mode: a read_committed reader sees every id once after two kill -9."""
+    cfg = _short("kill9", partitions=2, kills=2)
+    cfg.guarantee = "exactly_once"
+    result = await chaos.run_one(cfg, bootstrap=bootstrap, logs=tmp_path, tag=unique)
+    print(_summary(result))
+    assert result.sent > 0, _summary(result)
+    assert (result.lost, result.duplicated) == (0, 0), _summary(result)
+    assert result.faults_applied == 2 and result.resume_never == 0, _summary(result)
