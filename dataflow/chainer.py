@@ -41,6 +41,9 @@ EVENT_PATH = "/seldon.mlops.chainer.Chainer/PipelineUpdateEvent"
 
 INSTANCE_METADATA = "x-dataflow-instance"
 """gRPC metadata key of an engine process's instance id (lowercase, as HTTP/2 requires)."""
+HEALTH_METADATA = "x-dataflow-health"
+"""gRPC metadata key of an engine's health server, `host:port` (`:port` when it binds every
+interface: the scheduler then uses the address the subscription came from)."""
 
 VARINT, FIXED64, LENGTH, START_GROUP, END_GROUP, FIXED32 = 0, 1, 2, 3, 4, 5
 _WIRE_NAMES = {

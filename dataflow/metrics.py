@@ -2,7 +2,8 @@
 
 Per pipeline and step: records in, filtered out (another pipeline's), out (acknowledged by the
 broker), to the error topic, conversion and consume-to-ack latency histograms, consumer lag per
-partition; and the scheduler connection state.
+partition; and the scheduler connection state. Steps are labelled by name (`step`) and index
+(`step_index`).
 """
 
 from __future__ import annotations
@@ -19,10 +20,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
+from dataflow.describe import step_names
+
 if TYPE_CHECKING:
     from dataflow.engine import Engine
 
-_LABELS = ["pipeline", "version", "step"]
+#: `step` is the step's name (`dataflow.describe.step_names`), `step_index` its index.
+_LABELS = ["pipeline", "version", "step", "step_index"]
 
 
 class EngineCollector(Collector):
@@ -107,8 +111,10 @@ class EngineCollector(Collector):
         )
         for pipeline in list(engine.pipelines.values()):
             topology = pipeline.topology
+            names = step_names(topology)
             for step in pipeline.steps:
-                labels = [topology.name, str(topology.version), str(step.spec.index)]
+                index = step.spec.index
+                labels = [topology.name, str(topology.version), names[index], str(index)]
                 for attr, counter in counters.items():
                     counter.add_metric(labels, getattr(step.stats, attr))
                 for attr, gauge in gauges.items():

@@ -27,6 +27,7 @@ from grpclib.exceptions import GRPCError
 from loguru import logger
 
 from dataflow.chainer import (
+    HEALTH_METADATA,
     INSTANCE_METADATA,
     SUBSCRIBE_PATH,
     MalformedMessage,
@@ -143,6 +144,12 @@ class Subscriber:
             on_malformed,
             tls=upstream_tls(settings),
         )
+
+    def advertise_health(self, host: str, port: int) -> None:
+        """Send the health server's address with the subscription (`x-dataflow-health`)."""
+        wildcard = host in ("", "0.0.0.0", "::")
+        shown = "" if wildcard else f"[{host}]" if ":" in host else host
+        self._metadata[HEALTH_METADATA] = f"{shown}:{port}"
 
     def _deliver(self, raw: bytes) -> None:
         try:

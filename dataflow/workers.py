@@ -60,6 +60,7 @@ from prometheus_client.registry import Collector
 from prometheus_client.samples import Sample
 from pydantic import SecretStr
 
+from dataflow import describe
 from dataflow.acks import COMMANDS, AckBook, Summary
 from dataflow.chainer import StrictCodec, service_mapping
 from dataflow.membership import instance_id
@@ -563,6 +564,8 @@ class Supervisor:
         app.router.add_get("/startup", self._startup)
         app.router.add_get("/ready", self._ready)
         app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/pipelines", self._pipelines)
+        app.router.add_get("/pipelines/{name}", self._pipelines)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, self.settings.health_server_host, self.health_port)
@@ -577,6 +580,7 @@ class Supervisor:
         if sockets:
             self.health_port = sockets[0].getsockname()[1]
         logger.info("health server on {}:{}", self.settings.health_server_host, self.health_port)
+        self.subscriber.advertise_health(self.settings.health_server_host, self.health_port)
 
     async def _get(self, worker: _Worker, path: str) -> tuple[int, str] | None:
         """A worker's answer to GET `path` (status, body), None when it does not answer."""
@@ -655,6 +659,41 @@ class Supervisor:
             body=merge_metrics(texts, self._own_metrics()),
             headers={"Content-Type": CONTENT_TYPE_LATEST},
         )
+
+    async def _pipelines(self, request: web.Request) -> web.Response:
+        """`/pipelines` (or `/pipelines/{name}`) of every worker, figures summed per step."""
+        answers = await asyncio.gather(*(self._get(w, "/pipelines") for w in self.workers))
+        views: dict[str, list[dict[str, Any]]] = {}
+        for worker, answer in zip(self.workers, answers, strict=True):
+            if answer is not None and answer[0] == 200:
+                views[str(worker.index)] = json.loads(answer[1]).get("pipelines", [])
+        merged = merge_pipelines(views)
+        name = request.match_info.get("name")
+        if name is None:
+            return web.json_response(
+                {"engine": self.settings.dataflow_replica_id, "pipelines": merged}
+            )
+        found = [d for d in merged if d["name"] == name]
+        if not found:
+            return web.json_response({"error": f"pipeline {name!r} does not run here"}, status=404)
+        return web.json_response(found[-1])
+
+
+def merge_pipelines(views: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The workers' `/pipelines` lists (by worker label) as one: per pipeline version, the
+    figures summed per step and each worker's copy under `engines`."""
+    by_uid: dict[str, dict[str, dict[str, Any]]] = {}
+    for worker, pipelines in views.items():
+        for pipeline in pipelines:
+            by_uid.setdefault(pipeline["uid"], {})[worker] = pipeline
+    merged = []
+    for copies in by_uid.values():
+        base = next(iter(copies.values()))
+        one = describe.merge(base, copies)
+        one["state"] = one.pop("engine_state", base.get("state", ""))
+        merged.append(one)
+    merged.sort(key=lambda d: (d["name"], d["version"]))
+    return merged
 
 
 async def supervise(settings: Settings) -> None:

@@ -298,6 +298,14 @@ async def test_probes_and_metrics_then_liveness_without_broker(
         assert sample("dataflow_step_records_error_total") == 0
         assert sample("dataflow_step_latency_seconds_count") == 20
         assert sample("dataflow_consumer_lag") == 0
+        # Steps are labelled by name (the sink's model) and index.
+        lines = get(base + "/metrics")[1].splitlines()
+        assert any(
+            line.startswith("dataflow_step_records_in_total{")
+            and f'pipeline="{name}"' in line
+            and 'step="b",step_index="0"' in line
+            for line in lines
+        ), [line for line in lines if line.startswith("dataflow_step_records_in_total")]
         assert "dataflow_scheduler_connected 1.0" in get(base + "/metrics")[1]
 
         before = len(eng.output().splitlines())

@@ -82,7 +82,7 @@ def test_metrics_of_the_workers_are_merged_with_a_worker_label() -> None:
     worker_text = (
         "# HELP dataflow_step_records_in_total records consumed\n"
         "# TYPE dataflow_step_records_in_total counter\n"
-        'dataflow_step_records_in_total{{pipeline="p",step="0",version="1"}} {n}\n'
+        'dataflow_step_records_in_total{{pipeline="p",step="m",step_index="0",version="1"}} {n}\n'
         "# HELP dataflow_scheduler_connected 1 when the scheduler stream is up\n"
         "# TYPE dataflow_scheduler_connected gauge\n"
         "dataflow_scheduler_connected 1.0\n"
