@@ -1007,31 +1007,41 @@ class Step:
 
         Exactly-once: the committed offsets are read again now that the previous owners are
         fenced (their last transactions committed or aborted), and the consumer seeks to them
-        (or to the reset policy's end): records it fetched before are dropped (`on_assigned`)."""
+        (or to the reset policy's end). A batch fetched before the seeks is dropped (the
+        generation changes with them, with no await in between), and fetched again."""
         starts = []
         reset = getattr(self.consumer, "_auto_offset_reset", "reset")
+        committed: dict[TopicPartition, int | None] = {}
         for tp in sorted(assigned):
             try:
-                committed = await self.consumer.committed(tp)
+                committed[tp] = await self.consumer.committed(tp)
             except KafkaError as exc:
                 starts.append(f"{tp.topic}[{tp.partition}] (committed offset unknown: {exc})")
                 if self._txn is not None:
                     self._failure = StepFailed(f"cannot read the committed offset of {tp}: {exc}")
                 continue
-            if committed is None:
-                where = f"the {reset} offset (none committed)"
-                if self._txn is not None:
-                    if reset == "latest":
-                        await self.consumer.seek_to_end(tp)
-                    else:
-                        await self.consumer.seek_to_beginning(tp)
-            else:
-                where = f"committed offset {committed}"
-                if self._txn is not None:
-                    self.consumer.seek(tp, committed)
+            offset = committed[tp]
+            where = (
+                f"the {reset} offset (none committed)"
+                if offset is None
+                else f"committed offset {offset}"
+            )
             starts.append(f"{tp.topic}[{tp.partition}] from {where}")
         if starts:
             self.log.info("reads {}", "; ".join(starts))
+        if self._txn is None or self._failure is not None:
+            return
+        missing = [tp for tp, offset in committed.items() if offset is None]
+        ends: dict[TopicPartition, int] = {}
+        if missing:
+            ends = await (
+                self.consumer.end_offsets(missing)
+                if reset == "latest"
+                else self.consumer.beginning_offsets(missing)
+            )
+        for tp, offset in committed.items():
+            self.consumer.seek(tp, ends[tp] if offset is None else offset)
+        self._generation += 1
 
     async def on_assigned(self, assigned: set[TopicPartition]) -> None:
         """Restore the state of new partitions, then mark the step ready."""
@@ -1045,9 +1055,6 @@ class Step:
             except Exception as exc:  # the pipeline is rebuilt; nothing past it was committed
                 self._failure = StepFailed(f"cannot restore state: {type(exc).__name__}: {exc}")
             await self._log_start(assigned)
-            if self._txn is not None:
-                # A batch fetched while this ran may come from before the seek: drop it.
-                self._generation += 1
         self.assigned.set()
         self._on_rebalance()
 
