@@ -38,9 +38,18 @@ def step_name(sink: str) -> str:
     return sink
 
 
+def _name_of(spec: StepSpec) -> str:
+    name = step_name(spec.sink)
+    errors = all(s.topic.rsplit(".", 2)[-2:] == ["errors", "errors"] for s in spec.sources)
+    if errors and name.endswith(".outputs"):  # the step carrying step errors to the outputs
+        return name.removesuffix(".outputs") + ".errors"
+    return name
+
+
 def step_names(topology: Topology) -> list[str]:
-    """Every step's name in index order; a repeated name gets `#<index>`."""
-    names = [step_name(spec.sink) for spec in topology.steps]
+    """Every step's name in index order (`PIPELINE.errors` for the step that sends the errors
+    topic to the pipeline's outputs); a repeated name gets `#<index>`."""
+    names = [_name_of(spec) for spec in topology.steps]
     return [
         name if names.count(name) == 1 else f"{name}#{spec.index}"
         for name, spec in zip(names, topology.steps, strict=True)
@@ -254,7 +263,7 @@ def merge(base: Mapping[str, Any], engines: Mapping[str, Mapping[str, Any]]) -> 
             if s.get("index") == step["index"] and s.get("live") is not None
         ]
         for copy in copies:  # engine-only fields the proxy cannot know
-            for key in ("consumer_group", "state_topic"):
+            for key in ("consumer_group", "state_topic", "window_ms"):
                 if not step.get(key) and copy.get(key):
                     step[key] = copy[key]
         step["live"] = sum_figures(c["live"] for c in copies)

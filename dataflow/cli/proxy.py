@@ -140,6 +140,7 @@ async def _serve(
             database=database,
             token=token,
             tls=tls,
+            engine_urls=settings.engine_urls,
         )
         proxy.load_paths(settings.pipelines)
     except SpecError as e:

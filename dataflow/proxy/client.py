@@ -61,6 +61,17 @@ class ControlClient:
         result: dict[str, Any] = self._call("GET", f"/pipelines/{urllib.parse.quote(name)}")
         return result
 
+    def describe(self, name: str) -> dict[str, Any]:
+        """`GET /pipelines/{name}/describe`: the pipeline's steps with every engine's live
+        figures summed per step, and each engine's under `engines` (see `dataflow.describe`).
+
+        Raises:
+            ClientError: unknown pipeline, or the call failed.
+        """
+        path = f"/pipelines/{urllib.parse.quote(name)}/describe"
+        result: dict[str, Any] = self._call("GET", path)
+        return result
+
     def load(self, text: str, source: str) -> dict[str, Any]:
         """`POST /pipelines`: load one spec file's text; errors name `source`.
 

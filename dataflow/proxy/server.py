@@ -26,7 +26,21 @@ HTTP (aiohttp), JSON bodies; with a bearer token set every route but `GET /healt
   unchanged or retried, 400 `{"error": "<SpecError line>"}` for a bad spec.
 * `DELETE /pipelines/{name}`: 200 `{"outcome", "pipeline"}`, 404 `{"error"}` if unknown.
 * `GET /subscribers`: `{"subscribers": [names]}`.
+* `GET /pipelines/{name}/describe`: the pipeline as its spec describes it
+  (`dataflow.describe.describe_topology`) with the live figures of every engine running it
+  summed per step, each engine's own under `engines` (`dataflow.describe.merge`), 404 if unknown.
+* `GET /`: the live page (`dataflow/proxy/page/`: static HTML, JS and CSS, nothing fetched from
+  elsewhere), which polls the two routes above.
 * `GET /health`: `{"status": "UP"}` (for container health checks; no token needed).
+
+Engines are found by their health servers: each engine sends its address in the
+`x-dataflow-health` metadata of its subscription (`:port` when it binds every interface: the
+host is then the subscription's peer address), and `engine_urls` lists more (engines that
+subscribe elsewhere, e.g. to Seldon's scheduler).
+
+With a token, the page authenticates with a cookie: `GET /?token=<token>` sets an HttpOnly,
+SameSite=Strict cookie and redirects to `/`; the cookie is accepted for GET requests only, so
+it can read but never load or unload.
 """
 
 from __future__ import annotations
@@ -40,6 +54,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from grpclib.config import Configuration
 from grpclib.const import Handler, Status
@@ -47,7 +62,8 @@ from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 from loguru import logger
 
-from dataflow.chainer import INSTANCE_METADATA, StrictCodec, service_mapping
+from dataflow import describe
+from dataflow.chainer import HEALTH_METADATA, INSTANCE_METADATA, StrictCodec, service_mapping
 from dataflow.proto.seldon.mlops.chainer import (
     PipelineSubscriptionRequest,
     PipelineUpdateMessage,
@@ -66,9 +82,14 @@ from dataflow.proxy.store import (
 )
 from dataflow.specs import PipelineSpec, SpecError, load_spec, parse_spec, spec_files
 from dataflow.topics import DEFAULT_NAMESPACE, DEFAULT_PREFIX
+from dataflow.topology import TopologyError, topology_from
 
 SHUTDOWN_GRACE_S = 2.0
 UNAUTHORIZED = "unauthorized: missing or wrong bearer token"
+PAGE = Path(__file__).with_name("page")
+TOKEN_COOKIE = "dataflow_token"
+#: Seconds an engine's health server has to answer a describe.
+ENGINE_TIMEOUT_S = 2.0
 
 # Server-side keepalive: a subscription whose engine vanished (no FIN, no RST) is found within
 # 30 s, so that its name can be used again.
@@ -83,10 +104,13 @@ _GRPC_CONFIG = Configuration(
 class _Subscription:
     """One open `SubscribePipelineUpdates` stream."""
 
-    def __init__(self, name: str, instance: str | None, peer: str) -> None:
+    def __init__(
+        self, name: str, instance: str | None, peer: str, health: str | None = None
+    ) -> None:
         self.name = name
         self.instance = instance
         self.peer = peer
+        self.health = health
         self.queue: asyncio.Queue[PipelineUpdateMessage | None] = asyncio.Queue()
         self.ended = asyncio.Event()
 
@@ -102,6 +126,27 @@ def _instance(stream: Stream[Any, Any]) -> str | None:
 def _peer(stream: Stream[Any, Any]) -> str:
     address = stream.peer.addr()
     return f"{address[0]}:{address[1]}" if address else "?"
+
+
+def health_url(advertised: str | None, peer: str) -> str | None:
+    """The URL of an engine's health server from its `x-dataflow-health` value (`host:port`,
+    `[v6]:port` or `:port`) and the subscription's peer address (`host:port`); None if unusable.
+    """
+    if not advertised:
+        return None
+    host, _, port = advertised.rpartition(":")
+    if not port.isdigit():
+        return None
+    if not host:
+        host = peer.rpartition(":")[0] if peer != "?" else ""
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+    return f"http://{host}:{port}" if host else None
+
+
+def _health(stream: Stream[Any, Any]) -> str | None:
+    value = stream.metadata.get(HEALTH_METADATA) if stream.metadata else None
+    return health_url(str(value) if value else None, _peer(stream))
 
 
 class ChainerService:
@@ -123,7 +168,9 @@ class ChainerService:
         """Stream pipeline updates to one engine replica until it or the proxy goes away."""
         request = await stream.recv_message()
         assert request is not None
-        subscription = self._proxy.subscription(str(request.name), _instance(stream), _peer(stream))
+        subscription = self._proxy.subscription(
+            str(request.name), _instance(stream), _peer(stream), _health(stream)
+        )
         async for message in subscription:
             await stream.send_message(message)
 
@@ -160,6 +207,8 @@ class ProxyServer:
             nothing is kept across restarts).
         token: the bearer token of the control API (None: no authentication).
         tls: the TLS context of the Chainer gRPC service (None: plaintext).
+        engine_urls: health servers of engines to describe besides those that subscribe here
+            (e.g. `http://10.0.0.5:8000`).
     """
 
     def __init__(
@@ -174,8 +223,11 @@ class ProxyServer:
         database: StateDatabase | None = None,
         token: str | None = None,
         tls: ssl.SSLContext | None = None,
+        engine_urls: Iterable[str] = (),
     ) -> None:
         self.host = host
+        self.engine_urls = [u.rstrip("/") for u in engine_urls if u.strip()]
+        self._http: aiohttp.ClientSession | None = None
         self._port = port
         self._control_port = control_port
         self.default_namespace = default_namespace
@@ -347,7 +399,7 @@ class ProxyServer:
         self._commit(result.sends)
 
     async def subscription(
-        self, name: str, instance: str | None = None, peer: str = "?"
+        self, name: str, instance: str | None = None, peer: str = "?", health: str | None = None
     ) -> AsyncIterator[PipelineUpdateMessage]:
         """The messages of one subscriber, until its stream or the proxy ends.
 
@@ -355,6 +407,7 @@ class ProxyServer:
             name: the subscriber name.
             instance: the engine process's instance id (`x-dataflow-instance`), if it sent one.
             peer: its address, for logs.
+            health: its health server's URL (`x-dataflow-health`), if it sent one.
 
         Raises:
             GRPCError: `INVALID_ARGUMENT` for an empty name, `ALREADY_EXISTS` when the name is
@@ -375,7 +428,7 @@ class ProxyServer:
                 f"subscriber name {name!r} is already connected from another engine "
                 "(give every engine its own SELDON_DATAFLOW_REPLICA_ID)",
             )
-        subscription = _Subscription(name, instance, peer)
+        subscription = _Subscription(name, instance, peer, health)
         self._subscriptions[name] = subscription
         if previous is not None:
             logger.warning("subscription from {} ({}) replaces its previous stream", name, peer)
@@ -396,7 +449,61 @@ class ProxyServer:
                 if not self._stopping:  # the proxy leaving is no engine leaving: state kept
                     self._commit(self.store.unsubscribe(name))
 
+    # Describe.
+
+    def engines(self) -> dict[str, str]:
+        """Engine name (subscriber name, or the URL of a listed one) -> health server URL."""
+        found = {s.name: s.health for s in self._subscriptions.values() if s.health}
+        known = set(found.values())
+        found.update({url: url for url in self.engine_urls if url not in known})
+        return found
+
+    async def _engine_view(self, url: str, name: str) -> dict[str, Any]:
+        assert self._http is not None
+        try:
+            async with self._http.get(f"{url}/pipelines/{name}") as response:
+                if response.status == 404:
+                    return {"url": url, "state": "not running"}
+                if response.status != 200:
+                    return {"url": url, "error": f"HTTP {response.status}"}
+                view: dict[str, Any] = await response.json()
+                return {**view, "url": url}
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            return {"url": url, "error": f"unreachable: {type(exc).__name__} {exc}".strip()}
+
+    async def describe(self, name: str) -> dict[str, Any]:
+        """The pipeline's description with the live figures of every engine running it.
+
+        Raises:
+            UnknownPipelineError: no pipeline of that name.
+        """
+        record = self.store.get(name)
+        if record is None:
+            raise UnknownPipelineError(name)
+        try:
+            topology = topology_from(record.definition.create_message(record.timestamp), 0)
+            base = describe.describe_topology(topology)
+        except TopologyError as exc:
+            base = {"name": name, "version": record.version, "uid": record.uid, "steps": []}
+            base["reason"] = str(exc)
+        base.update(state=str(record.state), reason=record.reason, summary=record.summary())
+        engines = self.engines()
+        views = await asyncio.gather(*(self._engine_view(u, name) for u in engines.values()))
+        return describe.merge(base, dict(zip(engines, views, strict=True)))
+
     # HTTP control API.
+
+    def _authorized(self, request: web.Request) -> bool:
+        assert self._token is not None
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self._token):
+            return True
+        cookie = request.cookies.get(TOKEN_COOKIE, "")
+        return (
+            request.method in ("GET", "HEAD")
+            and bool(cookie)
+            and hmac.compare_digest(cookie.encode(), self._token)
+        )
 
     @web.middleware
     async def _auth(
@@ -404,10 +511,15 @@ class ProxyServer:
     ) -> web.StreamResponse:
         if self._token is None or request.path == "/health":
             return await handler(request)
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(
-            value.strip().encode(), self._token
-        ):
+        if request.path == "/" and "token" in request.query:
+            given = request.query["token"].encode()
+            if hmac.compare_digest(given, self._token):
+                response = web.HTTPFound("/")
+                response.set_cookie(
+                    TOKEN_COOKIE, given.decode(), httponly=True, samesite="Strict", path="/"
+                )
+                return response
+        if not self._authorized(request):
             logger.warning(
                 "control API: {} {} from {} refused: {}",
                 request.method,
@@ -415,6 +527,11 @@ class ProxyServer:
                 request.remote,
                 UNAUTHORIZED,
             )
+            if request.path == "/":
+                return web.Response(
+                    text=f"{UNAUTHORIZED}: open /?token=<token> once (it sets a cookie)\n",
+                    status=401,
+                )
             return web.json_response(
                 {"error": UNAUTHORIZED},
                 status=401,
@@ -430,7 +547,19 @@ class ProxyServer:
         app.router.add_get("/pipelines/{name}", self._http_get)
         app.router.add_delete("/pipelines/{name}", self._http_unload)
         app.router.add_get("/subscribers", self._http_subscribers)
+        app.router.add_get("/pipelines/{name}/describe", self._http_describe)
+        app.router.add_get("/", self._http_page)
+        app.router.add_static("/page/", PAGE)
         return app
+
+    async def _http_page(self, request: web.Request) -> web.StreamResponse:
+        return web.FileResponse(PAGE / "index.html", headers={"Cache-Control": "no-store"})
+
+    async def _http_describe(self, request: web.Request) -> web.Response:
+        try:
+            return _json(await self.describe(request.match_info["name"]))
+        except UnknownPipelineError as e:
+            return _json({"error": str(e)}, 404)
 
     async def _http_list(self, request: web.Request) -> web.Response:
         return _json([record.as_dict() for record in self.store.records()])
@@ -483,6 +612,7 @@ class ProxyServer:
         Raises:
             OSError: a port cannot be bound.
         """
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ENGINE_TIMEOUT_S))
         grpc_socket = _bind(self.host, self._port)
         self._port = grpc_socket.getsockname()[1]
         self._grpc = Server([ChainerService(self)], codec=StrictCodec(), config=_GRPC_CONFIG)
@@ -522,6 +652,9 @@ class ProxyServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
         if self._grpc is not None:
             self._grpc.close()
             with contextlib.suppress(TimeoutError):

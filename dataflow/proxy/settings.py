@@ -68,6 +68,11 @@ class ProxySettings(BaseSettings):
     tls_client_ca_path: str = Field(
         "", description="CA of the engines' client certificates (PEM; set: mutual TLS)"
     )
+    engine_urls: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="health servers of engines to describe besides those subscribed here "
+        "(env: comma-separated, e.g. http://10.0.0.5:8000)",
+    )
     url: str = Field(
         "http://127.0.0.1:10102",
         description="control API of the running proxy (load, unload, status)",
@@ -78,6 +83,13 @@ class ProxySettings(BaseSettings):
     def _split_paths(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [Path(part.strip()) for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("engine_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
         return value
 
     @field_validator("topic_prefix")

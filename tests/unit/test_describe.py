@@ -71,6 +71,13 @@ def test_step_names_come_from_the_sink() -> None:
     assert step_name(f"{NS}.pipeline.tfsimples.outputs") == "tfsimples.outputs"
     assert step_name("custom-topic") == "custom-topic"
     assert step_names(_join_topology()) == ["c", "p.outputs"]
+    errors = Source(f"{NS}.errors.errors", "p", None, MappingProxyType({}), ChainType.PASSTHROUGH)
+    t = _join_topology()
+    carry = [
+        StepSpec(i, (errors,), (), f"{NS}.pipeline.p.outputs", "inner", "inner", 0) for i in (2, 3)
+    ]
+    twice = Topology("p", 1, "u", (*t.steps, *carry))
+    assert step_names(twice) == ["c", "p.outputs", "p.errors#2", "p.errors#3"]
 
 
 def test_description_has_every_step_setting() -> None:
