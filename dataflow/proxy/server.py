@@ -514,7 +514,7 @@ class ProxyServer:
         if request.path == "/" and "token" in request.query:
             given = request.query["token"].encode()
             if hmac.compare_digest(given, self._token):
-                response = web.HTTPFound("/")
+                response = web.Response(status=302, headers={"Location": "/"})
                 response.set_cookie(
                     TOKEN_COOKIE, given.decode(), httponly=True, samesite="Strict", path="/"
                 )

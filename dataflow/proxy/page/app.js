@@ -4,7 +4,7 @@
 
 const REFRESH_MS = 2000;
 const SVG = "http://www.w3.org/2000/svg";
-const COL = 240, ROW = 92, STEP_W = 200, STEP_H = 72, TOPIC_W = 200, TOPIC_H = 34, PAD = 16;
+const COL = 270, ROW = 92, STEP_W = 200, STEP_H = 72, TOPIC_W = 200, TOPIC_H = 34, PAD = 16;
 
 let selected = decodeURIComponent(location.hash.slice(1)) || null;
 
@@ -90,7 +90,8 @@ function layout(d) {
 function edge(root, from, to, fromW, h1, h2, cls, label) {
   const x1 = from.x + fromW, y1 = from.y + h1 / 2, x2 = to.x, y2 = to.y + h2 / 2, mx = (x1 + x2) / 2;
   root.append(svg("path", { class: `edge ${cls}`, d: `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}`, "marker-end": "url(#arrow)" }));
-  if (label) root.append(svg("text", { class: "edge-label", x: mx, y: (y1 + y2) / 2 - 4, "text-anchor": "middle" }, label));
+  // Under the topic it reads from: the space between two rows is free.
+  if (label) root.append(svg("text", { class: "edge-label", x: from.x + 8, y: from.y + h1 + 13 }, label));
 }
 
 function renderGraph(d) {
@@ -108,6 +109,7 @@ function renderGraph(d) {
       const bits = [];
       if (src.tensors) bits.push(src.tensors.join(","));
       for (const [k, v] of Object.entries(src.renames || {})) bits.push(`${k}→${v}`);
+      if (bits.length && s.sources.length > 1) bits.unshift(`to ${s.name}:`);
       edge(root, pos.get("t:" + src.topic), at, TOPIC_W, TOPIC_H, STEP_H, "source", bits.join(" "));
     }
     for (const t of s.triggers) edge(root, pos.get("t:" + t.topic), at, TOPIC_W, TOPIC_H, STEP_H, "trigger", "trigger " + (s.triggers_join || ""));
