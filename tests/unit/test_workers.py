@@ -153,3 +153,27 @@ async def test_the_supervisor_forwards_replays_and_answers_once() -> None:
     assert sent[2:] == [("Create", "v", 5, False, "malformed PipelineUpdateMessage: x")]
     await w0.aclose()
     supervisor.subscriber.close()
+
+
+def test_pipelines_of_the_workers_are_summed_per_step() -> None:
+    from dataflow.describe import describe_topology, figures
+    from dataflow.stats import StepStats
+    from dataflow.topology import Source, StepSpec, Topology
+    from dataflow.wire import ChainType
+    from dataflow.workers import merge_pipelines
+
+    source = Source("seldon.n.model.a.outputs", "p", None, {}, ChainType.OUTPUT_INPUT)
+    spec = StepSpec(0, (source,), (), "seldon.n.model.b.inputs", "inner", "inner", 0)
+    topology = Topology("p", 1, "u1", (spec,))
+
+    def worker(n: int, state: str, partition: int) -> dict[str, object]:
+        live = figures(StepStats(records_in=n), {("seldon.n.model.a.outputs", partition): n}, {})
+        return describe_topology(topology, state=state, live=lambda i: live)
+
+    merged = merge_pipelines({"0": [worker(3, "Ready", 0)], "1": [worker(4, "Rebalancing", 1)]})
+    assert len(merged) == 1
+    (one,) = merged
+    assert one["state"] == "Rebalancing"
+    live = one["steps"][0]["live"]
+    assert live["totals"]["records_in"] == 7 and live["lag_total"] == 7
+    assert sorted(one["engines"]) == ["0", "1"]
