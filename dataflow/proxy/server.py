@@ -50,6 +50,7 @@ import contextlib
 import hmac
 import socket
 import ssl
+import urllib.parse
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -461,7 +462,8 @@ class ProxyServer:
     async def _engine_view(self, url: str, name: str) -> dict[str, Any]:
         assert self._http is not None
         try:
-            async with self._http.get(f"{url}/pipelines/{name}") as response:
+            path = urllib.parse.quote(name, safe="")
+            async with self._http.get(f"{url}/pipelines/{path}") as response:
                 if response.status == 404:
                     return {"url": url, "state": "not running"}
                 if response.status != 200:

@@ -2,12 +2,14 @@
 
 A proxy and an engine run the chain sample against the real broker; the page must show the
 pipeline, its steps in the graph, and rate figures that change when records flow. The
-screenshot taken at the end is the README's (`docs/live-page.png`).
+screenshot taken at the end goes to the test's folder, and replaces the README's
+(`docs/live-page.png`) when `UPDATE_SCREENSHOT=1`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -59,7 +61,7 @@ async def browser() -> AsyncIterator[object]:
 @pytest.mark.kafka
 @needs_chromium
 async def test_the_page_shows_the_steps_and_rates_that_change(
-    running: tuple[Proxy, str], browser: object, bootstrap: str
+    running: tuple[Proxy, str], browser: object, bootstrap: str, tmp_path: Path
 ) -> None:
     proxy, name = running
     page = await browser.new_page(viewport={"width": 1280, "height": 760})  # type: ignore[attr-defined]
@@ -94,8 +96,12 @@ async def test_the_page_shows_the_steps_and_rates_that_change(
     errors = page.locator("#errors li", has_text="tfsimple2:")
     await errors.wait_for(timeout=15_000)
     await page.locator('#graph g.step.errors[data-step="tfsimple2"]').wait_for(timeout=15_000)
-    SCREENSHOT.parent.mkdir(exist_ok=True)
-    await page.screenshot(path=str(SCREENSHOT), full_page=True)
+    shot = tmp_path / "live-page.png"
+    await page.screenshot(path=str(shot), full_page=True)
+    assert shot.stat().st_size > 0
+    if os.environ.get("UPDATE_SCREENSHOT") == "1":
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        shutil.copyfile(shot, SCREENSHOT)
 
 
 async def produce_bad(bootstrap: str, name: str) -> None:
