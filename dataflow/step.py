@@ -374,7 +374,7 @@ class Step:
         await self._refresh_positions()
         for tp, records in batch.items():
             self._positions[tp] = records[0].offset
-        ends = self._ends()
+        ends = await self._checked_ends()
         parts = [[(r.timestamp, tp, r) for r in records] for tp, records in batch.items()]
         for timestamp, tp, record in heapq.merge(*parts, key=lambda item: item[0]):
             self._positions[tp] = record.offset + 1
@@ -390,7 +390,7 @@ class Step:
         lagging: list[TopicPartition] = []
         if self._timed:
             await self._refresh_positions()
-            lagging = self._lagging(self._ends())
+            lagging = self._lagging(await self._checked_ends())
             caught_up = not lagging
             stream = self._clock.now(lagging)
         await self._send_all(self.stages.expire(stream, wall, caught_up), wall, None)
@@ -402,6 +402,29 @@ class Step:
         for tp in self.consumer.assignment():
             lso = self.consumer.last_stable_offset(tp)
             ends[tp] = lso if lso is not None else self.consumer.highwater(tp)
+        return ends
+
+    async def _checked_ends(self) -> dict[TopicPartition, int | None]:
+        """End offsets, asked of the broker again for partitions that look read to the end but
+        whose time is behind the step's newest by more than the window: their end is known
+        from a fetch that may have waited in the consumer's buffer while the other sources
+        were read, so they may well lag (and must hold stream time back)."""
+        ends = self._ends()
+        newest = max((t for tp in ends if (t := self._clock.time_of(tp)) is not None), default=None)
+        if newest is None:
+            return ends
+        suspects = []
+        for tp, end in ends.items():
+            position, t = self._positions.get(tp), self._clock.time_of(tp)
+            if end is None or position is None or position < end:
+                continue  # lagging anyway
+            if t is None or newest - t > self.spec.window_ms:
+                suspects.append(tp)
+        if suspects:
+            try:
+                ends.update(await self.consumer.end_offsets(suspects))
+            except KafkaError as exc:  # keep the cached ends; the next batch asks again
+                self.log.debug("end offsets of {}: {}", suspects, exc)
         return ends
 
     def _lagging(self, ends: dict[TopicPartition, int | None]) -> list[TopicPartition]:
