@@ -1357,7 +1357,7 @@ def _figures(
     rel = partial(_rel, run.t0)
     resumes: list[dict[str, Any]] = []
     starts = [s["mono"] for s in run.stops]
-    for stop, end in zip(run.stops, [*starts[1:], math.inf], strict=True):
+    for stop, end in zip(run.stops, [*starts[1:], math.inf][: len(starts)], strict=True):
         per = resume_after(stop["mono"], stop["wall"], watcher.by_partition)
         done = [v for v in per.values() if v is not None]
         whole = max(done) if done and len(done) == len(per) else None
