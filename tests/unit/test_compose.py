@@ -40,7 +40,8 @@ COMPOSE_SCHEMA = SCHEMAS / "compose-spec.json"
 
 ENGINE_PREFIX = "SELDON_"
 PROXY_PREFIX = "SELDON_PROXY_"
-SERVICES = {"kafka", "proxy", "engine", "producer", "consumer"}
+SERVICES = {"kafka", "proxy", "engine", "demo", "prometheus", "grafana"}
+OURS = {"proxy", "engine", "demo"}  # built from compose/Dockerfile
 DEMO_TOPICS_IN = (
     "seldon.some-namespace.some-model-1.outputs,seldon.some-namespace.some-model-3.outputs"
 )
@@ -215,6 +216,19 @@ def compose_seldon_names(data: Mapping[str, Any]) -> list[str]:
     return names
 
 
+def demo_commands(service: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """The demo service's two commands (producer, then consumer) split into words."""
+    [script] = service["command"]
+    producer, consumer = script.split(" && ")
+    return producer.split(), consumer.split()
+
+
+def compose_raw_kafka_image() -> str:
+    image = yaml.safe_load(COMPOSE.read_text())["services"]["kafka"]["image"]
+    assert isinstance(image, str)
+    return image
+
+
 def dockerfile_instructions(text: str) -> Iterator[tuple[str, str]]:
     """(INSTRUCTION, arguments) of a Dockerfile, continuation lines joined, comments dropped."""
     logical = ""
@@ -376,8 +390,9 @@ def test_services_and_wiring(compose: dict[str, Any]) -> None:
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown {dependency}"
-    assert services["producer"]["profiles"] == ["demo"]
-    assert services["consumer"]["profiles"] == ["demo"]
+    assert services["demo"]["profiles"] == ["demo"]
+    assert services["prometheus"]["profiles"] == ["monitoring"]
+    assert services["grafana"]["profiles"] == ["monitoring"]
     assert all("profiles" not in services[s] for s in ("kafka", "proxy", "engine"))
 
     engine = services["engine"]
@@ -405,14 +420,17 @@ def test_services_and_wiring(compose: dict[str, Any]) -> None:
     assert service_environment(proxy)["SELDON_PROXY_PORT"] == "10101"
     assert list((REPO / "compose" / "pipelines").glob("*.yaml")), "no pipeline for the proxy"
 
-    producer = services["producer"]
-    assert producer["entrypoint"] == ["python", "/app/scripts/producer.py"]
-    assert "--bootstrap-servers=kafka:9092" in producer["command"]
-    assert f"--input-topics={DEMO_TOPICS_IN}" in producer["command"]
-    consumer = services["consumer"]
-    assert consumer["entrypoint"] == ["python", "/app/scripts/consumer.py"]
-    assert f"--output-topics={DEMO_TOPICS_OUT}" in consumer["command"]
-    assert consumer["depends_on"]["producer"]["condition"] == "service_completed_successfully"
+    # One container runs the producer, then the consumer: `up --exit-code-from demo` ends
+    # with the consumer's verdict (a separate producer's exit would stop the stack first).
+    demo = services["demo"]
+    assert demo["entrypoint"] == ["sh", "-ec"]
+    producer, consumer = demo_commands(demo)
+    assert producer[:2] == ["python", "/app/scripts/producer.py"]
+    assert "--bootstrap-servers=kafka:9092" in producer
+    assert f"--input-topics={DEMO_TOPICS_IN}" in producer
+    assert consumer[:3] == ["exec", "python", "/app/scripts/consumer.py"]
+    assert f"--output-topics={DEMO_TOPICS_OUT}" in consumer
+    assert demo["depends_on"]["engine"]["condition"] == "service_healthy"
 
 
 def test_ports_are_published_on_the_loopback_only(compose: dict[str, Any]) -> None:
@@ -421,7 +439,7 @@ def test_ports_are_published_on_the_loopback_only(compose: dict[str, Any]) -> No
         for name, service in compose["services"].items()
         for port in service.get("ports", [])
     ]
-    assert {name for name, _ in published} == {"kafka", "proxy", "engine"}
+    assert {name for name, _ in published} == {"kafka", "proxy", "engine", "prometheus", "grafana"}
     for name, port in published:
         assert isinstance(port, str) and port.startswith("127.0.0.1:"), (name, port)
 
@@ -443,14 +461,18 @@ def test_proxy_listens_inside_the_network_and_keeps_its_state(compose: dict[str,
 @pytest.mark.parametrize("tool", ["producer", "consumer"])
 def test_demo_tool_flags_exist(compose: dict[str, Any], tool: str) -> None:
     source = (REPO / "scripts" / f"{tool}.py").read_text()
-    for argument in compose["services"][tool]["command"]:
-        flag = argument.split("=", 1)[0]
-        assert f'"{flag}"' in source, f"{tool}.py has no {flag}"
+    producer, consumer = demo_commands(compose["services"]["demo"])
+    for argument in producer if tool == "producer" else consumer:
+        if argument.startswith("--"):
+            flag = argument.split("=", 1)[0]
+            assert f'"{flag}"' in source, f"{tool}.py has no {flag}"
 
 
 def test_kafka_is_a_single_kraft_node(compose: dict[str, Any]) -> None:
     kafka = compose["services"]["kafka"]
     assert kafka["image"] == "apache/kafka:4.1.1"
+    local = interpolate(compose_raw_kafka_image(), {"KAFKA_IMAGE": "dataflow-kafka-local"})
+    assert local == "dataflow-kafka-local:4.1.1"
     env = service_environment(kafka)
     assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
     assert env["KAFKA_CONTROLLER_QUORUM_VOTERS"].startswith(env["KAFKA_NODE_ID"] + "@")
@@ -476,7 +498,7 @@ def test_kafka_is_a_single_kraft_node(compose: dict[str, Any]) -> None:
 
 
 def test_our_image_is_built_from_the_dockerfile(compose: dict[str, Any]) -> None:
-    for name in SERVICES - {"kafka"}:
+    for name in OURS:
         build = compose["services"][name]["build"]
         assert (COMPOSE.parent / build["context"] / build["dockerfile"]).resolve() == DOCKERFILE
 
