@@ -174,3 +174,88 @@ def test_an_unknown_pipeline_is_one_line(running: tuple[Proxy, int, str]) -> Non
     proxy, _, _ = running
     with pytest.raises(ClientError, match=r"^unknown pipeline 'nope'$"):
         ControlClient(proxy.url).describe("nope")
+
+
+SAMPLES = REPO / "compose" / "pipelines" / "samples"
+
+
+def sample_spec(tmp_path: Path, sample: str, name: str) -> Path:
+    """A Seldon Pipeline sample under a name and namespace of its own."""
+    text = (SAMPLES / sample).read_text()
+    old = text.split("metadata:\n  name: ", 1)[1].split("\n", 1)[0]
+    spec = tmp_path / f"{name}.yaml"
+    spec.write_text(
+        text.replace(f"  name: {old}\n", f"  name: {name}\n  namespace: {name}\n", 1).replace(
+            f"{old}.inputs", f"{name}.inputs"
+        )
+    )
+    return spec
+
+
+def tensor_response(rid: str, *names: str) -> bytes:
+    outputs = [
+        ModelInferResponseInferOutputTensor(
+            name=n, datatype="INT32", shape=[1, 1], contents=InferTensorContents(int_contents=[1])
+        )
+        for n in names
+    ]
+    return bytes(ModelInferResponse(id=rid, outputs=outputs))
+
+
+def tensor_request(rid: str, *names: str) -> bytes:
+    inputs = [
+        ModelInferRequestInferInputTensor(
+            name=n, datatype="INT32", shape=[1, 1], contents=InferTensorContents(int_contents=[1])
+        )
+        for n in names
+    ]
+    return bytes(ModelInferRequest(id=rid, inputs=inputs))
+
+
+async def test_describe_the_join_and_trigger_samples_with_live_figures(
+    tmp_path: Path, bootstrap: str, unique: str
+) -> None:
+    join, trig = f"dj-{unique}", f"dt-{unique}"
+    one, two = f"seldon.{join}.model.tfsimple1.outputs", f"seldon.{join}.model.tfsimple2.outputs"
+    trig_inputs = f"seldon.{trig}.pipeline.{trig}.inputs"
+    await create_topics(bootstrap, f"seldon.{join}.pipeline.{join}.inputs", one, two, trig_inputs)
+    proxy = Proxy(tmp_path).start()
+    eng = engine(tmp_path, bootstrap, proxy)
+    try:
+        proxy.load(sample_spec(tmp_path, "join.yaml", join))
+        proxy.load(sample_spec(tmp_path, "trigger.yaml", trig))
+        proxy.wait_state(join, "Ready", timeout=60)
+        proxy.wait_state(trig, "Ready", timeout=60)
+        client = ControlClient(proxy.url)
+
+        joined = step(client.describe(join), "tfsimple3")
+        assert joined["join"] == "inner" and joined["window_ms"] == 1000
+        assert [s["topic"] for s in joined["sources"]] == [one, two]
+        assert joined["state_topic"].endswith("-changelog")
+        gated = step(client.describe(trig), "mul10")
+        assert [t["topic"] for t in gated["triggers"]] == [trig_inputs]  # ok1, ok2: one topic
+        assert "ok1" in str(gated["triggers"][0]["tensors"])
+        assert gated["triggers_join"] == "any"
+
+        headers = [("pipeline", join.encode())]
+        keys = [f"k{i}".encode() for i in range(10)]
+        await produce(bootstrap, one, [(k, tensor_response("a", "OUTPUT0"), headers) for k in keys])
+        await produce(bootstrap, two, [(k, tensor_response("b", "OUTPUT1"), headers) for k in keys])
+        await produce(
+            bootstrap,
+            trig_inputs,
+            [(k, tensor_request("t", "INPUT", "ok1"), [("pipeline", trig.encode())]) for k in keys],
+        )
+
+        def through(name: str, step_name: str) -> dict[str, Any] | None:
+            d = client.describe(name)
+            live = step(d, step_name)["live"]
+            return d if live["totals"]["records_out"] >= 10 else None
+
+        d = wait_until(lambda: through(join, "tfsimple3"), 30, "10 joined records")
+        assert step(d, "tfsimple3")["live"]["totals"]["records_in"] == 20
+        d = wait_until(lambda: through(trig, "mul10"), 30, "10 gated records")
+        assert "trigger" in render_text(d)
+    finally:
+        eng.stop()
+        proxy.stop()
