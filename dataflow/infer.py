@@ -26,6 +26,7 @@ from typing import Any, Protocol
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
+from dataflow import headers as hdr
 from dataflow.proto.inference import (
     InferTensorContents,
     ModelInferRequest,
@@ -44,7 +45,6 @@ from dataflow.tools import (
 )
 from dataflow.topics import INPUTS, OUTPUTS, pipeline_topic
 
-ERRORS_HEADER = "seldon-pipeline-errors"
 DEFAULT_TENSOR = "INPUT0:FP32:1,4:1,2,3,4"
 
 
@@ -270,7 +270,7 @@ def is_answer(record: ConsumerRecord[bytes, bytes], request: Request) -> bool:
 def error_of(record: ConsumerRecord[bytes, bytes]) -> str | None:
     """`<header value>: <payload text>` when the record carries `seldon-pipeline-errors`."""
     for k, v in record.headers:
-        if k == ERRORS_HEADER:
+        if k == hdr.PIPELINE_ERRORS:
             text = (record.value or b"").decode(errors="replace")
             return f"{v.decode(errors='replace')}: {text}"
     return None

@@ -35,6 +35,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
+from dataflow import headers as hdr
 from dataflow import tools, wire
 from dataflow.proto.inference import (
     InferTensorContents,
@@ -46,7 +47,6 @@ from dataflow.proto.inference import (
 from dataflow.topics import INPUTS, OUTPUTS, errors_topic, model_topic
 
 FUNCTIONS = ("identity", "add", "rename")
-ERRORS_HEADER = "seldon-pipeline-errors"
 
 _FLOAT_MAX = {"e": 65504.0, "f": 3.4028234663852886e38}
 
@@ -257,7 +257,7 @@ class Model:
         """Send `value` with the record's key, partition number and headers (+ error header)."""
         headers = list(record.headers)
         if error:
-            headers.append((ERRORS_HEADER, self.args.name.encode()))
+            headers.append((hdr.PIPELINE_ERRORS, self.args.name.encode()))
         future: asyncio.Future[Any] = await self.producer.send(
             topic,
             value,

@@ -247,7 +247,6 @@ class Step:
         # Per producer (exactly-once: one per task), one open record batch (and what is in it)
         # per sink partition.
         producers: dict[int, tuple[AIOKafkaProducer, dict[int, tuple[Any, list[Any]]]]] = {}
-        producer = self.producer
         hold = _FetchHold(self, self._generation)
         t0 = time.perf_counter()
         received = time.perf_counter()
@@ -260,10 +259,8 @@ class Step:
             hold.tps.append((tp, records[0].offset))
             self._positions[tp] = records[-1].offset + 1
             fetched += len(records)
-            task = 0
-            if self._txn is not None:
-                task = tp.partition
-                producer = await self._txn.producer(task)
+            task = tp.partition if self._txn is not None else 0
+            producer = await self._producer_for(task)
             if task not in producers:
                 producers[task] = (producer, {})
             open_batches = producers[task][1]
@@ -652,9 +649,7 @@ class Step:
         if held:
             assert cause is not None
             self.tracker.hold(cause.tp, cause.offset)
-        producer = self.producer
-        if self._txn is not None:
-            producer = await self._txn.producer(token.tp.partition)
+        producer = await self._producer_for(token.tp.partition)
         future = await producer.send(
             self.state.changelog,
             value,
@@ -701,7 +696,7 @@ class Step:
                 continue  # written again since (the same record consumed again)
             partition = entry.token.tp.partition % self._changelog_partitions
             if self._txn is not None:  # in the transaction; a failure fails the step
-                producer = await self._txn.producer(entry.token.tp.partition)
+                producer = await self._producer_for(entry.token.tp.partition)
                 await producer.send(
                     self.state.changelog, None, key=entry.ident, partition=partition
                 )
@@ -810,6 +805,12 @@ class Step:
             await consumer.stop()
         return latest
 
+    async def _producer_for(self, task: int) -> AIOKafkaProducer:
+        """The shared producer; in exactly-once mode the task's, inside its open transaction."""
+        if self._txn is None:
+            return self.producer
+        return await self._txn.producer(task)
+
     def _record_parts(self, topic: str, output: Output[Ref], extra: Headers) -> tuple[int, Headers]:
         headers = hdr.rewrite(output.origin.headers, self.topology.name, self.topology.version)
         headers.extend(extra)
@@ -820,9 +821,7 @@ class Step:
 
     async def _deliver(self, topic: str, output: Output[Ref], extra: Headers, attempt: int) -> None:
         partition, headers = self._record_parts(topic, output, extra)
-        producer = self.producer
-        if self._txn is not None:
-            producer = await self._txn.producer(output.origin.tp.partition)
+        producer = await self._producer_for(output.origin.tp.partition)
         try:
             future = await producer.send(
                 topic,
