@@ -180,12 +180,14 @@ class StepStages:
         elif entry.kind == "b" and self.batcher is not None:
             self.batcher.load(entry, entry.token.key, wall_ms)
 
-    def next_deadline(self) -> int | None:
-        """Wall-clock ms of the next expiry (batch windows; join windows once caught up)."""
+    def next_deadline(self, caught_up: bool = True) -> int | None:
+        """Wall-clock ms of the next expiry: batch windows; join and gate windows only when
+        `caught_up` (while a source lags, they close on stream time, never on the wall clock,
+        so their wall deadlines say nothing about when to wake up)."""
         deadlines = [
             self.batcher.next_deadline() if self.batcher is not None else None,
-            self.joiner.next_wall_deadline() if self.joiner is not None else None,
-            self.gate.next_wall_deadline() if self.gate is not None else None,
+            self.joiner.next_wall_deadline() if self.joiner is not None and caught_up else None,
+            self.gate.next_wall_deadline() if self.gate is not None and caught_up else None,
         ]
         found = [d for d in deadlines if d is not None]
         return min(found) if found else None
