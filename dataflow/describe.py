@@ -151,6 +151,8 @@ def empty_figures() -> dict[str, Any]:
         "lag_total": 0,
         **dict.fromkeys(GAUGES, 0),
         "last_error": "",
+        "waiting": "",
+        "stuck_seconds": 0.0,
     }
 
 
@@ -167,6 +169,8 @@ def figures(
         "state_records": stats.state_records,
         "state_bytes": stats.state_bytes,
         "last_error": stats.last_error,
+        "waiting": stats.waiting,
+        "stuck_seconds": round(stats.stuck_seconds, 1),
     }
 
 
@@ -224,6 +228,9 @@ def sum_figures(many: Iterable[Mapping[str, Any] | None]) -> dict[str, Any]:
         for tp, n in one.get("lag", {}).items():
             out["lag"][tp] = max(n, out["lag"].get(tp, 0))
         out["last_error"] = out["last_error"] or one.get("last_error", "")
+        if one.get("waiting"):  # each engine waits on its own partitions
+            out["waiting"] = "; ".join(w for w in (out["waiting"], one["waiting"]) if w)
+        out["stuck_seconds"] = max(out["stuck_seconds"], one.get("stuck_seconds", 0.0))
     out["lag"] = dict(sorted(out["lag"].items()))
     out["lag_total"] = sum(out["lag"].values())
     return out
@@ -281,6 +288,7 @@ def merge(base: Mapping[str, Any], engines: Mapping[str, Mapping[str, Any]]) -> 
                     for s in d["steps"]
                 ],
                 **({"url": d["url"]} if "url" in d else {}),
+                **({"event_loop_lag": d["event_loop_lag"]} if "event_loop_lag" in d else {}),
             }
             if engine in running
             else {k: v for k, v in d.items() if k in ("url", "error", "state")}
@@ -322,7 +330,13 @@ def render_text(d: Mapping[str, Any]) -> str:
         lines.append(f"  engines:  {d['summary']}")
     for engine, e in sorted((d.get("engines") or {}).items()):
         status = e.get("error") or e.get("state") or "?"
-        lines.append(f"    {engine}: {status}" + (f" ({e['url']})" if e.get("url") else ""))
+        lines.append(
+            f"    {engine}: {status}"
+            + (f" ({e['url']})" if e.get("url") else "")
+            + _loop_lag_text(e.get("event_loop_lag"))
+        )
+    if d.get("event_loop_lag") and not d.get("engines"):
+        lines.append(f"  loop:    {_loop_lag_text(d['event_loop_lag']).strip()}")
     for step in d.get("steps", []):
         lines.append("")
         lines.append(f"step {step['name']} (#{step['index']})")
@@ -357,9 +371,21 @@ def render_text(d: Mapping[str, Any]) -> str:
                 lines.append(
                     f"  held:     {live['state_records']} records, {live['state_bytes']} bytes"
                 )
+            if live.get("waiting"):
+                stuck = live.get("stuck_seconds", 0.0)
+                lines.append(f"  waiting:  {stuck:.0f}s without progress: {live['waiting']}")
             if live.get("last_error"):
                 lines.append(f"  error:    {live['last_error']}")
     return "\n".join(lines) + "\n"
+
+
+def _loop_lag_text(lag: Mapping[str, Any] | None) -> str:
+    if not lag:
+        return ""
+    return (
+        f" event loop lag {lag.get('last_ms', 0):.1f} ms,"
+        f" max {lag.get('max_1m_ms', 0):.1f} ms in the last minute"
+    )
 
 
 def _quote(text: str) -> str:

@@ -27,6 +27,7 @@ from dataflow.settings import Settings
 from dataflow.store import CHANGELOG_CONFIG
 from dataflow.subscriber import Subscriber
 from dataflow.topology import TopologyError, check_state_bounds, group_id, topology_from
+from dataflow.watchdog import Watchdog
 
 #: Seconds before a pipeline that failed at run time is rebuilt.
 RESTART_DELAY = 5.0
@@ -55,6 +56,10 @@ class Engine:
         self._stopping = False
         self.broker = BrokerWatch(self._probe_broker, settings.broker_ready_timeout_ms / 1000)
         self._broker_watch: asyncio.Task[None] | None = None
+        self.watchdog = Watchdog(
+            lambda: [step for pipeline in self.pipelines.values() for step in pipeline.steps]
+        )
+        self._watchdog: asyncio.Task[None] | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -64,6 +69,7 @@ class Engine:
         await self.admin.start()
         self._broker_watch = asyncio.create_task(self.broker.run(), name="broker-watch")
         self._subscription = asyncio.create_task(self.subscriber.run(), name="subscriber")
+        self._watchdog = asyncio.create_task(self.watchdog.run(), name="watchdog")
         self.startup_done.set()
         logger.info(
             "engine {} started: kafka {}, scheduler {}:{}",
@@ -82,7 +88,7 @@ class Engine:
         self._stopping = True
         for handle in self._restarts.values():
             handle.cancel()
-        for background in (self._subscription, self._broker_watch):
+        for background in (self._subscription, self._broker_watch, self._watchdog):
             if background is not None:
                 background.cancel()
                 # Bounded: a client call deep in a probe can be slow to give up.

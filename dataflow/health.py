@@ -110,7 +110,7 @@ class HealthServer:
             lag = {(tp.topic, tp.partition): n for tp, n in step.lag().items()}
             return figures(step.stats, lag, rates)
 
-        return describe_topology(
+        described = describe_topology(
             topology,
             state=state,
             reason=pipeline.failed or "",
@@ -121,6 +121,12 @@ class HealthServer:
             state_topics=[step.state_topic for step in pipeline.steps],
             live=live,
         )
+        lag = self.engine.watchdog.lag
+        described["event_loop_lag"] = {
+            "last_ms": round(lag.last * 1000, 1),
+            "max_1m_ms": round(lag.recent_max() * 1000, 1),
+        }
+        return described
 
     def describe(self) -> dict[str, Any]:
         """Every pipeline version this engine runs, with live figures (takes a rate sample)."""

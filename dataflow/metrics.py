@@ -46,6 +46,13 @@ class EngineCollector(Collector):
         pipelines = GaugeMetricFamily("dataflow_pipelines", "pipelines created on this engine")
         pipelines.add_metric([], len(engine.pipelines))
         yield pipelines
+        loop_lag = HistogramMetricFamily(
+            "dataflow_event_loop_lag_seconds",
+            "how much later than asked the engine's event loop ran a 0.1 s timer",
+        )
+        hist = engine.watchdog.lag.histogram
+        loop_lag.add_metric([], hist.cumulative(), hist.total)
+        yield loop_lag
 
         counters = {
             "records_in": CounterMetricFamily(

@@ -64,5 +64,7 @@ class StepStats:
     restored: int = 0  # entries read back from the changelog
     state_full: int = 0  # times the state reached its bound (fetching paused)
     last_error: str = ""
+    waiting: str = ""  # why a step with records to read takes none (empty while it moves)
+    stuck_seconds: float = 0.0  # how long it has taken none
     convert_seconds: Histogram = field(default_factory=Histogram)
     latency_seconds: Histogram = field(default_factory=Histogram)

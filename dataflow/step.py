@@ -26,6 +26,7 @@ from dataflow import membership, store
 from dataflow.cycles import RevisitGuard
 from dataflow.joins import Entry, Output
 from dataflow.offsets import OffsetTracker
+from dataflow.progress import Progress
 from dataflow.stages import Headers, Ref, Result, StepStages
 from dataflow.stats import StepStats
 from dataflow.streamtime import StreamTime
@@ -44,6 +45,9 @@ SEND_ATTEMPTS = 5
 TOO_LARGE = -1
 #: Longest a changelog restore may take before the step is reported failed.
 RESTORE_TIMEOUT = 120.0
+#: Records worked through between two yields to the event loop (a fetched batch holds up to
+#: 2,000): the health server, the other steps and the acks' callbacks run in between.
+SLICE_RECORDS = 256
 
 
 @dataclass(frozen=True)
@@ -142,6 +146,8 @@ class Step:
         self._tombstones: list[Entry[Ref]] = []  # removals whose deliveries were acked
         self._paused: set[TopicPartition] = set()
         self._full = False
+        self._caught_up = True  # every source partition read to its end (timed steps)
+        self._progress = Progress()
         self._changelog_partitions = 1
         self.assigned = asyncio.Event()
         self.log = logger.bind(pipeline=topology.name, step=spec.index)
@@ -187,6 +193,10 @@ class Step:
             while not self._stopping.is_set():
                 if self._failure is not None:
                     raise self._failure
+                # One yield per round whatever happens below: getmany() with a zero timeout and
+                # nothing buffered returns without yielding, and a round that sends nothing and
+                # commits nothing would then never let the fetcher (or anything else) run.
+                await asyncio.sleep(0)
                 await self._resend()
                 timeout_ms = self._poll_timeout_ms()
                 batch = await self._poll(timeout_ms)
@@ -202,11 +212,7 @@ class Step:
                     elif self._timed:
                         await self._process_in_time_order(batch)
                     else:
-                        wall = _now_ms()
-                        for tp, records in batch.items():
-                            for record in records:
-                                await self._on_record(tp, record, wall, wall)
-                            self._positions[tp] = records[-1].offset + 1
+                        await self._process_records(batch)
                     await self._after_batch()
                     await self._commit(force=False)
             await self._drain()
@@ -265,7 +271,9 @@ class Step:
                 producers[task] = (producer, {})
             open_batches = producers[task][1]
             create = producer.create_batch
-            for record in records:
+            for n, record in enumerate(records):
+                if n and not n % SLICE_RECORDS:
+                    await asyncio.sleep(0)
                 headers = record.headers
                 matched = False
                 for _index, source, wanted in sources:
@@ -364,20 +372,47 @@ class Step:
             ref, f"{record.topic}[{tp.partition}]@{record.offset}: {exc}", (ref,)
         )
 
+    async def _process_records(
+        self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+    ) -> None:
+        """Records of a batch step (or a cycle-guarded chain), one at a time on the wall clock."""
+        wall = _now_ms()
+        n = 0
+        for tp, records in batch.items():
+            for record in records:
+                n += 1
+                if not n % SLICE_RECORDS:
+                    await asyncio.sleep(0)
+                    wall = _now_ms()
+                await self._on_record(tp, record, wall, wall)
+                self._positions[tp] = record.offset + 1
+
     async def _process_in_time_order(
         self, batch: dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
     ) -> None:
-        """Records of a join or gate, across partitions in timestamp order, on stream time."""
+        """Records of a join or gate, across partitions in timestamp order, on stream time.
+
+        Which partitions lag is worked out once for the batch; per record only the record's
+        partition is looked at (it stops lagging when it reaches its end offset), so a record
+        costs the same whatever the number of partitions, the backlog or the state held."""
         await self._refresh_positions()
         for tp, records in batch.items():
             self._positions[tp] = records[0].offset
         ends = await self._checked_ends()
+        clock = self._clock
+        clock.lagging(self._lagging(ends))
         parts = [[(r.timestamp, tp, r) for r in records] for tp, records in batch.items()]
-        for timestamp, tp, record in heapq.merge(*parts, key=lambda item: item[0]):
-            self._positions[tp] = record.offset + 1
-            self._clock.observe(tp, timestamp)
-            stream = self._clock.now(self._lagging(ends))
-            await self._on_record(tp, record, stream, _now_ms())
+        merged = heapq.merge(*parts, key=lambda item: item[0])
+        for n, (timestamp, tp, record) in enumerate(merged, 1):
+            if not n % SLICE_RECORDS:
+                await asyncio.sleep(0)
+            position = record.offset + 1
+            self._positions[tp] = position
+            clock.observe(tp, timestamp)
+            end = ends.get(tp)
+            if end is not None and position >= end:
+                clock.caught_up(tp)
+            await self._on_record(tp, record, clock.now(), _now_ms())
 
     async def _after_batch(self) -> None:
         """Close windows and batches, send what left the state, pace the sources."""
@@ -390,6 +425,7 @@ class Step:
             lagging = self._lagging(await self._checked_ends())
             caught_up = not lagging
             stream = self._clock.now(lagging)
+        self._caught_up = caught_up
         await self._send_all(self.stages.expire(stream, wall, caught_up), wall, None)
         await self._flush_tombstones()
         self._pace(lagging, stream, wall)
@@ -987,8 +1023,67 @@ class Step:
                 lag[tp] = max(0, high - position)
         return lag
 
+    def watch(self, now: float) -> None:
+        """Notice a step that has records to read but takes none (called about once a second
+        by the engine's watchdog, whatever the step's loop is doing): after 10 s it says why
+        in `stats.waiting` and a WARNING, repeated at most once a minute."""
+        lag = self.lag()
+        warn = self._progress.check(now, self.stats.records_in, sum(lag.values()))
+        if not self._progress.stuck:
+            if self.stats.waiting:
+                self.log.info("moving again after {:.0f}s", self.stats.stuck_seconds)
+            self.stats.waiting = ""
+            self.stats.stuck_seconds = 0.0
+            return
+        self.stats.waiting = self.why_waiting(lag)
+        self.stats.stuck_seconds = self._progress.stuck_for(now)
+        if warn:
+            self.log.warning(
+                "no progress for {:.0f}s with {} records to read: {}",
+                self.stats.stuck_seconds,
+                sum(lag.values()),
+                self.stats.waiting,
+            )
+
+    def why_waiting(self, lag: dict[TopicPartition, int]) -> str:
+        """What the step waits on, in words: assignment, retries, full state, paused
+        partitions, the partition holding stream time back, partitions with nothing fetched."""
+        behind = sorted(tp for tp, n in lag.items() if n > 0)
+        reasons = []
+        if self._stopping.is_set():
+            reasons.append("stopping")
+        if not self.assigned.is_set():
+            reasons.append("waiting for its partitions (a rebalance)")
+        if self._retries:
+            reasons.append(f"retrying {len(self._retries)} sends")
+        if self._full:
+            reasons.append(
+                f"state full ({len(self._entries)} records, {self.stats.state_bytes} bytes)"
+            )
+        paused = [tp for tp in behind if tp in self._paused]
+        if paused:
+            reasons.append(
+                "paused, read ahead of stream time by more than the window: "
+                + ", ".join(_tp_name(tp) for tp in paused)
+            )
+        holder = self._clock.holder() if self._timed and not self._caught_up else None
+        if holder is not None:
+            t = self._clock.time_of(holder)
+            at = "not read yet" if t is None else f"at {t} ms"
+            reasons.append(f"stream time held by {_tp_name(holder)} ({at})")
+        unpaused = [tp for tp in behind if tp not in self._paused]
+        if unpaused:
+            reasons.append(
+                "nothing fetched from "
+                + ", ".join(f"{_tp_name(tp)} (lag {lag[tp]})" for tp in unpaused)
+            )
+        return "; ".join(reasons) or "nothing fetched"
+
     def _poll_timeout_ms(self) -> int:
-        deadline = self.stages.next_deadline()
+        """Until the next window or batch closes on the wall clock (at most 100 ms). Join and
+        gate windows close on the wall clock only once every source is caught up: while one
+        lags, their wall deadlines are long past and must not make the poll return at once."""
+        deadline = self.stages.next_deadline(self._caught_up)
         if deadline is None:
             return 100
         return max(0, min(100, deadline - _now_ms()))
@@ -1119,6 +1214,10 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
         await self.step.on_assigned(set(assigned))
+
+
+def _tp_name(tp: TopicPartition) -> str:
+    return f"{tp.topic}[{tp.partition}]"
 
 
 def _now_ms() -> int:

@@ -79,3 +79,57 @@ def test_reassignment_keeps_the_times_of_kept_partitions() -> None:
     st.assign(["a", "c"])
     assert st.time_of("a") == 5_000
     assert st.time_of("b") is None
+
+
+def _recomputed(
+    times: dict[str, int | None], lagging: set[str], previous: int | None
+) -> int | None:
+    """Stream time as defined in the module docstring, computed from scratch."""
+    if lagging:
+        lag = [times[tp] for tp in lagging]
+        if any(t is None for t in lag):
+            return previous
+        candidate = min(t for t in lag if t is not None)
+    else:
+        known = [t for t in times.values() if t is not None]
+        candidate = max(known) if known else None
+    if candidate is None or (previous is not None and candidate <= previous):
+        return previous
+    return candidate
+
+
+def test_incremental_lagging_matches_recomputing_every_record() -> None:
+    """The step tells which partitions lag once per batch and then only which one caught up:
+    stream time must be what recomputing it over every partition at each record gives."""
+    import random
+
+    rng = random.Random(19)
+    for _ in range(200):
+        tps = [f"p{i}" for i in range(rng.randint(1, 8))]
+        st = clock(*tps)
+        times: dict[str, int | None] = dict.fromkeys(tps)
+        expected: int | None = None
+        for _batch in range(rng.randint(1, 6)):
+            lagging = {tp for tp in tps if rng.random() < 0.7}
+            st.lagging(lagging)
+            for _record in range(rng.randint(0, 60)):
+                tp = rng.choice(tps)
+                ts = rng.randint(0, 10_000)
+                st.observe(tp, ts)
+                current = times[tp]
+                times[tp] = ts if current is None else max(current, ts)
+                if tp in lagging and rng.random() < 0.1:
+                    st.caught_up(tp)
+                    lagging.discard(tp)
+                expected = _recomputed(times, lagging, expected)
+                assert st.now() == expected
+                holder = st.holder()
+                if lagging:
+                    assert holder in lagging
+                    unread = [t for t in lagging if times[t] is None]
+                    if unread:
+                        assert times[holder] is None
+                    else:
+                        assert times[holder] == min(times[t] or 0 for t in lagging)
+                else:
+                    assert holder is None

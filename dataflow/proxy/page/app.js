@@ -134,6 +134,10 @@ function renderGraph(d) {
     g.append(svg("text", { x: 8, y: 31, class: "kind" }, kind.join(" · ") || "map"));
     g.append(svg("text", { x: 8, y: 47, class: "rates", "data-step": s.name }, `in ${rate(live.rates.records_in)}  out ${rate(live.rates.records_out)}`));
     g.append(svg("text", { x: 8, y: 63, class: "counts" }, `err ${live.totals.errors || 0}  lag ${live.lag_total || 0}`));
+    if (live.waiting) {
+      g.classList.add("waiting");
+      g.append(svg("title", {}, `waiting ${Math.round(live.stuck_seconds || 0)} s: ${live.waiting}`));
+    }
     root.append(g);
   }
   document.getElementById("graph").replaceChildren(root);
@@ -156,11 +160,17 @@ function renderDetail(d) {
       t.errors, t.empty, t.late, live.lag_total, s.stateful ? `${live.state_records} / ${live.state_bytes} B` : "-"];
     cells.forEach((c, i) => row.append(el("td", i === 1 ? { class: "rate-in" } : {}, String(c ?? 0))));
     body.append(row);
+    if (live.waiting) {
+      const note = el("tr", { class: "waiting", "data-step": s.name });
+      note.append(el("td", { colspan: "11" }, `${s.name} has made no progress for ${Math.round(live.stuck_seconds || 0)} s: ${live.waiting}`));
+      body.append(note);
+    }
   }
   const engines = document.getElementById("engines");
   engines.replaceChildren();
   for (const [name, e] of Object.entries(d.engines || {})) {
-    engines.append(el("li", {}, `${name}: ${e.error || e.state || "?"}` + (e.url ? ` (${e.url})` : "")));
+    const lag = e.event_loop_lag ? ` · event loop lag ${e.event_loop_lag.last_ms} ms (max ${e.event_loop_lag.max_1m_ms} ms/min)` : "";
+    engines.append(el("li", {}, `${name}: ${e.error || e.state || "?"}` + (e.url ? ` (${e.url})` : "") + lag));
   }
   if (!engines.children.length) engines.append(el("li", { class: "muted" }, "no engine health server known"));
   const errors = document.getElementById("errors");
