@@ -48,6 +48,8 @@ RESTORE_TIMEOUT = 120.0
 #: Records worked through between two yields to the event loop (a fetched batch holds up to
 #: 2,000): the health server, the other steps and the acks' callbacks run in between.
 SLICE_RECORDS = 256
+#: Longest a step waits for the end offsets of partitions that may lag (a broker failing over).
+END_OFFSETS_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
@@ -455,9 +457,12 @@ class Step:
                 suspects.append(tp)
         if suspects:
             try:
-                ends.update(await self.consumer.end_offsets(suspects))
-            except KafkaError as exc:  # keep the cached ends; the next batch asks again
-                self.log.debug("end offsets of {}: {}", suspects, exc)
+                asked = self.consumer.end_offsets(suspects)
+                ends.update(await asyncio.wait_for(asked, END_OFFSETS_TIMEOUT))
+            except (KafkaError, TimeoutError) as exc:
+                # Unknown ends hold stream time back (the safe side); the next batch asks again.
+                self.log.debug("end offsets of {}: {!r}", suspects, exc)
+                ends.update(dict.fromkeys(suspects))
         return ends
 
     def _lagging(self, ends: dict[TopicPartition, int | None]) -> list[TopicPartition]:
