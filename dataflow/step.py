@@ -770,7 +770,9 @@ class Step:
         latest = await asyncio.wait_for(self._read_changelog(new), RESTORE_TIMEOUT)
         wall = _now_ms()
         loaded = 0
-        for name, value in latest.items():
+        for n, (name, value) in enumerate(latest.items(), 1):
+            if not n % SLICE_RECORDS:
+                await asyncio.sleep(0)  # a big state loads in slices: the loop stays live
             if value is None:
                 continue
             try:
