@@ -6,19 +6,31 @@ Values are opaque bytes: merging and row counting are injected (`wire.merge_batc
 batch it is in (or by `discard`), and a batch output lists every token in it as a contributor.
 Each request held is an `Entry` (kind `"b"`) listed in `Step.stored` when added and in
 `Step.removed` when its batch is emitted, for the caller's changelog; `load` restores one.
+
+A step batches with a `PartitionBatcher`: one `Batcher` per input partition, as the reference
+keeps one batch store per stream task, so a batch never mixes records of two partitions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from dataflow.joins import Entry, Output, Step
 
-__all__ = ["Batcher"]
+__all__ = ["Batcher", "PartitionBatcher"]
 
 T = TypeVar("T")
+
+
+def _check(size: int | None, window_ms: int | None) -> None:
+    if size is None and window_ms is None:
+        raise ValueError("a batch needs a size, a window, or both")
+    if size is not None and size < 1:
+        raise ValueError(f"size must be >= 1, got {size}")
+    if window_ms is not None and window_ms < 1:
+        raise ValueError(f"window_ms must be >= 1, got {window_ms}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +47,8 @@ class Batcher(Generic[T]):
     """Accumulates requests into one batch and emits it by size or by window.
 
     As in the reference, all keys share one batch (the earlier records' keys are lost: the
-    output takes the key, headers and timestamp of the LAST record). The batch is emitted:
+    output takes the key, headers and timestamp of the LAST record); a step keeps one batcher
+    per input partition (`PartitionBatcher`). The batch is emitted:
 
     * by size: as soon as the sum of `rows(value)` over the batch is >= `size` (the reference
       compares the merged request's first input's dim 0, which is that sum when all requests
@@ -62,12 +75,7 @@ class Batcher(Generic[T]):
         rows: Callable[[bytes], int],
     ) -> None:
         """Create an empty batcher (see the class docstring for the arguments)."""
-        if size is None and window_ms is None:
-            raise ValueError("a batch needs a size, a window, or both")
-        if size is not None and size < 1:
-            raise ValueError(f"size must be >= 1, got {size}")
-        if window_ms is not None and window_ms < 1:
-            raise ValueError(f"window_ms must be >= 1, got {window_ms}")
+        _check(size, window_ms)
         self._size = size
         self._window_ms = window_ms
         self._merge = merge
@@ -195,3 +203,155 @@ class Batcher(Generic[T]):
     def next_deadline(self) -> int | None:
         """Wall-clock ms at which the open batch's window ends (None: no batch, or no window)."""
         return self._deadline if self._items else None
+
+
+class PartitionBatcher(Generic[T]):
+    """One `Batcher` per input partition: a batch never mixes records of two partitions.
+
+    The reference batches in a processor with one `batch-store` per stream task, and a task
+    reads one partition (of each source topic): so each input partition has its own open
+    batch, and the batch goes out with the key, headers and timestamp of its last record. With
+    gateway keys (`<partition>.<pipeline>.<id>`) that is the partition the batch's records came
+    from (the sink partition is the key's numeric prefix, spec 4.12), so the gateway that waits
+    on that partition sees the answer.
+
+    A partition's `Batcher` is created when a record of it arrives with no batch open and
+    dropped when its batch is emitted or discarded: only open batches are kept. `add` and `load`
+    cost one dict lookup more than a single `Batcher`; `expire`, `full`, `next_deadline`,
+    `held` and `discard` (called per fetch or poll, not per record) look at the open batches
+    only.
+
+    Args:
+        size: Rows that complete a batch (>= 1), or None to batch by window only.
+        window_ms: Longest time a batch stays open (>= 1), or None to batch by size only.
+        merge: Merges a batch's values, in arrival order, into one value.
+        rows: Rows (dim 0) of one value.
+        partition: The input partition of a token (any hashable: the step uses the record's
+            topic-partition).
+
+    Raises:
+        ValueError: If both `size` and `window_ms` are None, or either is < 1.
+    """
+
+    def __init__(
+        self,
+        size: int | None,
+        window_ms: int | None,
+        merge: Callable[[Sequence[bytes]], bytes],
+        rows: Callable[[bytes], int],
+        *,
+        partition: Callable[[T], Hashable],
+    ) -> None:
+        """Create with no open batch (see the class docstring for the arguments)."""
+        _check(size, window_ms)
+        self._size = size
+        self._window_ms = window_ms
+        self._merge = merge
+        self._rows = rows
+        self._partition = partition
+        self._open: dict[Hashable, Batcher[T]] = {}
+
+    def _batcher(self, token: T) -> tuple[Hashable, Batcher[T]]:
+        part = self._partition(token)
+        batcher = self._open.get(part)
+        if batcher is None:
+            batcher = Batcher(self._size, self._window_ms, self._merge, self._rows)
+            self._open[part] = batcher
+        return part, batcher
+
+    def add(
+        self,
+        key: bytes | None,
+        value: bytes,
+        timestamp_ms: int,
+        token: T,
+        now_ms: int,
+        *,
+        ident: bytes = b"",
+    ) -> Step[T]:
+        """Add one request to the batch of its partition (see `Batcher.add`).
+
+        Only that partition's batch is looked at: a window of another partition that ended is
+        emitted by `expire`.
+
+        Returns:
+            The batch of this partition emitted, if any, and the tokens released with it.
+        """
+        part, batcher = self._batcher(token)
+        step = batcher.add(key, value, timestamp_ms, token, now_ms, ident=ident)
+        if not batcher.held():
+            del self._open[part]
+        return step
+
+    def load(self, entry: Entry[T], key: bytes | None, now_ms: int) -> None:
+        """Put back a restored request in its partition's batch (see `Batcher.load`)."""
+        self._batcher(entry.token)[1].load(entry, key, now_ms)
+
+    def expire(self, now_ms: int) -> Step[T]:
+        """Emit every batch whose window ended at or before `now_ms`, earliest deadline first.
+
+        Args:
+            now_ms: The wall clock.
+
+        Returns:
+            The emitted batches, if any, and the tokens released with them.
+        """
+        due = [
+            (deadline, n, part)
+            for n, (part, batcher) in enumerate(self._open.items())
+            if (deadline := batcher.next_deadline()) is not None and deadline <= now_ms
+        ]
+        step: Step[T] = Step()
+        for _, _, part in sorted(due, key=lambda item: item[:2]):
+            step.extend(self._open.pop(part).expire(now_ms))
+        return step
+
+    def full(self) -> Step[T]:
+        """Emit every open batch now (the step's state is full), in order of opening.
+
+        Returns:
+            The emitted batches, if any, and the tokens released with them.
+        """
+        step: Step[T] = Step()
+        for batcher in self._open.values():
+            step.extend(batcher.full())
+        self._open.clear()
+        return step
+
+    def discard(self, predicate: Callable[[T], bool]) -> list[T]:
+        """Drop held requests whose token satisfies `predicate`, with no output.
+
+        For partitions that were revoked: their records will be consumed again elsewhere, and
+        their batches (emptied) are dropped.
+
+        Args:
+            predicate: Selects the tokens to drop.
+
+        Returns:
+            The tokens released, partition by partition, in arrival order.
+        """
+        released: list[T] = []
+        for part, batcher in list(self._open.items()):
+            released += batcher.discard(predicate)
+            if not batcher.held():
+                del self._open[part]
+        return released
+
+    def held(self) -> int:
+        """The number of requests in open batches."""
+        return sum(batcher.held() for batcher in self._open.values())
+
+    def rows_held(self) -> int:
+        """The number of rows in open batches."""
+        return sum(batcher.rows_held() for batcher in self._open.values())
+
+    def partitions(self) -> int:
+        """The number of partitions with an open batch."""
+        return len(self._open)
+
+    def next_deadline(self) -> int | None:
+        """Wall-clock ms at which the first open batch's window ends (None: none, or no window)."""
+        if self._window_ms is None:
+            return None
+        deadlines = [d for b in self._open.values() if (d := b.next_deadline()) is not None]
+        return min(deadlines) if deadlines else None

@@ -46,7 +46,9 @@ Durable state: every record a joiner, gate or batcher keeps is an `Entry` with a
 by the caller. Each `Step` lists the entries it `stored` (new, or changed: an outer join's
 `matched` flag) and `removed` (left the state), so the caller can keep a changelog; `load`
 puts a restored entry back without matching it again. `discard` (partitions revoked) lists
-nothing: the state stays in the changelog for the partitions' next owner.
+nothing: the state stays in the changelog for the partitions' next owner. The exception is an
+`any` join: its records are held for 1 ms only, released at once and never listed (a restart
+forgets them; see `Joiner`).
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ from functools import reduce
 from typing import Generic, Literal, TypeVar
 
 __all__ = [
+    "ANY_WINDOW_MS",
     "Entry",
     "JoinType",
     "Joiner",
@@ -80,6 +83,9 @@ _JOIN_TYPES: frozenset[str] = frozenset(("inner", "outer", "any"))
 _WINDOW_FROM: frozenset[str] = frozenset(("timestamp", "arrival", "stream"))
 _DATA = -1  # source index of trigger-gate data records
 
+ANY_WINDOW_MS = 1
+"""The window of an `any` join, whatever the step's: the reference's `JoinWindows.of(1 ms)`."""
+
 
 @dataclass(frozen=True, slots=True)
 class Output(Generic[T]):
@@ -91,7 +97,9 @@ class Output(Generic[T]):
         timestamp_ms: The largest record timestamp among the contributors.
         origin: The token whose headers (and key) the output takes: the record that triggered the
             emission (for a trigger gate: always the data record).
-        contributors: Every token whose data is in the output, in source order.
+        contributors: Every token whose data is in the output and that the stage still answers
+            for, in source order. An `any` join's joined output lists only the arriving record:
+            the records it joins were released when they went out alone.
         error: Why the contributors could not be merged (then `value` is empty and the output
             belongs on the error topic); empty for a good output.
     """
@@ -271,7 +279,23 @@ class Joiner(Generic[T]):
       its window closes (evaluated by `expire`, no further traffic needed) is emitted then,
       together with the other unmatched records of its key that fit one window (for more than two
       sources: the partial set present, first unmatched record per source, in source order).
-    * `any`: every arrival is forwarded alone at once and not held.
+    * `any` (the reference's outer join with `JoinWindows.of(1 ms)`; `window_ms` is ignored,
+      the window is `ANY_WINDOW_MS`): every arrival is emitted at once. Alone, unless records
+      of another source with the same key are held whose timestamps are within 1 ms of it
+      (`|t1 - t2| <= 1`): then it is emitted joined with them instead (values folded in source
+      order, as for inner), one output per combination of one near record from each other
+      source that has any (so for two sources, one output per near record of the other
+      source; for three, a record near records of both others goes out with all three, and a
+      record near only one other source's records goes out with those two). So a pair 1 ms
+      apart gives the first record alone, then the second joined. The records of a
+      combination are each within 1 ms of the arrival, not necessarily of each other (as the
+      reference's left fold, whose joined record takes the later timestamp). Records are held
+      only for that 1 ms: on the window clock, and W = 1 ms of wall clock after arrival when
+      `expire` is given `wall_ms`. They are released at once (so hold no offset), are never
+      listed in `Step.stored` or `Step.removed` (no changelog), and are not counted `late`
+      when behind stream time (they are still emitted, and joined with what is held; they are
+      just not kept). A restart forgets them: a partner read after a restart goes out alone.
+      Cost per arrival: three dict lookups per other source plus the near records found.
 
     A record with a `None` key can never match: inner releases it at once, outer emits it alone
     at once, any forwards it.
@@ -301,17 +325,21 @@ class Joiner(Generic[T]):
             raise ValueError(f"a join needs at least two sources, got {n_sources}")
         if join_type not in _JOIN_TYPES:
             raise ValueError(f"join_type must be one of {sorted(_JOIN_TYPES)}, got {join_type!r}")
+        _check_window(window_ms, window_from)
         self._n = n_sources
         self._type = join_type
         self._merge = merge
-        self._window: _Window[T] = _Window(window_ms, window_from)
+        window = ANY_WINDOW_MS if join_type == "any" else window_ms
+        self._window: _Window[T] = _Window(window, window_from)
         self._by_key: dict[bytes, list[list[Entry[T]]]] = {}
+        #: `any` only: the records held, by (key, source, timestamp).
+        self._near: dict[tuple[bytes, int, int], list[Entry[T]]] = {}
         #: Records that arrived behind stream time by more than W (`"stream"` only).
         self.late = 0
 
     @property
     def window_ms(self) -> int:
-        """The join window W in milliseconds."""
+        """The join window W in milliseconds (`ANY_WINDOW_MS` for an `any` join)."""
         return self._window.window_ms
 
     def add(
@@ -353,8 +381,9 @@ class Joiner(Generic[T]):
             raise IndexError(f"source_index {source_index} not in 0..{self._n - 1}")
         step = self.expire(now_ms)
         if self._type == "any":
-            step.outputs.append(Output(key, value, timestamp_ms, token, (token,)))
-            step.released.append(token)
+            self._add_any(
+                source_index, key, value, timestamp_ms, token, now_ms, wall_ms, ident, step
+            )
             return step
         window = self._window
         deadline = window.deadline(timestamp_ms, now_ms)
@@ -388,6 +417,61 @@ class Joiner(Generic[T]):
         window.push(record, wall_ms)
         step.stored.append(record)
         return step
+
+    def _add_any(
+        self,
+        source_index: int,
+        key: bytes | None,
+        value: bytes,
+        timestamp_ms: int,
+        token: T,
+        now_ms: int,
+        wall_ms: int | None,
+        ident: bytes,
+        step: Step[T],
+    ) -> None:
+        step.released.append(token)
+        if key is None:
+            step.outputs.append(Output(key, value, timestamp_ms, token, (token,)))
+            return
+        window = self._window
+        deadline = window.deadline(timestamp_ms, now_ms)
+        record = Entry("j", source_index, key, value, timestamp_ms, token, ident, deadline)
+        if ident:  # the same record read again (a seek back): the new copy replaces the old
+            bucket = self._near.get((key, source_index, timestamp_ms))
+            for old in bucket or ():
+                if old.ident == ident:
+                    window.kill(old)
+                    self._drop_near(old)
+                    break
+        w = window.window_ms
+        groups: list[list[Entry[T]]] = []
+        for index in range(self._n):
+            if index == source_index:
+                groups.append([record])
+                continue
+            near: list[Entry[T]] = []
+            for t in range(timestamp_ms - w, timestamp_ms + w + 1):
+                bucket = self._near.get((key, index, t))
+                if bucket:
+                    near += bucket
+            if near:
+                groups.append(near)
+        if len(groups) == 1:
+            step.outputs.append(Output(key, value, timestamp_ms, token, (token,)))
+        else:
+            for combo in itertools.product(*groups):
+                step.outputs.append(self._output(combo, token, (token,)))
+        if record.deadline_ms > now_ms:  # else behind the window clock: emitted, not kept
+            self._near.setdefault((key, source_index, timestamp_ms), []).append(record)
+            window.push(record, wall_ms)
+
+    def _drop_near(self, record: Entry[T]) -> None:
+        name = (record.key, record.source, record.timestamp_ms)
+        bucket = self._near[name]
+        bucket.remove(record)
+        if not bucket:
+            del self._near[name]
 
     def load(self, entry: Entry[T], wall_ms: int | None = None) -> None:
         """Put back a restored entry (from a changelog), without matching it.
@@ -431,9 +515,11 @@ class Joiner(Generic[T]):
                     r.matched = True
                 step.outputs.append(self._output(combo, record.token))
 
-    def _output(self, records: Sequence[Entry[T]], origin: T) -> Output[T]:
+    def _output(
+        self, records: Sequence[Entry[T]], origin: T, contributors: tuple[T, ...] | None = None
+    ) -> Output[T]:
         timestamp = max(r.timestamp_ms for r in records)
-        tokens = tuple(r.token for r in records)
+        tokens = tuple(r.token for r in records) if contributors is None else contributors
         try:
             value = reduce(self._merge, (r.value for r in records[1:]), records[0].value)
         except Exception as exc:  # the state is intact: report the set, do not raise
@@ -454,6 +540,9 @@ class Joiner(Generic[T]):
         """
         step: Step[T] = Step()
         while (record := self._window.pop_due(now_ms, wall_ms)) is not None:
+            if self._type == "any":  # released when it arrived, never in the changelog
+                self._drop_near(record)
+                continue
             sides = self._by_key[record.key]
             sides[record.source].remove(record)
             if self._type == "outer" and not record.matched:
@@ -497,6 +586,9 @@ class Joiner(Generic[T]):
         for record in self._window.live():
             if predicate(record.token):
                 self._window.kill(record)
+                if self._type == "any":  # released when it arrived
+                    self._drop_near(record)
+                    continue
                 sides = self._by_key[record.key]
                 sides[record.source].remove(record)
                 if not any(sides):

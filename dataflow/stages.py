@@ -2,8 +2,8 @@
 
 `StepStages` composes the pure state machines of `joins`, `batches` and `cycles` in the
 reference's order (spec 4.4, 4.5): a join of the sources (or the record itself), then a batch
-(single-source steps into `...inputs` only), then the trigger gate. Pure: no I/O, the clock is
-passed in.
+(single-source steps into `...inputs` only; one open batch per input partition), then the
+trigger gate. Pure: no I/O, the clock is passed in.
 
 State contract (see `joins`): what a stage keeps is an `Entry`, listed in `stored` when it
 enters (or changes) and in `removed` when it leaves. The step writes those to the changelog
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
-from dataflow.batches import Batcher
+from dataflow.batches import PartitionBatcher
 from dataflow.cycles import RevisitGuard
 from dataflow.joins import Entry, Joiner, Output, Step, TriggerGate
 from dataflow.topology import StepSpec, Topology
@@ -75,7 +75,7 @@ class StepStages:
         self._to_outputs = spec.sink == output_topic
         request = spec.sink_is_request
         self.joiner: Joiner[Ref] | None = None
-        self.batcher: Batcher[Ref] | None = None
+        self.batcher: PartitionBatcher[Ref] | None = None
         self.gate: TriggerGate[Ref] | None = None
         if spec.is_join:
             self.joiner = Joiner(
@@ -86,7 +86,10 @@ class StepStages:
                 window_from="stream",
             )
         elif request and (spec.batch_size or spec.batch_window_ms):
-            self.batcher = Batcher(spec.batch_size, spec.batch_window_ms, merge_batch, batch_rows)
+            # One batch per input partition, as the reference's batch store per stream task.
+            self.batcher = PartitionBatcher(
+                spec.batch_size, spec.batch_window_ms, merge_batch, batch_rows, partition=_tp_of
+            )
         if spec.triggers:
             self.gate = TriggerGate(
                 len(spec.triggers), spec.triggers_join, spec.window_ms, window_from="stream"
@@ -212,6 +215,10 @@ class StepStages:
         for stage in (self.joiner, self.batcher, self.gate):
             if stage is not None:
                 stage.discard(predicate)
+
+
+def _tp_of(ref: Ref) -> Any:
+    return ref.tp
 
 
 def _origin_name(ref: Ref) -> bytes:

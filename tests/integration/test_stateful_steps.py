@@ -341,3 +341,95 @@ async def test_a_record_that_converts_to_nothing_is_counted_and_logged(
     assert [ModelInferRequest().parse(r.value).id for r in out] == ["kept"]
     assert run.engine is not None
     assert f"{a}[0]@0 converted to nothing: no output" in run.engine.output()
+
+
+async def send_to(
+    bootstrap: str,
+    topic: str,
+    partition: int,
+    records: list[tuple[bytes, bytes, int | None]],
+    pipeline: str,
+) -> None:
+    """Write (key, value, timestamp) records to one partition, in order, each acknowledged."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for key, value, timestamp_ms in records:
+            await producer.send_and_wait(
+                topic,
+                value,
+                key=key,
+                partition=partition,
+                headers=[("pipeline", pipeline.encode())],
+                timestamp_ms=timestamp_ms,
+            )
+    finally:
+        await producer.stop()
+
+
+async def test_a_batch_holds_one_partition_and_goes_out_on_it(
+    tmp_path: Path, bootstrap: str, unique: str
+) -> None:
+    """Issue 19 item 4: one batch per input partition (the reference's batch store per stream
+    task). A record left pending on partition 0 is not merged with partition 1's records, and
+    partition 1's batch goes out on partition 1 (gateway keys `<partition>.<pipeline>.<id>`)."""
+    run = Run(tmp_path, bootstrap, unique, "bp")
+    a, b = run.topic("a", "outputs"), run.topic("b", "inputs")
+    await create_topics(bootstrap, a, b, partitions=2)
+    await run.start(f"steps:\n  - sources: [{a}]\n    sink: {b}\n    batch: {{size: 2}}\n")
+    try:
+        key = f"{{}}.{run.name}.{{}}".format
+        await send_to(
+            bootstrap, a, 0, [(key(0, "r0").encode(), response("r0", ("x", 0.0)), None)], run.name
+        )
+        await asyncio.sleep(2.0)  # the engine has r0 in partition 0's batch
+        await send_to(
+            bootstrap,
+            a,
+            1,
+            [
+                (key(1, "r1").encode(), response("r1", ("x", 1.0)), None),
+                (key(1, "r2").encode(), response("r2", ("x", 2.0)), None),
+            ],
+            run.name,
+        )
+        out = await consume(bootstrap, b, 1, timeout=20, settle=2.0)
+    finally:
+        run.stop()
+    assert [(r.partition, r.key) for r in out] == [(1, key(1, "r2").encode())]
+    merged = ModelInferRequest().parse(out[0].value)
+    assert (merged.id, merged.inputs[0].shape, tensors(out[0].value)) == (
+        "r2",
+        [2, 1],
+        [("x", [1.0, 2.0])],
+    ), "partition 1's batch holds partition 1's records only"
+
+
+async def test_any_join_joins_a_key_seen_on_the_other_source_within_1ms(
+    tmp_path: Path, bootstrap: str, unique: str
+) -> None:
+    """Issue 19 item 5: the reference's `any` join is an outer join with a 1 ms window: the
+    first of two records of one key 1 ms apart goes out alone, the second joined with it (in
+    source order); records further apart go out alone. The records are written before the
+    pipeline starts, so the step reads them as a backlog, on stream time."""
+    run = Run(tmp_path, bootstrap, unique, "a1")
+    a, b, c = run.topic("a", "outputs"), run.topic("b", "outputs"), run.topic("c", "inputs")
+    await create_topics(bootstrap, a, b)
+    t0 = int(time.time() * 1000) - 60_000
+    await send(bootstrap, b, b"k1", response("first", ("y", 2.0)), run.name, t0)
+    await send(bootstrap, a, b"k1", response("second", ("x", 1.0)), run.name, t0 + 1)
+    await send(bootstrap, a, b"k2", response("apart-a", ("x", 3.0)), run.name, t0 + 10)
+    await send(bootstrap, b, b"k2", response("apart-b", ("y", 4.0)), run.name, t0 + 12)
+    await run.start(join_body(run, "any", 5000))
+    try:
+        out = await consume(bootstrap, c, 4, timeout=30, settle=2.0)
+    finally:
+        run.stop()
+    got = [(r.key, ModelInferRequest().parse(r.value).id, tensors(r.value)) for r in out]
+    assert got == [
+        (b"k1", "first", [("y", [2.0])]),
+        (b"k1", "second", [("x", [1.0]), ("y", [2.0])]),
+        (b"k2", "apart-a", [("x", [3.0])]),
+        (b"k2", "apart-b", [("y", [4.0])]),
+    ]
+    assert [r.timestamp for r in out] == [t0, t0 + 1, t0 + 10, t0 + 12]

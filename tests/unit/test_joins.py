@@ -84,6 +84,7 @@ class Harness:
         assert self.joiner.held() == 0
         assert self.joiner.next_deadline() is None
         assert not self.joiner._by_key
+        assert not getattr(self.joiner, "_near", None)
         assert self.ledger.all_released()
 
 
@@ -266,17 +267,109 @@ def test_outer_keys_emitted_independently() -> None:
 # -- any ---------------------------------------------------------------------------------
 
 
-def test_any_forwards_every_arrival_and_holds_nothing() -> None:
+def test_any_forwards_records_more_than_1ms_apart_alone_and_releases_at_once() -> None:
+    """The any join's window is 1 ms (the reference's `JoinWindows.of(1 ms)`), whatever W."""
     h = Harness(3, "any")
-    for source, token in ((0, "a"), (1, "b"), (0, "c"), (2, "d")):
-        step = h.add(source, token)
-        assert step.outputs == [Output(b"k", token.encode(), T0, token, (token,))]
+    for source, token, ts in ((0, "a", T0), (1, "b", T0 + 2), (0, "c", T0 + 4), (2, "d", T0 + 6)):
+        h.now = ts
+        step = h.add(source, token, ts=ts)
+        assert step.outputs == [Output(b"k", token.encode(), ts, token, (token,))]
         assert step.released == [token]
-        assert h.joiner.held() == 0
-        assert h.joiner.next_deadline() is None
+        assert step.stored == [] and step.removed == []
     # old timestamps are forwarded too
     assert h.add(1, "e", ts=T0 - 10 * W).outputs[0].value == b"e"
     h.finish()
+
+
+def test_any_pair_within_1ms_first_alone_second_joined_in_source_order() -> None:
+    """Seldon's outerJoin with `JoinWindows.of(1 ms)`: the first record goes out alone at
+    once, the second (another source, same key, |t1 - t2| <= 1 ms) joined with it."""
+    h = Harness(2, "any", window_from="stream")
+    first = h.add(1, "b", ts=T0)
+    assert first == Step([Output(b"k", b"b", T0, "b", ("b",))], ["b"])
+    h.now = T0 + 1
+    second = h.add(0, "a", ts=T0 + 1)
+    # merged in source order; the earlier record was released already: only the arrival
+    # is a contributor (its offset is the one still held)
+    assert second == Step([Output(b"k", b"a|b", T0 + 1, "a", ("a",))], ["a"])
+    assert second.stored == [] and second.removed == []
+    h.finish()
+    assert [o.value for o in h.ledger.outputs] == [b"b", b"a|b"]
+
+
+def test_any_same_source_or_other_key_never_joins() -> None:
+    h = Harness(2, "any")
+    h.add(0, "a1")
+    assert [o.value for o in h.add(0, "a2").outputs] == [b"a2"]
+    assert [o.value for o in h.add(1, "b", key=b"other").outputs] == [b"b"]
+    h.finish()
+
+
+def test_any_joins_every_near_record_of_the_other_source() -> None:
+    h = Harness(2, "any", window_from="stream")
+    h.add(0, "a1", ts=T0 - 1)
+    h.add(0, "a2", ts=T0 + 1)
+    h.add(0, "far", ts=T0 + 2)
+    step = h.add(1, "b", ts=T0)
+    assert [(o.value, o.origin, o.contributors) for o in step.outputs] == [
+        (b"a1|b", "b", ("b",)),
+        (b"a2|b", "b", ("b",)),
+    ]
+    assert [o.timestamp_ms for o in step.outputs] == [T0, T0 + 1]
+    h.finish()
+
+
+def test_any_three_sources_join_one_of_each_source_that_has_a_near_record() -> None:
+    h = Harness(3, "any", merge=paren, window_from="stream")
+    assert [o.value for o in h.add(2, "c", ts=T0).outputs] == [b"c"]
+    assert [o.value for o in h.add(0, "a", ts=T0 + 1).outputs] == [b"(a+c)"]
+    # b is near a and c: one output with the three, folded in source order
+    assert [o.value for o in h.add(1, "b", ts=T0 + 1).outputs] == [b"((a+b)+c)"]
+    h.finish()
+
+
+def test_any_holds_records_1ms_on_stream_time_and_on_the_wall_clock() -> None:
+    wall = 7_000_000
+    j: Joiner[str] = Joiner(2, "any", W, bar, window_from="stream")
+    step = j.add(0, b"k", b"a", T0, "a", T0, wall_ms=wall, ident=b"ia")
+    assert step.released == ["a"] and step.stored == []
+    assert j.held() == 1
+    assert j.next_deadline() == T0 + 2  # open while stream time <= T0 + 1
+    assert j.next_wall_deadline() == wall + 1
+    assert j.expire(T0 + 1) == Step()
+    assert j.held() == 1
+    assert [o.value for o in j.add(1, b"k", b"b", T0 + 1, "b", T0 + 1).outputs] == [b"a|b"]
+    # expiry releases nothing again and lists nothing for the changelog
+    step = j.expire(T0 + 3)
+    assert step == Step() and step.removed == []
+    assert j.held() == 0 and j.next_deadline() is None
+    # on the wall clock (sources caught up)
+    j.add(0, b"k", b"c", T0 + 5, "c", T0 + 5, wall_ms=wall + 10)
+    assert j.expire(T0 + 5, wall + 10) == Step()
+    assert j.held() == 1
+    assert j.expire(T0 + 5, wall + 11) == Step() and j.held() == 0
+    assert [o.value for o in j.add(1, b"k", b"d", T0 + 5, "d", T0 + 5).outputs] == [b"d"]
+
+
+def test_any_record_behind_stream_time_is_emitted_and_joined_but_not_kept() -> None:
+    j: Joiner[str] = Joiner(2, "any", W, bar, window_from="stream")
+    j.add(0, b"k", b"a", T0, "a", T0)
+    step = j.add(1, b"k", b"b", T0 - 1, "b", T0 + 1)  # behind stream time by more than 1 ms
+    assert step == Step([Output(b"k", b"a|b", T0, "b", ("b",))], ["b"])
+    assert j.held() == 1  # only a
+    assert j.late == 0  # emitted as live: not a late drop
+    assert [o.value for o in j.add(0, b"k", b"c", T0 - 1, "c", T0 + 1).outputs] == [b"c"]
+
+
+def test_any_discard_and_reconsumed_records_release_nothing_twice() -> None:
+    j: Joiner[str] = Joiner(2, "any", W, bar, window_from="stream")
+    j.add(0, b"k", b"a", T0, "p0-a", T0, ident=b"a")
+    j.add(0, b"k", b"a", T0, "p0-a-again", T0, ident=b"a")  # the same record read again
+    assert j.held() == 1
+    assert [o.contributors for o in j.add(1, b"k", b"b", T0, "p1-b", T0).outputs] == [("p1-b",)]
+    assert j.discard(lambda t: t.startswith("p0-")) == []  # released when emitted
+    assert j.held() == 1
+    assert [o.value for o in j.add(1, b"k", b"c", T0, "p1-c", T0).outputs] == [b"c"]
 
 
 # -- late, null keys, arrival clock, discard ---------------------------------------------
@@ -475,11 +568,61 @@ def test_outer_property(script: list[tuple[int, bytes, int, int]], n: int) -> No
         seen |= ids
 
 
-@settings(max_examples=50, deadline=None)
-@given(events)
-def test_any_property(script: list[tuple[int, bytes, int, int]]) -> None:
-    recs, outputs = _run("any", 3, script)
-    assert [o.contributors for o in outputs] == [(r,) for r in recs]
+any_events = st.lists(
+    st.tuples(
+        st.integers(min_value=0, max_value=2),  # source
+        st.sampled_from([b"x", b"y"]),  # key
+        st.integers(min_value=-2, max_value=1),  # timestamp - now
+        st.integers(min_value=0, max_value=2),  # clock advance before the record
+    ),
+    max_size=30,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    any_events,
+    st.integers(min_value=2, max_value=3),
+    st.sampled_from(["timestamp", "stream"]),
+)
+def test_any_property(
+    script: list[tuple[int, bytes, int, int]], n: int, window_from: WindowFrom
+) -> None:
+    """Every record gives at once one output per combination of near held records of the
+    other sources (alone if none), and is released at once."""
+    joiner: Joiner[Rec] = Joiner(n, "any", W, bar, window_from=window_from)
+    ledger: Ledger[Rec] = Ledger()
+    now = T0
+
+    def deadline(ts: int, arrival: int) -> int:  # held while the clock is below it
+        return ts + 2 if window_from == "stream" else min(ts, arrival) + 1
+
+    recs: list[Rec] = []
+    for i, (source, key, dts, advance) in enumerate(script):
+        now += advance
+        ledger.apply(joiner.expire(now))
+        rec = Rec(i, source % n, key, now + dts, now, deadline(now + dts, now) <= now)
+        held = [
+            r
+            for r in recs
+            if not r.late and deadline(r.ts, r.arrival) > now and r.key == key
+            if r.source != rec.source and abs(r.ts - rec.ts) <= 1
+        ]
+        sides = [[r for r in held if r.source == s] for s in range(n)]
+        sides[rec.source] = [rec]
+        combos = list(itertools.product(*(side for side in sides if side)))
+        recs.append(rec)
+        ledger.added.append(rec)
+        step = ledger.apply(joiner.add(rec.source, key, f"{i}".encode(), rec.ts, rec, now))
+        assert step.released == [rec] and step.stored == [] and step.removed == []
+        expected = [
+            (b"|".join(b"%d" % r.id for r in combo), max(r.ts for r in combo)) for combo in combos
+        ]
+        assert sorted((o.value, o.timestamp_ms) for o in step.outputs) == sorted(expected)
+        assert all(o.origin == rec and o.contributors == (rec,) for o in step.outputs)
+    ledger.apply(joiner.expire(now + 10 * W))
+    assert joiner.held() == 0
+    assert ledger.all_released()
 
 
 # -- trigger gate ------------------------------------------------------------------------
