@@ -25,6 +25,29 @@ output record's append time (whole milliseconds, so figures are up to 1 ms low).
 stime of the process tree from /proc/<pid>/stat between the start of the run and the last
 output; RSS: VmRSS and VmHWM from /proc/<pid>/status. Every part prints the 1-minute load
 average before and after it. The table is markdown; `--json PATH` also writes every run.
+
+Stateful steps (parts join, batch, trigger; `-partitions` variants: --partitions partitions and
+the engine's SELDON_NUM_CORES=--num-cores): a backlog of --stateful-records ids pre-loaded into
+every source, id i keyed `<i mod partitions>.<i>` on that partition, timestamps spaced as if
+written at --backlog-rate ids/s up to now, the same for an id on every source. join: an inner
+join (joinWindowMs 1000) of `model.a.outputs` and `model.b.outputs`, one output per pair;
+batch: batches of 10, one output per 10 records; trigger: `model.a.outputs` gated by
+`model.t.outputs` (tensor `go`), one output per data record. The raw loop copies the same
+number of records of the first source. Rates are pairs (join), input records (batch) or data
+records (trigger) per second, first to last output append, CPU per the same unit; the engine
+also reports the wall time from loading the pipeline to its last output. A run that never
+completes (--stateful-timeout, or no new output for --idle-timeout) is reported as such.
+
+catchup: the join at --catchup-partitions partitions, --catchup-rate ids/s written live to each
+source (send time as timestamp); after --catchup-warmup s the engine gets SIGTERM and stays down
+--catchup-down s while the writer goes on; the writer stops, the engine restarts, and the rate
+is the pairs it was behind / (append time of the last output - restart time), CPU the restarted
+process's (its start-up included) per pair. Once without and once with --catchup-hogs busy loops
+(`sh -c 'while :; do :; done'`, own process groups, killed at the end and bounded by `timeout`)
+running through the raw and the engine run; the raw loop copies a pre-loaded backlog of
+rate x down records on as many partitions under the same hogs. A catch-up that does not finish
+within --catchup-timeout (or makes no progress for --idle-timeout) is a row "did not catch up
+within X s: Y of Z outputs", never a hang.
 """
 
 from __future__ import annotations
@@ -32,15 +55,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import concurrent.futures
+import contextlib
+import functools
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +82,15 @@ sys.path.insert(0, str(REPO))
 
 from producer import demo_response  # noqa: E402
 
-PARTS = ("throughput", "partitions", "latency", "rss", "large")
+STATEFUL_PARTS = (
+    "join",
+    "batch",
+    "trigger",
+    "join-partitions",
+    "batch-partitions",
+    "trigger-partitions",
+)
+PARTS = ("throughput", "partitions", "latency", "rss", "large", *STATEFUL_PARTS, "catchup")
 EXTRA_PARTS = ("wire", "guarantees")
 LOG_APPEND = {"message.timestamp.type": "LogAppendTime"}
 BIG = 64 * 2**20
@@ -222,6 +257,23 @@ async def fill(
 ) -> float:
     """Write `n` records of `value` (header `pipeline: <pipeline>`) spread evenly over the
     partitions, a whole record batch at a time; returns the seconds it took."""
+
+    def records(p: int) -> Iterator[tuple[bytes | None, int | None]]:
+        return ((None, None) for _ in range(n // partitions + (p < n % partitions)))
+
+    return await fill_records(bootstrap, topic, value, partitions, pipeline, records)
+
+
+async def fill_records(
+    bootstrap: str,
+    topic: str,
+    value: bytes,
+    partitions: int,
+    pipeline: str,
+    records: Callable[[int], Iterable[tuple[bytes | None, int | None]]],
+) -> float:
+    """Write `value` once per (key, timestamp) of `records(partition)` to each partition, a
+    whole record batch at a time; returns the seconds it took."""
     t0 = time.perf_counter()
     batch_size = 16 * MIB if len(value) > 64 * 1024 else 512 * 1024
     producer = AIOKafkaProducer(
@@ -238,11 +290,11 @@ async def fill(
     try:
         for p in range(partitions):
             builder = producer.create_batch()
-            for _ in range(n // partitions + (p < n % partitions)):
-                if builder.append(key=None, value=value, timestamp=None, headers=headers) is None:
+            for key, ts in records(p):
+                if builder.append(key=key, value=value, timestamp=ts, headers=headers) is None:
                     pending.append(await producer.send_batch(builder, topic, partition=p))
                     builder = producer.create_batch()
-                    builder.append(key=None, value=value, timestamp=None, headers=headers)
+                    builder.append(key=key, value=value, timestamp=ts, headers=headers)
                     if len(pending) >= 32:
                         await asyncio.gather(*pending)
                         pending.clear()
@@ -424,21 +476,13 @@ class EngineProcess:
         return int(self.engine.proc.pid)
 
     def _start(self) -> None:
-        from tests.integration.harness import Proxy, engine, wait_until
+        from tests.integration.harness import Proxy, wait_until
 
         self.logs.mkdir(parents=True, exist_ok=True)
         self.revision = engine_revision()  # the working tree may change while the bench runs
         REVISIONS.add(self.revision)
         self.proxy = Proxy(self.logs).start()
-        self.engine = engine(
-            self.logs,
-            self.bootstrap,
-            self.proxy,
-            name=f"bench-{self.tag}",
-            log_level_app="INFO",
-            kafka_consumer_prefix=self.group_prefix,
-            **self.settings,
-        )
+        self._spawn()
         wait_until(
             lambda: self.dead() or self._get("/subscribers")["subscribers"],
             60,
@@ -447,9 +491,34 @@ class EngineProcess:
         if self.dead():
             raise RuntimeError(self.dead())
 
+    def _spawn(self) -> None:
+        from tests.integration.harness import engine
+
+        self.engine = engine(
+            self.logs,
+            self.bootstrap,
+            self.proxy,
+            name=f"bench-{self.tag}",
+            log_level_app="INFO",
+            kafka_consumer_prefix=self.group_prefix,
+            **dict(self.settings),  # the harness pops from it
+        )
+
     async def start(self) -> EngineProcess:
         await asyncio.to_thread(self._start)
         return self
+
+    async def terminate(self, timeout: float = 30) -> float:
+        """SIGTERM the engine (kill -9 after `timeout`); the seconds until it exited."""
+        t0 = time.monotonic()
+        await asyncio.to_thread(self.engine.stop, timeout)
+        return time.monotonic() - t0
+
+    async def restart(self) -> None:
+        """A new engine process with the same name, settings and consumer groups."""
+        self.revision = engine_revision()
+        REVISIONS.add(self.revision)
+        await asyncio.to_thread(self._spawn)
 
     def dead(self) -> str | None:
         if self.engine is None or self.engine.proc.poll() is None:
@@ -477,7 +546,7 @@ class EngineProcess:
 
         await asyncio.to_thread(run)
 
-    async def begin(self, topics: Topics) -> None:
+    async def begin(self, topics: Topics | Flow) -> None:
         """Load the pipeline of `topics`."""
         await self.load([topics.spec()])
 
@@ -633,6 +702,16 @@ class Bench:
     latency_rate: int
     rss_counts: list[int]
     large_records: int
+    stateful_records: int = 200_000
+    backlog_rate: int = 2000
+    stateful_timeout: float = 600
+    idle_timeout: float = 60
+    catchup_rate: int = 2000
+    catchup_partitions: int = 4
+    catchup_warmup: float = 15
+    catchup_down: float = 60
+    catchup_timeout: float = 300
+    catchup_hogs: int = 3
     results: dict[str, Any] = field(default_factory=dict)
 
     def say(self, text: str) -> None:
@@ -1051,6 +1130,567 @@ async def part_large(bench: Bench) -> dict[str, Any]:
     )
 
 
+# -- stateful steps: join, batch, trigger, and the join's catch-up --------------------------------
+
+
+@functools.cache
+def response_value(*names: str) -> bytes:
+    """A model's response with one INT32 [1, 2] tensor per name (the sources of the stateful
+    parts: a join merges tensors by name, so its two sources name theirs apart)."""
+    from dataflow.proto.inference import (
+        InferTensorContents,
+        ModelInferResponse,
+        ModelInferResponseInferOutputTensor,
+    )
+
+    tensors = [
+        ModelInferResponseInferOutputTensor(
+            name=name,
+            datatype="INT32",
+            shape=[1, 2],
+            contents=InferTensorContents(int_contents=[1, 1]),
+        )
+        for name in names
+    ]
+    return bytes(
+        ModelInferResponse(model_name="model.test", model_version="1", id="4312", outputs=tensors)
+    )
+
+
+#: What a stateful part's figures count: a joined pair, an input record, a gated data record.
+UNITS = {"join": "pair", "batch": "record", "trigger": "record"}
+
+
+@dataclass
+class Flow:
+    """A stateful step's topics and pipeline (explicit form), fresh for one run.
+
+    `join`: an inner join (`joinWindowMs`) of `model.a.outputs` and `model.b.outputs`;
+    `batch`: `model.a.outputs` in batches of `batch_size`; `trigger`: `model.a.outputs` gated
+    by `model.t.outputs` (tensor `go`, `joinWindowMs`). The sink is `model.c.inputs`. Id i is
+    keyed `<i mod partitions>.<i>` and written to that partition of every source with the same
+    timestamp, so join sources are co-partitioned and the engine writes its output there too.
+    """
+
+    kind: str
+    tag: str
+    ns: str
+    pipeline: str
+    uid: str
+    window_ms: int = 1000
+    batch_size: int = 10
+
+    @classmethod
+    def fresh(cls, kind: str) -> Flow:
+        if kind not in UNITS:
+            raise ValueError(f"unknown stateful step {kind!r}")
+        tag = uuid.uuid4().hex[:8]
+        return cls(kind, tag, f"bench{kind}{tag}", f"bench-{tag}", f"b{tag}")
+
+    def topic(self, model: str, io: str) -> str:
+        return f"seldon.{self.ns}.model.{model}.{io}"
+
+    @property
+    def sources(self) -> list[tuple[str, bytes]]:
+        """(topic, value) of every source, the data source first."""
+        a = (self.topic("a", "outputs"), response_value("a0", "a1"))
+        if self.kind == "join":
+            return [a, (self.topic("b", "outputs"), response_value("b0", "b1"))]
+        if self.kind == "trigger":
+            return [a, (self.topic("t", "outputs"), response_value("go"))]
+        return [a]
+
+    @property
+    def sink(self) -> str:
+        return self.topic("c", "inputs")
+
+    def expected(self, ids: int) -> int:
+        """Outputs for `ids` ids (a batch step: one per `batch_size`)."""
+        return ids // self.batch_size if self.kind == "batch" else ids
+
+    def spec(self) -> str:
+        a, sink = self.sources[0][0], self.sink
+        step = f"  - sources: [{a}]\n    sink: {sink}\n"
+        if self.kind == "join":
+            b = self.sources[1][0]
+            step = (
+                f"  - sources: [{a}, {b}]\n    sink: {sink}\n"
+                f"    inputJoinType: inner\n    joinWindowMs: {self.window_ms}\n"
+            )
+        elif self.kind == "trigger":
+            t = self.sources[1][0]
+            step += (
+                f"    triggers: [{{topic: {t}, tensor: go}}]\n    joinWindowMs: {self.window_ms}\n"
+            )
+        else:
+            step += f"    batch: {{size: {self.batch_size}}}\n"
+        return (
+            f"kind: PipelineUpdate\nname: {self.pipeline}\nversion: 1\nuid: {self.uid}\n"
+            f"steps:\n{step}"
+        )
+
+
+def stateful_ids(ids: int, kind: str, partitions: int) -> int:
+    """`ids` rounded down so that a batch step's every partition ends on a whole batch."""
+    if kind != "batch":
+        return ids
+    whole = 10 * partitions
+    return max(whole, ids // whole * whole)
+
+
+async def fill_backlog(
+    bootstrap: str,
+    sources: Sequence[tuple[str, bytes]],
+    ids: int,
+    partitions: int,
+    pipeline: str,
+    rate: float,
+) -> float:
+    """Pre-load ids 0..ids-1 into every source: key `<p>.<i>` on partition p = i mod partitions,
+    timestamps as if written at `rate` ids/s up to now (the same for an id on every source)."""
+    step_ms = 1000 / rate
+    ts0 = int(time.time() * 1000 - ids * step_ms)
+
+    def records(p: int) -> Iterator[tuple[bytes | None, int | None]]:
+        return ((f"{p}.{i}".encode(), ts0 + int(i * step_ms)) for i in range(p, ids, partitions))
+
+    took = 0.0
+    for topic, value in sources:
+        took += await fill_records(bootstrap, topic, value, partitions, pipeline, records)
+    return took
+
+
+async def sink_count(bootstrap: str, topic: str, partitions: int) -> int:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    try:
+        return await _offsets(consumer, [TopicPartition(topic, p) for p in range(partitions)])
+    finally:
+        await consumer.stop()
+
+
+async def wait_outputs(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    n: int,
+    alive: Callable[[], str | None],
+    timeout: float,
+    idle: float,
+    first_timeout: float = 180,
+) -> dict[str, Any]:
+    """Wait until `topic` holds `n` records, at most `timeout` s, and give up earlier when no new
+    record arrived for `idle` s (`first_timeout` before the first new one) or the process died.
+
+    Returns count (records on the topic), complete, waited_s (from the call), first_s (to the
+    first new record, or None) and, when incomplete, why.
+    """
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None)
+    await consumer.start()
+    tps = [TopicPartition(topic, p) for p in range(partitions)]
+    t0 = time.monotonic()
+    try:
+        start = last = await _offsets(consumer, tps)
+        changed, first = t0, None
+        while True:
+            total = await _offsets(consumer, tps)
+            now = time.monotonic()
+            if total >= n:
+                await asyncio.sleep(1.0)  # duplicates, if any, would still be on their way
+                total = await _offsets(consumer, tps)
+                return {"count": total, "complete": True, "waited_s": now - t0, "first_s": first}
+            if total != last:
+                last, changed = total, now
+                if first is None:
+                    first = now - t0
+            why = None
+            if now - t0 > timeout:
+                why = f"did not complete within {timeout:.0f} s"
+            elif now - changed > (first_timeout if total == start else idle):
+                why = f"no new output for {now - changed:.0f} s"
+            else:
+                problem = alive()
+                if problem:
+                    why = problem.strip().splitlines()[0]
+            if why:
+                return {
+                    "count": total,
+                    "complete": False,
+                    "waited_s": now - t0,
+                    "first_s": first,
+                    "why": why,
+                }
+            await asyncio.sleep(0.25)
+    finally:
+        await consumer.stop()
+
+
+def incomplete_text(r: dict[str, Any], verb: str = "complete") -> str:
+    """`did not <verb> within X s: Y of Z outputs (why)` for a run that never finished."""
+    return (
+        f"did not {verb} within {r['waited_s']:.0f} s: {r['count']:,} of {r['expected']:,}"
+        f" outputs ({r['why']})"
+    )
+
+
+async def stateful_run(
+    bench: Bench, kind: str, step: str, ids: int, partitions: int, **settings: str
+) -> dict[str, Any]:
+    """One pre-loaded run: the engine over a fresh `step` pipeline, or the raw loop over a fresh
+    topic pair holding `ids` records of the step's first source."""
+    flow = Flow.fresh(step)
+    raw = Topics.fresh("s")
+    if kind == "raw":
+        sources, sink, expected, tag = [(raw.source, flow.sources[0][1])], raw.sink, ids, raw.tag
+    else:
+        sources, sink, expected, tag = flow.sources, flow.sink, flow.expected(ids), flow.tag
+    result: dict[str, Any] = {
+        "kind": kind,
+        "step": step,
+        "ids": ids,
+        "expected": expected,
+        "partitions": partitions,
+    }
+    topics = [t for t, _ in sources] + [sink]
+    proc: Any = None
+    try:
+        await create_topics(bench.bootstrap, topics[:-1], partitions)
+        await create_topics(bench.bootstrap, [sink], partitions, LOG_APPEND)
+        result["fill_s"] = await fill_backlog(
+            bench.bootstrap, sources, ids, partitions, flow.pipeline, bench.backlog_rate
+        )
+        proc = await _contender(bench, kind, raw if kind == "raw" else flow, ids, **settings)  # type: ignore[arg-type]
+        result["load_before"] = load1()
+        before = sample(proc.pid)
+        t0_wall = time.time()
+        await proc.begin(raw if kind == "raw" else flow)
+        if isinstance(proc, EngineProcess):
+            result["engine_revision"] = proc.revision
+        result.update(
+            await wait_outputs(
+                bench.bootstrap,
+                sink,
+                partitions,
+                expected,
+                proc.dead,
+                bench.stateful_timeout,
+                bench.idle_timeout,
+            )
+        )
+        after = sample(proc.pid)
+        result["load_after"] = load1()
+        result.update(
+            cpu_s=after.cpu_s - before.cpu_s,
+            rss_mib=after.rss / MIB,
+            hwm_mib=after.hwm / MIB,
+            procs=after.procs,
+        )
+        if result["complete"]:
+            first, last = await append_span(bench.bootstrap, sink, partitions)
+            span = max(last - first, 1) / 1000
+            result.update(
+                first_append_ms=first,
+                last_append_ms=last,
+                span_s=span,
+                rate=ids / span,
+                to_all_s=last / 1000 - t0_wall,
+                cpu_us_per_record=result["cpu_s"] / ids * 1e6,
+            )
+        return result
+    finally:
+        if proc is not None:
+            await proc.stop()
+        await cleanup(bench.bootstrap, topics, f"bench-{tag}")
+
+
+MEDIAN_KEYS = ("rate", "cpu_us_per_record", "rss_mib", "hwm_mib", "procs", "to_all_s")
+
+
+def _medians(runs: list[dict[str, Any]], keys: Sequence[str]) -> dict[str, float] | None:
+    done = [r for r in runs if r.get("complete", True)]
+    if not done:
+        return None
+    return {k: _median(done, k) for k in keys if all(k in r for r in done)}
+
+
+def _stateful_say(bench: Bench, name: str, i: int, r: dict[str, Any]) -> None:
+    head = f"  {name} run {i + 1}/{bench.runs} {r['kind']:<6}:"
+    load = f"load {r['load_before']:.2f}->{r['load_after']:.2f}"
+    if not r["complete"]:
+        bench.say(f"{head} {incomplete_text(r)}, {load}")
+        return
+    unit = "records" if r["kind"] == "raw" else UNITS[r["step"]] + "s"
+    bench.say(
+        f"{head} {r['rate']:>10,.0f} {unit}/s, {r['count']:,} out, start to all outputs"
+        f" {r['to_all_s']:.1f} s, cpu {r['cpu_us_per_record']:.1f} us/{unit[:-1]},"
+        f" peak rss {r['hwm_mib']:.0f} MiB, {r['procs']} process(es), {load}"
+    )
+
+
+async def stateful_part(
+    bench: Bench, name: str, step: str, partitions: int, **settings: str
+) -> dict[str, Any]:
+    """Raw loop and engine alternated over a pre-loaded backlog of `step`, medians of --runs."""
+    ids = stateful_ids(bench.stateful_records, step, partitions)
+    part: dict[str, Any] = {"step": step, "ids": ids, "partitions": partitions}
+    part["settings"] = {f"SELDON_{k.upper()}": v for k, v in settings.items()}
+    part["load_before"] = load1()
+    runs: dict[str, list[dict[str, Any]]] = {"raw": [], "engine": []}
+    for i in range(bench.runs):
+        for kind in ("raw", "engine"):
+            r = await stateful_run(
+                bench, kind, step, ids, partitions, **(settings if kind == "engine" else {})
+            )
+            runs[kind].append(r)
+            _stateful_say(bench, name, i, r)
+    part["load_after"] = load1()
+    part["runs"] = runs
+    part["median"] = {kind: _medians(rs, MEDIAN_KEYS) for kind, rs in runs.items()}
+    return part
+
+
+def _stateful(step: str, many: bool = False) -> Callable[[Bench], Awaitable[dict[str, Any]]]:
+    async def run(bench: Bench) -> dict[str, Any]:
+        if not many:
+            return await stateful_part(bench, step, step, 1)
+        return await stateful_part(
+            bench, f"{step}-partitions", step, bench.partitions, num_cores=str(bench.num_cores)
+        )
+
+    return run
+
+
+class Hogs:
+    """`count` busy loops (`sh -c 'while :; do :; done'`), each in its own process group and
+    killed by `timeout -s KILL` after `bound_s` should the bench itself die; stopped on exit."""
+
+    def __init__(self, count: int, bound_s: float) -> None:
+        self.count, self.bound_s = count, bound_s
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def __enter__(self) -> Hogs:
+        for _ in range(self.count):
+            self.procs.append(
+                subprocess.Popen(
+                    ["timeout", "-s", "KILL", str(int(self.bound_s)), "sh", "-c", HOG],
+                    start_new_session=True,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for proc in self.procs:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # the group of the one we started
+            proc.wait()
+        self.procs.clear()
+
+
+HOG = "while :; do :; done"
+
+
+class LiveSender:
+    """Ids at a steady rate to every source of a join `flow` (catching up after a stall): id n
+    keyed `<p>.<n>` on partition p = n mod partitions of both sources, both stamped with the
+    send time; counts the ids whose every record was acked."""
+
+    def __init__(self, bootstrap: str, flow: Flow, rate: float, partitions: int) -> None:
+        self.bootstrap, self.flow, self.rate, self.partitions = bootstrap, flow, rate, partitions
+        self.ids = 0
+        self.failed: set[int] = set()
+        self.errors = 0
+        self.seconds = 0.0
+
+    def _acked(self, n: int, fut: asyncio.Future[Any]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            self.failed.add(n)
+            self.errors += 1
+
+    async def run(self, stop: asyncio.Event) -> None:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", enable_idempotence=True, linger_ms=5
+        )
+        await producer.start()
+        headers = [("pipeline", self.flow.pipeline.encode())]
+        try:
+            t0 = time.monotonic()
+            n = 0
+            while not stop.is_set():
+                due = int((time.monotonic() - t0) * self.rate)
+                while n < due:
+                    p = n % self.partitions
+                    key, ts = f"{p}.{n}".encode(), int(time.time() * 1000)
+                    for topic, value in self.flow.sources:
+                        fut = await producer.send(
+                            topic, value, key=key, partition=p, timestamp_ms=ts, headers=headers
+                        )
+                        fut.add_done_callback(functools.partial(self._acked, n))
+                    n += 1
+                    if n % 200 == 0:
+                        await asyncio.sleep(0)
+                await asyncio.sleep(0.005)
+            self.ids, self.seconds = n, time.monotonic() - t0
+            await producer.flush()
+        finally:
+            await producer.stop()
+
+    @property
+    def complete_ids(self) -> int:
+        return self.ids - len(self.failed)
+
+
+async def _during(task: asyncio.Task[Any], seconds: float) -> None:
+    """Sleep `seconds`, raising at once should `task` fail meanwhile."""
+    await asyncio.wait([task], timeout=seconds)
+    if task.done():
+        task.result()
+        raise RuntimeError("the live sender stopped early")
+
+
+async def distinct_keys(bootstrap: str, topic: str, count: int) -> int:
+    return len({r.key for r in await read_all(bootstrap, topic, count, timeout=120)})
+
+
+async def catchup_run(bench: Bench, hogs: int) -> dict[str, Any]:
+    """The join live at --catchup-rate ids/s per source, SIGTERM after --catchup-warmup s, down
+    --catchup-down s while the sender goes on, then the sender stops and the engine restarts
+    over the backlog: records/s from the restart until every id sent has its output."""
+    bootstrap, partitions = bench.bootstrap, bench.catchup_partitions
+    flow = Flow.fresh("join")
+    engine = EngineProcess(bootstrap, bench.logs / f"catchup-{flow.tag}", flow.tag)
+    sender = LiveSender(bootstrap, flow, bench.catchup_rate, partitions)
+    result: dict[str, Any] = {"kind": "engine", "hogs": hogs, "partitions": partitions}
+    topics = [t for t, _ in flow.sources] + [flow.sink]
+    stop = asyncio.Event()
+    task: asyncio.Task[Any] | None = None
+    try:
+        await create_topics(bootstrap, topics[:-1], partitions)
+        await create_topics(bootstrap, [flow.sink], partitions, LOG_APPEND)
+        await engine.start()
+        result["engine_revision"] = engine.revision
+        await engine.begin(flow)
+        await engine.wait_ready([flow.pipeline], 120)
+        result["load_before"] = load1()
+        task = asyncio.create_task(sender.run(stop), name="bench-live-sender")
+        await _during(task, bench.catchup_warmup)
+        result["sigterm_s"] = await engine.terminate(30)
+        await _during(task, bench.catchup_down)
+        stop.set()
+        await task
+        expected = sender.complete_ids
+        before = await sink_count(bootstrap, flow.sink, partitions)
+        result.update(
+            ids=sender.ids,
+            expected=expected,
+            send_errors=sender.errors,
+            sent_rate=sender.ids / sender.seconds if sender.seconds else 0.0,
+            before_restart=before,
+            backlog=expected - before,
+        )
+        t_restart = time.time()
+        await engine.restart()
+        result["engine_revision"] = engine.revision
+        target = expected
+        while True:
+            waited = await wait_outputs(
+                bootstrap,
+                flow.sink,
+                partitions,
+                target,
+                engine.dead,
+                max(1.0, t_restart + bench.catchup_timeout - time.time()),
+                bench.idle_timeout,
+            )
+            result.update(waited)
+            result["waited_s"] = time.time() - t_restart
+            if not waited["complete"]:
+                break
+            result["distinct"] = await distinct_keys(bootstrap, flow.sink, waited["count"])
+            if result["distinct"] >= expected:
+                break
+            # Duplicates made up the count while some ids are still missing: wait for more.
+            target = waited["count"] + expected - result["distinct"]
+        after = sample(engine.pid)
+        result["load_after"] = load1()
+        result.update(
+            duplicates=result["count"] - result.get("distinct", result["count"]),
+            cpu_s=after.cpu_s,
+            hwm_mib=after.hwm / MIB,
+        )
+        if result["complete"]:
+            _, last = await append_span(bootstrap, flow.sink, partitions)
+            caught = result["backlog"]
+            result["catchup_s"] = last / 1000 - t_restart
+            result.update(
+                rate=caught / result["catchup_s"],
+                cpu_us_per_record=after.cpu_s / max(caught, 1) * 1e6,
+            )
+        return result
+    finally:
+        stop.set()
+        if task is not None and not task.done():
+            await asyncio.wait([task], timeout=30)
+        await engine.stop(30)
+        await cleanup(bootstrap, topics, f"bench-{flow.tag}")
+
+
+async def part_catchup(bench: Bench) -> dict[str, Any]:
+    """The join's catch-up, without and with --catchup-hogs busy loops, each beside the raw loop
+    over a pre-loaded backlog of the same size (the same hogs running), alternated."""
+    backlog = int(bench.catchup_rate * bench.catchup_down)
+    part: dict[str, Any] = {
+        "rate": bench.catchup_rate,
+        "partitions": bench.catchup_partitions,
+        "warmup_s": bench.catchup_warmup,
+        "down_s": bench.catchup_down,
+        "timeout_s": bench.catchup_timeout,
+        "backlog": backlog,
+        "hogs": bench.catchup_hogs,
+        "load_before": load1(),
+    }
+    conditions = sorted({0, bench.catchup_hogs})
+    runs: dict[str, dict[str, list[dict[str, Any]]]] = {
+        str(h): {"raw": [], "engine": []} for h in conditions
+    }
+    bound = 3 * (bench.catchup_warmup + bench.catchup_down + bench.catchup_timeout) + 600
+    for i in range(bench.runs):
+        for hogs in conditions:
+            with Hogs(hogs, bound):
+                raw = await stateful_run(bench, "raw", "join", backlog, bench.catchup_partitions)
+                raw["hogs"] = hogs
+                runs[str(hogs)]["raw"].append(raw)
+                _stateful_say(bench, f"catchup, {hogs} hogs,", i, raw)
+                r = await catchup_run(bench, hogs)
+                runs[str(hogs)]["engine"].append(r)
+            head = f"  catchup run {i + 1}/{bench.runs}, {hogs} hogs, engine:"
+            load = f"load {r['load_before']:.2f}->{r['load_after']:.2f}"
+            lead = (
+                f" {r['ids']:,} ids sent ({r['sent_rate']:,.0f}/s), SIGTERM took"
+                f" {r['sigterm_s']:.1f} s, {r['backlog']:,} behind at the restart;"
+            )
+            if r["complete"]:
+                bench.say(
+                    f"{head}{lead} caught up in {r['catchup_s']:.1f} s, {r['rate']:,.0f} pairs/s,"
+                    f" cpu {r['cpu_us_per_record']:.1f} us/pair, {r['duplicates']:,} duplicates,"
+                    f" {load}"
+                )
+            else:
+                bench.say(f"{head}{lead} {incomplete_text(r, 'catch up')}, {load}")
+    part["load_after"] = load1()
+    part["runs"] = runs
+    part["median"] = {
+        h: {
+            kind: _medians(rs, ("rate", "cpu_us_per_record", "catchup_s"))
+            for kind, rs in by.items()
+        }
+        for h, by in runs.items()
+    }
+    return part
+
+
 # -- the table -----------------------------------------------------------------------------------
 
 
@@ -1178,10 +1818,174 @@ def table(results: dict[str, Any], runs: int) -> str:
     if "large" in results:
         p = results["large"]
         chain_rows(f"1 MiB raw tensor ({p['value_bytes']:,} B), {p['records']:,} records", p, "ms")
+    for name in STATEFUL_PARTS:
+        if name in results:
+            rows += stateful_rows(results[name], runs)
+    if "catchup" in results:
+        rows += catchup_rows(results["catchup"], runs)
     header = ["part", "figure", "raw aiokafka loop", "python -m dataflow", "engine / raw", "load"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+STEP_LABELS = {
+    "join": "inner join (1 s window) of two sources, {ids:,} pairs",
+    "batch": "batch of 10, {ids:,} records",
+    "trigger": "data gated by a trigger topic, {ids:,} data + {ids:,} trigger records",
+}
+
+
+def _done_cell(runs: list[dict[str, Any]], key: str = "rate", unit: str = "/s") -> str:
+    """Median of the runs that completed (min-max), and how many did not."""
+    done = [r[key] for r in runs if r.get("complete", True)]
+    cell = ""
+    if done:
+        cell = f"{statistics.median(done):,.0f}{unit}"
+        if len(done) > 1:
+            cell += f" ({min(done):,.0f}-{max(done):,.0f})"
+    failed = len(runs) - len(done)
+    if failed:
+        cell += f"; {failed} of {len(runs)} incomplete" if done else ""
+    return cell
+
+
+def _failure(runs: list[dict[str, Any]], verb: str) -> str:
+    failed = [r for r in runs if not r.get("complete", True)]
+    return incomplete_text(failed[0], verb) if failed else ""
+
+
+def _cell(runs: list[dict[str, Any]], verb: str, key: str = "rate", unit: str = "/s") -> str:
+    """The median cell, or the first failure when no run completed."""
+    return _done_cell(runs, key, unit) or _failure(runs, verb)
+
+
+def _med(med: dict[str, Any] | None, key: str) -> float | None:
+    return None if med is None else med.get(key)
+
+
+def _ratio_of(engine: float | None, raw: float | None) -> str:
+    return _ratio(engine, raw) if engine is not None and raw is not None else "-"
+
+
+def _us(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} us"
+
+
+def stateful_rows(part: dict[str, Any], runs: int) -> list[list[str]]:
+    """Rows of a join, batch or trigger part: rate, CPU per unit, start to all outputs, RSS."""
+    step, unit = part["step"], UNITS[part["step"]]
+    med, rs = part["median"], part["runs"]
+    label = STEP_LABELS[step].format(ids=part["ids"]) + f", {part['partitions']} partition"
+    label += "s" if part["partitions"] != 1 else ""
+    cores = part["settings"].get("SELDON_NUM_CORES")
+    if cores:
+        label += f", SELDON_NUM_CORES={cores}"
+    raw, eng = med["raw"], med["engine"]
+    rows = [
+        [
+            label,
+            f"{unit}s/s (raw: records/s), first→last output append, " + _of(runs, "(min-max)"),
+            _cell(rs["raw"], "complete"),
+            _cell(rs["engine"], "complete"),
+            _ratio_of(_med(eng, "rate"), _med(raw, "rate")),
+            _load(part),
+        ],
+        [
+            "",
+            f"CPU per {unit} (process tree, median)",
+            _us(_med(raw, "cpu_us_per_record")),
+            _us(_med(eng, "cpu_us_per_record")),
+            _ratio_of(_med(eng, "cpu_us_per_record"), _med(raw, "cpu_us_per_record")),
+            "",
+        ],
+        [
+            "",
+            "start → every output on the sink (engine: pipeline load, wall s, median)",
+            "-" if _med(raw, "to_all_s") is None else f"{_med(raw, 'to_all_s'):.1f} s",
+            "-" if _med(eng, "to_all_s") is None else f"{_med(eng, 'to_all_s'):.1f} s",
+            "",
+            "",
+        ],
+        [
+            "",
+            "peak RSS (VmHWM, median)",
+            "-" if raw is None else f"{raw['hwm_mib']:.0f} MiB",
+            "-" if eng is None else f"{eng['hwm_mib']:.0f} MiB",
+            _ratio_of(_med(eng, "hwm_mib"), _med(raw, "hwm_mib")),
+            "",
+        ],
+    ]
+    return rows
+
+
+def catchup_rows(part: dict[str, Any], runs: int) -> list[list[str]]:
+    """Rows of the catch-up part: per hog count, the rate from the restart to the last output,
+    the time that took and CPU per pair; then the rates with hogs over those without."""
+    rows: list[list[str]] = []
+    rates: dict[str, tuple[float | None, float | None]] = {}
+    for hogs, by in part["runs"].items():
+        med = part["median"][hogs]
+        raw, eng = med["raw"], med["engine"]
+        backlogs = [r["backlog"] for r in by["engine"] if "backlog" in r]
+        behind = f"{statistics.median(backlogs):,.0f}" if backlogs else "?"
+        label = (
+            f"join catch-up, {part['partitions']} partitions, {part['rate']:,} ids/s per source,"
+            f" {part['down_s']:g} s down, {behind} pairs behind at the restart, "
+            + (f"{hogs} CPU hogs" if hogs != "0" else "no CPU hogs")
+        )
+        rows.append(
+            [
+                label,
+                "pairs/s restart → every output (raw: records/s over the same backlog, "
+                "pre-loaded), " + _of(runs, "(min-max)"),
+                _cell(by["raw"], "complete"),
+                _cell(by["engine"], "catch up"),
+                _ratio_of(_med(eng, "rate"), _med(raw, "rate")),
+                _load(part) if not rows else "",
+            ]
+        )
+        failure = _failure(by["engine"], "catch up")
+        if failure and _med(eng, "rate") is not None:
+            rows.append(["", "a run that never finished", "", failure, "", ""])
+        rows.append(
+            [
+                "",
+                "restart → last output (s, median); SIGTERM took",
+                "",
+                "-"
+                if _med(eng, "catchup_s") is None
+                else f"{_med(eng, 'catchup_s'):.1f} s; "
+                + ", ".join(f"{r['sigterm_s']:.1f} s" for r in by["engine"] if "sigterm_s" in r),
+                "",
+                "",
+            ]
+        )
+        rows.append(
+            [
+                "",
+                "CPU per pair (raw: per record), restarted engine process (median)",
+                _us(_med(raw, "cpu_us_per_record")),
+                _us(_med(eng, "cpu_us_per_record")),
+                _ratio_of(_med(eng, "cpu_us_per_record"), _med(raw, "cpu_us_per_record")),
+                "",
+            ]
+        )
+        rates[hogs] = (_med(raw, "rate"), _med(eng, "rate"))
+    hogged = [h for h in rates if h != "0"]
+    if "0" in rates and hogged:
+        (raw0, eng0), (rawh, engh) = rates["0"], rates[hogged[0]]
+        rows.append(
+            [
+                "",
+                f"catch-up rate with {hogged[0]} hogs / without (acceptance: ≥ 0.33)",
+                _ratio_of(rawh, raw0),
+                _ratio_of(engh, eng0),
+                "",
+                "",
+            ]
+        )
+    return rows
 
 
 def wire_table() -> str:
@@ -1238,6 +2042,24 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-rate", type=int, default=1000, help="records/s (1000)")
     p.add_argument("--rss-counts", type=_counts, help="pipelines per RSS run (1,50,500)")
     p.add_argument("--large-records", type=int, help="1 MiB records per run (2000)")
+    p.add_argument(
+        "--stateful-records",
+        type=int,
+        help="ids per join/batch/trigger run: pairs, records, data records (200,000)",
+    )
+    p.add_argument(
+        "--backlog-rate", type=int, default=2000, help="ids/s the backlog's timestamps span (2000)"
+    )
+    p.add_argument("--stateful-timeout", type=float, help="longest stateful run, s (600)")
+    p.add_argument(
+        "--idle-timeout", type=float, help="stateful runs: give up after no output for, s (60)"
+    )
+    p.add_argument("--catchup-rate", type=int, help="ids/s per source, live (2000)")
+    p.add_argument("--catchup-partitions", type=int, default=4, help="of the catch-up (4)")
+    p.add_argument("--catchup-warmup", type=float, help="live before the SIGTERM, s (15)")
+    p.add_argument("--catchup-down", type=float, help="engine down, backlog growing, s (60)")
+    p.add_argument("--catchup-timeout", type=float, help="restart → all outputs, at most s (300)")
+    p.add_argument("--catchup-hogs", type=int, default=3, help="busy loops of the 2nd case (3)")
     p.add_argument("--quick", action="store_true", help="a short smoke of every part")
     p.add_argument("--json", type=Path, help="also write the results and the table here")
     p.add_argument("--logs", type=Path, help="process logs (default .run/bench/<time>/)")
@@ -1258,6 +2080,13 @@ def _defaults(args: argparse.Namespace) -> None:
         ("latency_seconds", 20.0, 5.0),
         ("rss_counts", [1, 50, 500], [1, 10]),
         ("large_records", 2000, 100),
+        ("stateful_records", 200_000, 4_000),
+        ("stateful_timeout", 600.0, 120.0),
+        ("idle_timeout", 60.0, 30.0),
+        ("catchup_rate", 2000, 500),
+        ("catchup_warmup", 15.0, 5.0),
+        ("catchup_down", 60.0, 10.0),
+        ("catchup_timeout", 300.0, 90.0),
     ):
         if getattr(args, name) is None:
             setattr(args, name, short if quick else normal)
@@ -1288,6 +2117,16 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         latency_rate=args.latency_rate,
         rss_counts=args.rss_counts,
         large_records=args.large_records,
+        stateful_records=args.stateful_records,
+        backlog_rate=args.backlog_rate,
+        stateful_timeout=args.stateful_timeout,
+        idle_timeout=args.idle_timeout,
+        catchup_rate=args.catchup_rate,
+        catchup_partitions=args.catchup_partitions,
+        catchup_warmup=args.catchup_warmup,
+        catchup_down=args.catchup_down,
+        catchup_timeout=args.catchup_timeout,
+        catchup_hogs=args.catchup_hogs,
     )
     out: dict[str, Any] = {
         "started": stamp,
@@ -1302,14 +2141,17 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     }
     t0 = time.monotonic()
     bench.say(f"bench: logs in {logs}; load {os.getloadavg()}")
-    functions = {
+    functions: dict[str, Callable[[Bench], Awaitable[dict[str, Any]]]] = {
         "throughput": part_throughput,
         "partitions": part_partitions,
         "latency": part_latency,
         "rss": part_rss,
         "large": part_large,
         "guarantees": part_guarantees,
+        "catchup": part_catchup,
     }
+    for name in STATEFUL_PARTS:
+        functions[name] = _stateful(name.split("-")[0], name.endswith("-partitions"))
     for name in args.parts:
         if name == "wire":
             continue
