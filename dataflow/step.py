@@ -48,6 +48,9 @@ RESTORE_TIMEOUT = 120.0
 #: Records worked through between two yields to the event loop (a fetched batch holds up to
 #: 2,000): the health server, the other steps and the acks' callbacks run in between.
 SLICE_RECORDS = 256
+#: Least a source may be read ahead of stream time while another lags (ms), so that pausing
+#: and resuming does not happen at every batch when the window is tiny.
+PACE_SLACK_MS = 1000
 #: Longest a step waits for the end offsets of partitions that may lag (a broker failing over).
 END_OFFSETS_TIMEOUT = 5.0
 
@@ -138,6 +141,10 @@ class Step:
         self.state = state if self.stages.stateful else None
         self._txn = transactions
         self._timed = self.stages.timed
+        # How far ahead of stream time a source may be read while another lags: the widest
+        # window of the step's stages (an `any` join's is 1 ms), at least PACE_SLACK_MS.
+        windows = [s.window_ms for s in (self.stages.joiner, self.stages.gate) if s is not None]
+        self._slack_ms = max(PACE_SLACK_MS, *windows)
         # Stateless steps without a cycle guard take the batch-at-a-time path.
         self._fast = not self.stages.stateful and guard is None
         self._header_values = (topology.name.encode(), str(topology.version).encode())
@@ -453,7 +460,7 @@ class Step:
             position, t = self._positions.get(tp), self._clock.time_of(tp)
             if end is None or position is None or position < end:
                 continue  # lagging anyway
-            if t is None or newest - t > self.spec.window_ms:
+            if t is None or newest - t > self._slack_ms:
                 suspects.append(tp)
         if suspects:
             try:
@@ -499,7 +506,7 @@ class Step:
         self._full = full
         if not self._timed:
             return
-        wanted = self._clock.ahead(lagging, self.spec.window_ms)
+        wanted = self._clock.ahead(lagging, self._slack_ms)
         if full:
             wanted |= self._clock.ahead(lagging, 0)
         assigned = self.consumer.assignment()
