@@ -144,7 +144,7 @@ class Step:
         # How far ahead of stream time a source may be read while another lags: the widest
         # window of the step's stages (an `any` join's is 1 ms), at least PACE_SLACK_MS.
         windows = [s.window_ms for s in (self.stages.joiner, self.stages.gate) if s is not None]
-        self._slack_ms = max(PACE_SLACK_MS, *windows)
+        self._slack_ms = max([PACE_SLACK_MS, *windows])
         # Stateless steps without a cycle guard take the batch-at-a-time path.
         self._fast = not self.stages.stateful and guard is None
         self._header_values = (topology.name.encode(), str(topology.version).encode())
