@@ -28,6 +28,9 @@ INTERVAL = 0.1
 WATCH_EVERY = 1.0
 #: Seconds a lag counts towards `LoopLag.recent_max`.
 RECENT = 60.0
+#: A lag this long (s) is logged as a WARNING, at most once per `SLOW_LOG_EVERY` seconds.
+SLOW = 1.0
+SLOW_LOG_EVERY = 10.0
 
 
 class Watched(Protocol):
@@ -85,11 +88,19 @@ class Watchdog:
         """Until cancelled."""
         loop = asyncio.get_running_loop()
         checked = loop.time()
+        logged = -SLOW_LOG_EVERY
         while True:
             asked = loop.time()
             await asyncio.sleep(self.interval)
             now = loop.time()
-            self.lag.observe(now, max(0.0, now - asked - self.interval))
+            lag = max(0.0, now - asked - self.interval)
+            self.lag.observe(now, lag)
+            if lag >= SLOW and now - logged >= SLOW_LOG_EVERY:
+                logged = now
+                logger.warning(
+                    "event loop lag {:.2f}s: something held the loop (or the process got no CPU)",
+                    lag,
+                )
             if now - checked >= self.watch_every:
                 checked = now
                 self.check(time.monotonic())
