@@ -22,6 +22,12 @@ decoded back into the ids they hold.
 Besides events.txt and result.json, each run folder holds timeline.txt: the harness's events
 and the engines' assignments, restores, warnings and starts on one clock.
 
+Load and responsiveness: `cpu_hogs` busy loops (`sh -c 'while :; do :; done'`, each in its own
+process group) run from before the engines start until they are stopped, to reproduce a busy
+machine; a health probe asks every running engine's health server (`health_path`, /live) every
+0.5 s with a 3 s timeout, except while that engine is stopped on purpose, and reports the worst
+reply, the replies over 1 s and the probes without a reply (`health_*` of the result).
+
 Used by `scripts/chaos` (command line) and `tests/integration/test_chaos.py` (`run_one`).
 """
 
@@ -30,9 +36,11 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import atexit
 import bisect
 import contextlib
 import hashlib
+import http.client
 import itertools
 import json
 import logging
@@ -48,10 +56,11 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
@@ -260,6 +269,10 @@ class Config:
     duration: float = 180.0
     log_level: str = "DEBUG"
     guarantee: str = "at_least_once"
+    cpu_hogs: int = 0
+    health_path: str = "/live"
+    health_every: float = 0.5
+    health_timeout: float = 3.0
 
     @property
     def faults(self) -> list[str]:
@@ -302,6 +315,9 @@ class Result:
     logs: str = ""
     partitions: int = 1
     replicas: int = 1
+    cpu_hogs: int = 0
+    repeat: int = 1
+    load: tuple[float, float] | None = None
     faults_applied: int = 0
     resume_median_s: float | None = None
     resume_max_s: float | None = None
@@ -311,11 +327,19 @@ class Result:
     partition_gaps_s: dict[int, float] = field(default_factory=dict)
     survivor_partitions: list[int] = field(default_factory=list)
     survivor_gap_s: float | None = None
+    health_probes: int = 0
+    health_worst_s: float | None = None
+    health_slow: int = 0
+    health_no_reply: int = 0
+    health_silent_s: float = 0.0
     details: dict[str, Any] = field(default_factory=dict)
 
     def row(self) -> list[str]:
         def secs(value: float | None) -> str:
             return "-" if value is None else f"{value:.1f}"
+
+        def secs2(value: float | None) -> str:
+            return "-" if value is None else f"{value:.2f}"
 
         resume = stall = "-"
         if self.faults_applied:
@@ -327,10 +351,19 @@ class Result:
             f"p{p}{'*' if p in self.survivor_partitions else ''} {g:.1f}"
             for p, g in sorted(self.partition_gaps_s.items())
         )
+        health = "-"
+        if self.health_probes:
+            health = f"{secs2(self.health_worst_s)} / {self.health_slow} / {self.health_no_reply}"
+            if self.health_no_reply:
+                health += f" ({self.health_silent_s:.0f}s silent)"
+        load = "-" if self.load is None else f"{self.load[0]:.1f} → {self.load[1]:.1f}"
         return [
+            str(self.repeat),
             self.case,
             self.fault,
             f"{self.partitions}x{self.replicas}",
+            str(self.cpu_hogs),
+            load,
             str(self.sent),
             str(self.lost),
             str(self.duplicated),
@@ -341,6 +374,7 @@ class Result:
             f"{self.longest_gap_s:.1f}",
             gaps or "-",
             secs(self.survivor_gap_s),
+            health,
             self.exits or "-",
             f"{self.run_s:.0f}",
             self.notes or "-",
@@ -348,9 +382,12 @@ class Result:
 
 
 HEADER = [
+    "run",
     "case",
     "fault",
     "partitions x replicas",
+    "cpu hogs",
+    "load 1m (start → end)",
     "sent",
     "lost",
     "duplicated",
@@ -361,6 +398,7 @@ HEADER = [
     "longest output gap (s)",
     "longest gap per partition (s; * survivors')",
     "survivors' longest gap (s)",
+    "health: worst reply (s) / replies > 1 s / no reply in 3 s",
     "engine exits",
     "run (s)",
     "notes",
@@ -370,6 +408,31 @@ HEADER = [
 def table(results: list[Result]) -> str:
     rows = [HEADER, ["---"] * len(HEADER), *(r.row() for r in results)]
     return "\n".join("| " + " | ".join(row) + " |" for row in rows)
+
+
+def summary(results: list[Result]) -> str:
+    """One line per case x fault run more than once: runs with lost or duplicated ids, the
+    median of sent, the worst health reply and the probes without reply over all the runs."""
+    groups: dict[tuple[str, str], list[Result]] = {}
+    for r in results:
+        groups.setdefault((r.case, r.fault), []).append(r)
+    lines = []
+    for (case, fault), runs in groups.items():
+        if len(runs) < 2:
+            continue
+        worst = [r.health_worst_s for r in runs if r.health_worst_s is not None]
+        lines.append(
+            f"{case}/{fault}: {len(runs)} runs; lost ids in {sum(1 for r in runs if r.lost)} "
+            f"(median {statistics.median(r.lost for r in runs):g}, max "
+            f"{max(r.lost for r in runs)}), duplicated in "
+            f"{sum(1 for r in runs if r.duplicated)}; sent median "
+            f"{statistics.median(r.sent for r in runs):g}; health worst reply "
+            f"{max(worst, default=0.0):.2f}s (median of the runs' worst "
+            f"{statistics.median(worst) if worst else 0.0:.2f}s), "
+            f"{sum(r.health_slow for r in runs)} replies over 1s, "
+            f"{sum(r.health_no_reply for r in runs)} probes without reply"
+        )
+    return "\n".join(lines)
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -451,6 +514,299 @@ class Broker:
         with contextlib.suppress(OSError):
             shutil.copy(self.dir / "broker.log", self.logs / "broker.log")
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# -- load on the machine: busy loops; the engines' health servers, probed ---------------------
+
+HOG_COMMAND = ["sh", "-c", "while :; do :; done"]
+
+
+def _libc_prctl() -> Any:
+    """libc's prctl (Linux), looked up before a fork; None elsewhere."""
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+
+
+class CpuHogs:
+    """`count` busy loops (`sh -c 'while :; do :; done'`), each in its own session and process
+    group, for the load of a busy machine. `stop` kills each loop's group (idempotent, safe in
+    any finally); a loop also gets SIGKILL when this process dies (Linux parent-death signal),
+    and any left at interpreter exit are killed (atexit), so none survives the harness."""
+
+    _live: set[CpuHogs] = set()
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.started = 0.0
+        self.cpu_s = 0.0  # CPU time the loops got (utime + stime), set by stop
+        self.ran_s = 0.0
+        self.pids: list[int] = []
+
+    def start(self) -> CpuHogs:
+        if not self.count:
+            return self
+        prctl, parent = _libc_prctl(), os.getpid()
+
+        def die_with_parent() -> None:  # runs in the child between fork and exec
+            if prctl is not None:
+                prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+            if os.getppid() != parent:  # the parent died before prctl took effect
+                os._exit(1)
+
+        CpuHogs._live.add(self)
+        self.started = time.monotonic()
+        for _ in range(self.count):
+            self.procs.append(
+                subprocess.Popen(
+                    HOG_COMMAND,
+                    stdin=subprocess.DEVNULL,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                    start_new_session=True,  # own session and process group (pgid = pid)
+                    preexec_fn=die_with_parent,
+                )
+            )
+            self.pids.append(self.procs[-1].pid)
+        return self
+
+    @staticmethod
+    def _cpu_s(pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def alive(self) -> int:
+        return sum(1 for p in self.procs if p.poll() is None)
+
+    def stop(self) -> None:
+        if not self.procs:
+            return
+        procs, self.procs = self.procs, []
+        self.cpu_s += sum(self._cpu_s(p.pid) for p in procs if p.poll() is None)
+        self.ran_s = time.monotonic() - self.started
+        for proc in procs:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(proc.pid, signal.SIGKILL)
+        for proc in procs:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(5)
+        CpuHogs._live.discard(self)
+
+    def stats(self) -> dict[str, Any]:
+        """The loops' share of the machine: CPU seconds they got over the seconds they ran."""
+        return {
+            "count": self.count,
+            "ran_s": round(self.ran_s, 1),
+            "cpu_s": round(self.cpu_s, 1),
+            "cores_used": round(self.cpu_s / self.ran_s, 2) if self.ran_s else 0.0,
+            "pids": self.pids,
+        }
+
+    @classmethod
+    def stop_all(cls) -> None:
+        for hogs in list(cls._live):
+            hogs.stop()
+
+
+atexit.register(CpuHogs.stop_all)
+
+
+@dataclass
+class ProbeStats:
+    """The health probes of one engine replica (or of all of them, `merged`).
+
+    A reply is any HTTP answer (its time: request sent to body read). `no_reply`: no answer
+    within the timeout, or the connection refused or reset after that engine process had
+    answered once (before its first answer the server is still starting: `starting`, not a
+    failure). `silent_s`: the longest time from a probe that got no reply until the next reply
+    (or the end of probing of that process)."""
+
+    probes: int = 0
+    replies: int = 0
+    slow: int = 0
+    no_reply: int = 0
+    timeouts: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    starting: int = 0
+    worst_s: float = 0.0
+    worst_at_s: float | None = None
+    silent_s: float = 0.0
+    silent_at_s: float | None = None
+    statuses: Counter[int] = field(default_factory=Counter)
+    reply_times: list[float] = field(default_factory=list)
+    #: (seconds since the run began, reply time or None: no reply) of the slow and failed probes
+    bad: list[tuple[float, float | None]] = field(default_factory=list)
+
+    def merged(self, other: ProbeStats) -> ProbeStats:
+        out = ProbeStats(
+            probes=self.probes + other.probes,
+            replies=self.replies + other.replies,
+            slow=self.slow + other.slow,
+            no_reply=self.no_reply + other.no_reply,
+            timeouts=self.timeouts + other.timeouts,
+            errors=self.errors + other.errors,
+            starting=self.starting + other.starting,
+            statuses=self.statuses + other.statuses,
+            reply_times=self.reply_times + other.reply_times,
+            bad=sorted(self.bad + other.bad, key=lambda b: b[0]),
+        )
+        worst = max((self, other), key=lambda s: s.worst_s)
+        out.worst_s, out.worst_at_s = worst.worst_s, worst.worst_at_s
+        silent = max((self, other), key=lambda s: s.silent_s)
+        out.silent_s, out.silent_at_s = silent.silent_s, silent.silent_at_s
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        times = sorted(self.reply_times)
+        return {
+            "probes": self.probes,
+            "replies": self.replies,
+            "slow_over_1s": self.slow,
+            "no_reply": self.no_reply,
+            "timeouts": self.timeouts,
+            "errors_after_first_reply": dict(self.errors),
+            "refused_while_starting": self.starting,
+            "worst_reply_s": round(self.worst_s, 3),
+            "worst_reply_at_s": self.worst_at_s,
+            "median_reply_s": round(statistics.median(times), 4) if times else None,
+            "p99_reply_s": round(times[int(len(times) * 0.99)], 3) if times else None,
+            "longest_silence_s": round(self.silent_s, 1),
+            "longest_silence_began_s": self.silent_at_s,
+            "statuses": {str(k): v for k, v in sorted(self.statuses.items())},
+            "slow_or_unanswered_at_s": [
+                [at, None if took is None else round(took, 2)] for at, took in self.bad[:200]
+            ],
+        }
+
+
+#: What a probe asks for: (engine process generation, health port), or None: not to be probed
+#: now (stopped on purpose, not started, or the run is over).
+ProbeTarget = tuple[int, int] | None
+
+
+class HealthProbe:
+    """GET `path` of each engine replica's health server every `every` s (one thread per
+    replica, one request at a time, `timeout` s each) while `target(replica)` names a port.
+
+    Threads, not the harness's event loop: the producer keeps that loop busy, and a probe must
+    time the engine, not the harness. A probe that began before its engine was stopped on
+    purpose (the target changed meanwhile) is not counted."""
+
+    def __init__(
+        self,
+        replicas: int,
+        target: Callable[[int], ProbeTarget],
+        origin: float,
+        path: str = "/live",
+        every: float = 0.5,
+        timeout: float = 3.0,
+        slow: float = 1.0,
+    ) -> None:
+        self.target, self.origin, self.path = target, origin, path
+        self.every, self.timeout, self.slow = every, timeout, slow
+        self.per_replica = [ProbeStats() for _ in range(replicas)]
+        self.halt = threading.Event()
+        self.threads = [
+            threading.Thread(target=self._loop, args=(i,), name=f"probe-{i}", daemon=True)
+            for i in range(replicas)
+        ]
+
+    def start(self) -> HealthProbe:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.halt.set()
+        for thread in self.threads:
+            thread.join(self.timeout + 2)
+
+    def total(self) -> ProbeStats:
+        total = ProbeStats()
+        for stats in self.per_replica:
+            total = total.merged(stats)
+        return total
+
+    def _get(self, port: int) -> int:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=self.timeout)
+        try:
+            conn.request("GET", self.path)
+            response = conn.getresponse()
+            response.read()
+            return response.status
+        finally:
+            conn.close()
+
+    def _loop(self, replica: int) -> None:
+        stats = self.per_replica[replica]
+        answered: set[int] = set()  # generations (engine processes) that answered once
+        silent_since: float | None = None  # first probe without a reply, of `silent_gen`
+        silent_gen = -1
+        while not self.halt.is_set():
+            target = self.target(replica)
+            if target is None or (silent_since is not None and target[0] != silent_gen):
+                if silent_since is not None:  # silent until it was stopped: count until then
+                    self._silence(stats, silent_since, time.monotonic())
+                    silent_since = None
+                if target is None:
+                    self.halt.wait(0.05)
+                    continue
+            generation, port = target
+            sent = time.monotonic()
+            status: int | None = None
+            failure = ""
+            try:
+                status = self._get(port)
+            except TimeoutError:
+                failure = "timeout"
+            except ConnectionRefusedError:
+                failure = "refused"
+            except (OSError, http.client.HTTPException) as exc:
+                failure = type(exc).__name__
+            took = time.monotonic() - sent
+            if self.target(replica) != target:
+                continue  # stopped on purpose (or restarted) meanwhile: not this probe's fault
+            if failure == "refused" and generation not in answered:
+                stats.starting += 1
+            elif failure:
+                stats.probes += 1
+                stats.no_reply += 1
+                if failure == "timeout":
+                    stats.timeouts += 1
+                else:
+                    stats.errors[failure] += 1
+                stats.bad.append((round(sent - self.origin, 1), None))
+                if silent_since is None:
+                    silent_since, silent_gen = sent, generation
+            else:
+                assert status is not None
+                answered.add(generation)
+                stats.probes += 1
+                stats.replies += 1
+                stats.statuses[status] += 1
+                stats.reply_times.append(took)
+                if took > self.slow:
+                    stats.slow += 1
+                    stats.bad.append((round(sent - self.origin, 1), took))
+                if took > stats.worst_s:
+                    stats.worst_s, stats.worst_at_s = took, round(sent - self.origin, 1)
+                if silent_since is not None:
+                    self._silence(stats, silent_since, sent + took)
+                    silent_since = None
+            self.halt.wait(max(0.0, sent + self.every - time.monotonic()))
+        if silent_since is not None:
+            self._silence(stats, silent_since, time.monotonic())
+
+    def _silence(self, stats: ProbeStats, began: float, ended: float) -> None:
+        if ended - began > stats.silent_s:
+            stats.silent_s, stats.silent_at_s = ended - began, round(began - self.origin, 1)
 
 
 # -- producer and live consumer ---------------------------------------------------------------
@@ -828,6 +1184,17 @@ def engine_source(path: Path | None) -> Iterator[None]:
                 os.environ[key] = value
 
 
+def working_tree() -> str:
+    """`working tree at <commit>`, `+ changes in dataflow/` when it differs from that commit:
+    the engine a run used, for its result (others may commit while a long run goes on)."""
+    git = partial(subprocess.run, cwd=REPO, capture_output=True, text=True, check=False)
+    head = git(["git", "rev-parse", "--short=12", "HEAD"]).stdout.strip()
+    if not head:
+        return "working tree"
+    dirty = git(["git", "status", "--porcelain", "--", "dataflow"]).stdout.strip()
+    return f"working tree at {head}" + (" + changes in dataflow/" if dirty else "")
+
+
 def snapshot(rev: str, into: Path) -> tuple[Path, str]:
     """`dataflow/` of git revision `rev` extracted under `into`; returns (folder, commit)."""
     commit = subprocess.run(
@@ -914,6 +1281,7 @@ class Run:
         self.names = [replica_name(i) for i in range(cfg.replicas)]
         self.engines: list[Process | None] = [None] * cfg.replicas
         self.expect_down = [False] * cfg.replicas
+        self.health_ports: list[int | None] = [None] * cfg.replicas
         self.engine_starts = 0
         self.last_start = 0.0
         self.exits: list[dict[str, Any]] = []
@@ -938,8 +1306,12 @@ class Run:
         self.engine_starts += 1
         self.last_start = time.monotonic()
         name = self.names[replica]
+        port = free_port()  # a new one per start: the health probe knows which process it asks
         with (self.logs / f"{name}.log").open("ab") as handle:
-            handle.write(f"\n===== chaos: engine start #{self.engine_starts} =====\n".encode())
+            handle.write(
+                f"\n===== chaos: engine start #{self.engine_starts} "
+                f"(health server :{port}) =====\n".encode()
+            )
         self.engines[replica] = engine(
             self.logs,
             self.bootstrap,
@@ -948,7 +1320,17 @@ class Run:
             log_level_app=self.cfg.log_level,
             kafka_partitions_default=str(self.cfg.partitions),
             processing_guarantee=self.cfg.guarantee,
+            health_server_port=str(port),
         )
+        self.health_ports[replica] = port
+
+    def probe_target(self, replica: int) -> ProbeTarget:
+        """What the health probe asks of `replica` now: (its process, health port), or None
+        while it is stopped on purpose (from the signal until it is started again)."""
+        process, port = self.engines[replica], self.health_ports[replica]
+        if self.expect_down[replica] or process is None or process.proc is None or port is None:
+            return None
+        return process.proc.pid, port
 
     def start_engines(self) -> None:
         for replica in range(self.cfg.replicas):
@@ -1306,6 +1688,28 @@ def _notes(counted: dict[str, Any], producer: Producer, lag: dict[str, int] | No
     return "; ".join(notes)
 
 
+def _id_number(rid: str) -> int:
+    return int(rid.rsplit("-", 1)[-1])
+
+
+def id_ranges(ids: set[str], partitions: int) -> list[str]:
+    """Ids as runs of consecutive ids of one partition (n, n + partitions, ...): `p1: 5-4001
+    (1000 ids)`, in the order of their first id."""
+    per: dict[int, list[int]] = {}
+    for n in sorted(_id_number(i) for i in ids):
+        per.setdefault(n % partitions, []).append(n)
+    runs: list[tuple[int, int, int, int]] = []  # (first, last, count, partition)
+    for p, numbers in per.items():
+        first = last = numbers[0]
+        for n in numbers[1:]:
+            if n != last + partitions:
+                runs.append((first, last, (last - first) // partitions + 1, p))
+                first = n
+            last = n
+        runs.append((first, last, (last - first) // partitions + 1, p))
+    return [f"p{p}: {a}-{b} ({k} ids)" if k > 1 else f"p{p}: {a}" for a, b, k, p in sorted(runs)]
+
+
 def count(
     cfg: Config, inputs: list[list[tuple[bytes, bytes]]], outputs: list[bytes]
 ) -> dict[str, Any]:
@@ -1332,11 +1736,16 @@ def count(
             delivered[rid] += 1
             if cfg.case in ("join", "outer") and ntensors < 2:
                 partial_outputs += 1
-    lost = len(sent - set(delivered))
+    missing = sent - set(delivered)
+    lost = len(missing)
     duplicated = sum(c - 1 for c in delivered.values() if c > 1)
     return {
         "sent": len(sent),
         "lost": lost,
+        "lost_per_partition": dict(
+            sorted(Counter(_id_number(i) % cfg.partitions for i in missing).items())
+        ),
+        "lost_ranges": id_ranges(missing, cfg.partitions)[:40],
         "duplicated": duplicated,
         "ids_duplicated": sum(1 for c in delivered.values() if c > 1),
         "input_records": [len(r) for r in inputs],
@@ -1533,7 +1942,7 @@ async def run_one(
     logs: Path,
     tag: str | None = None,
     engine_src: Path | None = None,
-    engine_label: str = "working tree",
+    engine_label: str | None = None,
 ) -> Result:
     """One (case, fault plan) run; `bootstrap` None: a private broker started and stopped here.
 
@@ -1544,7 +1953,7 @@ async def run_one(
     with engine_source(engine_src), client_log(logs / "clients.log") as lines:
         result = await _run_one(cfg, bootstrap, logs, tag)
     result.details["client_log_lines"] = dict(lines)
-    result.details["engine"] = engine_label
+    result.details["engine"] = engine_label or working_tree()
     (logs / "result.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
     return result
 
@@ -1559,6 +1968,8 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         raise ValueError("the bounce fault needs a private broker (no --bootstrap)")
     if cfg.partitions < 1 or cfg.replicas < 1:
         raise ValueError("partitions and replicas must be 1 or more")
+    if cfg.cpu_hogs < 0:
+        raise ValueError("cpu_hogs must be 0 or more")
     wall0 = time.monotonic()
     tag = tag or uuid.uuid4().hex[:8]
     safe = re.sub(r"[^a-z0-9]", "", f"{cfg.case}{cfg.fault}".lower())
@@ -1567,8 +1978,15 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
     broker = Broker(logs) if bootstrap is None else None
     run: Run | None = None
     tasks: list[asyncio.Task[None]] = []
+    hogs = CpuHogs(cfg.cpu_hogs)
+    prober: HealthProbe | None = None
     result = Result(
-        cfg.label, cfg.fault, logs=str(logs), partitions=cfg.partitions, replicas=cfg.replicas
+        cfg.label,
+        cfg.fault,
+        logs=str(logs),
+        partitions=cfg.partitions,
+        replicas=cfg.replicas,
+        cpu_hogs=cfg.cpu_hogs,
     )
     try:
         if broker is not None:
@@ -1582,10 +2000,21 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         await create_topics(bootstrap, lay.topics, cfg.partitions)
         spec = logs / f"{name}.yaml"
         spec.write_text(f"kind: PipelineUpdate\nname: {name}\nversion: 1\nuid: {name}\n{lay.body}")
+        if cfg.cpu_hogs:
+            hogs.start()  # in this (main) thread: the loops' parent-death signal is tied to it
+            run.say(f"{cfg.cpu_hogs} busy loop(s) started: {' '.join(HOG_COMMAND)}")
         proxy = (await asyncio.to_thread(proxy_class))(logs)
         run.proxy = await asyncio.to_thread(proxy.start, spec)
         run.pipeline = name
         run.start_engines()
+        prober = HealthProbe(
+            cfg.replicas,
+            run.probe_target,
+            run.t0,
+            path=cfg.health_path,
+            every=cfg.health_every,
+            timeout=cfg.health_timeout,
+        ).start()
         await run.wait_ready(name, 90)
         run.say(
             f"pipeline Ready on {', '.join(run.names)}; {cfg.partitions} partition(s) per topic"
@@ -1599,7 +2028,11 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         produce = asyncio.create_task(producer.run())
         tasks.append(produce)
         origin = time.monotonic()
-        run.say(f"producing {cfg.rate:g} ids/s to {', '.join(t for t, _ in lay.sources)}")
+        load_start = os.getloadavg()[0]
+        run.say(
+            f"producing {cfg.rate:g} ids/s to each of {', '.join(t for t, _ in lay.sources)}; "
+            f"load {load_start:.1f}"
+        )
         await asyncio.sleep(cfg.lead)
         for fault in cfg.faults:
             await getattr(run, fault.replace("-", "_"))()
@@ -1610,32 +2043,36 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         run.say(f"producer stopped: {producer.ids} ids, {producer.stats()}")
 
         # Drain: until nothing moves for `quiet` s: no output, no engine (re)start, no change
-        # of the engine's uncommitted input, the pipeline Ready at the proxy (an outer join's
-        # lone records wait a window).
+        # of the engine's uncommitted input or of the pipeline's state at the proxy (an outer
+        # join's lone records wait a window). A pipeline not Ready within `starting` s of an
+        # engine start is waited for (the engine is starting); not Ready later, e.g. an engine
+        # whose loop stalled and lost its scheduler subscription, is not: the drain ends after
+        # `quiet` s of that too, and the result notes it.
         quiet = cfg.quiet
         if cfg.case == "outer":
             quiet = max(quiet, cfg.window_ms / 1000 + 5)
+        starting = max(60.0, quiet)
         stopped = time.monotonic()
         lag: dict[str, int] | None = None
-        lag_changed = stopped
-        ready_since: float | None = None
+        lag_changed = state_changed = stopped
+        state: str | None = "Ready"
         async with LagProbe(bootstrap, name) as probe:
             while True:
                 with contextlib.suppress(KafkaError, KeyError):
                     now_lag = await probe.lag()
                     if now_lag != lag:
                         lag, lag_changed = now_lag, time.monotonic()
-                state = await asyncio.to_thread(run.state, name)
-                if state != "Ready":
-                    ready_since = None
-                elif ready_since is None:
-                    ready_since = time.monotonic()
+                now_state = await asyncio.to_thread(run.state, name)
+                now = time.monotonic()
+                if now_state != state:
+                    state, state_changed = now_state, now
+                waiting = state != "Ready" and now - run.last_start < starting
                 moved = max(
                     watcher.last,
                     stopped,
                     run.last_start,
                     lag_changed,
-                    ready_since or time.monotonic(),
+                    now if waiting else state_changed,
                 )
                 if time.monotonic() - moved >= quiet:
                     break
@@ -1645,11 +2082,21 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
                 await asyncio.sleep(1.0)
         run.say(
             f"drained {time.monotonic() - stopped:.1f}s: {watcher.count} outputs seen live; "
-            f"engine input lag {lag}"
+            f"engine input lag {lag}; pipeline {state} at the proxy"
         )
+        result.load = (round(load_start, 2), round(os.getloadavg()[0], 2))
         for code in await run.stop_all(cfg.term_timeout):
             run.exits.append({"how": "final", "code": code})
+        prober.stop()  # the engines are stopped: the case is over
+        hogs.stop()
+        health = prober.total()
+        result.health_probes, result.health_worst_s = health.probes, round(health.worst_s, 3)
+        result.health_slow, result.health_no_reply = health.slow, health.no_reply
+        result.health_silent_s = round(health.silent_s, 1)
+        if cfg.cpu_hogs:
+            run.say(f"busy loops stopped: {hogs.stats()}")
 
+        topic_partitions = {t: len(await partitions_of(bootstrap, t)) for t in lay.topics}
         inputs = [await read_topic(bootstrap, topic) for topic, _ in lay.sources]
         outputs = [v for _, v in await read_topic(bootstrap, lay.sink)]
         counted = count(cfg, inputs, outputs)
@@ -1660,6 +2107,13 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         result.longest_gap_s = gap
         result.exits = _exits_summary(run.exits)
         result.notes = _notes(counted, producer, lag)
+        if state != "Ready":
+            not_ready = f"pipeline {state} at the end of the drain"
+            result.notes = f"{result.notes}; {not_ready}" if result.notes else not_ready
+        odd = {t: n for t, n in topic_partitions.items() if n != cfg.partitions}
+        if odd:  # e.g. topics of an earlier run on --bootstrap, made with other partitions
+            odd_text = f"topics not of {cfg.partitions} partitions: {odd}"
+            result.notes = f"{result.notes}; {odd_text}" if result.notes else odd_text
         figures = _figures(cfg, run, watcher, lay, result)
         _write_arrivals(run, watcher, logs / "arrivals.json")
         result.details = {
@@ -1668,10 +2122,22 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
             "longest_gap_began_s": round(gap_at, 1),
             "producer": producer.stats(),
             "engine_lag_after_drain": lag,
+            "pipeline_state_after_drain": state,
+            "topic_partitions": topic_partitions,
             "live_outputs": watcher.count,
             "live_consumer_errors": dict(watcher.errors),
             "engine_starts": run.engine_starts,
             "exits": run.exits,
+            "health": {
+                "path": cfg.health_path,
+                "every_s": cfg.health_every,
+                "timeout_s": cfg.health_timeout,
+                **health.summary(),
+                "per_replica": {
+                    n: s.summary() for n, s in zip(run.names, prober.per_replica, strict=True)
+                },
+            },
+            "cpu_hogs": hogs.stats(),
             "config": asdict(cfg),
             "pipeline": name,
             "bootstrap": bootstrap,
@@ -1681,9 +2147,14 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
             f"longest gap {gap:.1f}s; after a stop: output stall median {result.stall_median_s} "
             f"max {result.stall_max_s} s, caught up median {result.resume_median_s} "
             f"max {result.resume_max_s} s; gaps per partition {result.partition_gaps_s}, "
-            f"survivors' partitions {result.survivor_partitions}"
+            f"survivors' partitions {result.survivor_partitions}; health: worst reply "
+            f"{result.health_worst_s}s of {result.health_probes} probes, "
+            f"{result.health_slow} over 1s, {result.health_no_reply} without reply"
         )
     finally:
+        hogs.stop()
+        if prober is not None:
+            prober.stop()
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -1736,7 +2207,10 @@ def parser() -> argparse.ArgumentParser:
             "--replicas engines, a steady producer of unique ids and a live output consumer;\n"
             "the fault is applied while producing; then lost and duplicated ids are counted\n"
             "against the input topic, and output resumption after each engine stop and gaps\n"
-            "per output partition are measured. Prints a markdown table (and writes --json)."
+            "per output partition are measured; every running engine's health server is asked\n"
+            "--health-path every 0.5 s (3 s timeout): worst reply, replies over 1 s, probes\n"
+            "without reply. --cpu-hogs N runs N busy loops meanwhile. Prints a markdown table,\n"
+            "one row per run (and writes --json)."
         ),
         epilog=(
             "cases: chain (3 steps), join (inner), outer (outer join), batch (size 10, 500 ms)\n"
@@ -1752,7 +2226,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--faults", type=_csv(FAULTS, plus=True), default=list(FAULTS), help="default: all"
     )
-    p.add_argument("--rate", type=float, default=2000.0, help="ids per second (default 2000)")
+    p.add_argument(
+        "--rate",
+        type=float,
+        default=2000.0,
+        help="ids per second (default 2000); each id goes to every source, so a join's two "
+        "sources get --rate records/s each",
+    )
     p.add_argument("--kills", type=int, default=20, help="kill -9 count (default 20)")
     p.add_argument(
         "--kill-gap",
@@ -1793,6 +2273,27 @@ def parser() -> argparse.ArgumentParser:
         default="at_least_once",
         help="engines' SELDON_PROCESSING_GUARANTEE (default at_least_once)",
     )
+    p.add_argument(
+        "--cpu-hogs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N busy loops (sh -c 'while :; do :; done') for the whole of each run, from "
+        "before the engines start until they are stopped (default 0)",
+    )
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run each case x fault N times, one table row per run (default 1)",
+    )
+    p.add_argument(
+        "--health-path",
+        default="/live",
+        help="what the health probe asks each running engine every 0.5 s, 3 s timeout "
+        "(default /live; /pipelines also describes the pipelines)",
+    )
     p.add_argument("--lead", type=float, default=3.0, help="producing before the fault (3 s)")
     p.add_argument("--after", type=float, default=10.0, help="producing after the fault (10 s)")
     p.add_argument("--quiet", type=float, default=15.0, help="drain until no output for (15 s)")
@@ -1829,52 +2330,62 @@ async def _main(args: argparse.Namespace) -> list[Result]:
     _self_check()
     root = args.logs or REPO / ".run" / "chaos" / time.strftime("%Y%m%d-%H%M%S")
     print(f"chaos: logs in {root}")
-    engine_src, engine_label = None, "working tree"
+    engine_src: Path | None = None
+    engine_label: str | None = None  # the working tree, named per run (in result.json)
     if args.engine_rev:
         engine_src, commit = snapshot(args.engine_rev, root / "engine-src")
         engine_label = f"{args.engine_rev} ({commit[:12]})"
         print(f"chaos: engine and proxy from {engine_label}, extracted to {engine_src}")
+    else:
+        print(f"chaos: engine and proxy of the {working_tree()}")
     results: list[Result] = []
     try:
-        for case in args.cases:
-            for fault in args.faults:
-                if args.bootstrap and "bounce" in fault.split("+"):
+        for case, fault, k in itertools.product(args.cases, args.faults, range(args.repeat)):
+            if args.bootstrap and "bounce" in fault.split("+"):
+                if not k:
                     print(f"chaos: skipping {case}/{fault}: bounce needs a private broker")
-                    continue
-                cfg = Config(
-                    case=case,
-                    fault=fault,
-                    rate=args.rate,
-                    kills=args.kills,
-                    kill_gap=args.kill_gap,
-                    down=args.down,
-                    bounces=args.bounces,
-                    bounce_down=args.bounce_down,
-                    bounce_gap=args.bounce_gap,
-                    lead=args.lead,
-                    after=args.after,
-                    quiet=args.quiet,
-                    drain_cap=args.drain_cap,
-                    window_ms=args.window_ms,
-                    seed=args.seed,
-                    partitions=args.partitions,
-                    replicas=args.replicas,
-                    kill_every=args.kill_every,
-                    duration=args.duration,
-                    log_level=args.log_level,
-                    guarantee=args.guarantee,
-                )
-                logs = root / f"{cfg.label}-{fault}".replace("(", "-").replace(")", "")
-                result = await run_one(
-                    cfg,
-                    bootstrap=args.bootstrap,
-                    logs=logs,
-                    engine_src=engine_src,
-                    engine_label=engine_label,
-                )
-                results.append(result)
-                if args.json:
-                    args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
+                continue
+            cfg = Config(
+                case=case,
+                fault=fault,
+                rate=args.rate,
+                kills=args.kills,
+                kill_gap=args.kill_gap,
+                down=args.down,
+                bounces=args.bounces,
+                bounce_down=args.bounce_down,
+                bounce_gap=args.bounce_gap,
+                lead=args.lead,
+                after=args.after,
+                quiet=args.quiet,
+                drain_cap=args.drain_cap,
+                window_ms=args.window_ms,
+                seed=None if args.seed is None else args.seed + k,
+                partitions=args.partitions,
+                replicas=args.replicas,
+                kill_every=args.kill_every,
+                duration=args.duration,
+                log_level=args.log_level,
+                guarantee=args.guarantee,
+                cpu_hogs=args.cpu_hogs,
+                health_path=args.health_path,
+            )
+            logs = root / f"{cfg.label}-{fault}".replace("(", "-").replace(")", "")
+            if args.repeat > 1:
+                logs = logs.with_name(f"{logs.name}-r{k + 1}")
+            result = await run_one(
+                cfg,
+                bootstrap=args.bootstrap,
+                logs=logs,
+                engine_src=engine_src,
+                engine_label=engine_label,
+            )
+            result.repeat = k + 1
+            results.append(result)
+            print(f"\nchaos: run {k + 1}/{args.repeat} of {cfg.label}/{fault}:")
+            print(table([result]) + "\n", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
     except asyncio.CancelledError:
         print("\nchaos: interrupted; runs completed so far:", file=sys.stderr)
         print(table(results))
@@ -1889,8 +2400,10 @@ def main(argv: list[str] | None = None) -> int:
         for path in args.refigure:
             print(json.dumps({"arrivals": str(path), **refigure(path)}))
         return 0
-    if args.partitions < 1 or args.replicas < 1:
-        p.error("--partitions and --replicas must be 1 or more")
+    if args.partitions < 1 or args.replicas < 1 or args.repeat < 1:
+        p.error("--partitions, --replicas and --repeat must be 1 or more")
+    if args.cpu_hogs < 0:
+        p.error("--cpu-hogs must be 0 or more")
     if args.replicas < 2 and any(
         part.startswith("replica-") for fault in args.faults for part in fault.split("+")
     ):
@@ -1901,6 +2414,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     print()
     print(table(results))
+    if summary(results):
+        print("\n" + summary(results))
     if args.json:
         args.json.write_text(json.dumps([asdict(r) for r in results], indent=2) + "\n")
         print(f"\nchaos: rows written to {args.json}")

@@ -1,11 +1,16 @@
-"""Short chaos runs (scripts/chaos.py) on the shared broker: an inner join under restarts, a chain
-of two replicas under replica kills; and the harness's figures on made-up arrivals."""
+"""Short chaos runs (scripts/chaos.py) on the shared broker: an inner join under restarts (also at
+4 partitions under busy loops, the machine of issue 19), a chain of two replicas under replica
+kills; the harness's figures on made-up arrivals, its busy loops and its health probe."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
 import sys
+import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -53,6 +58,11 @@ def _summary(result: Any) -> str:
     return f"{chaos.table([result])}\ndetails: {result.details}\nlogs: {result.logs}"
 
 
+def _running(pids: list[int]) -> list[int]:
+    """Those of `pids` that still exist (also as zombies: the harness must reap its loops)."""
+    return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
 def test_chaos_self_check() -> None:
     chaos._self_check()
 
@@ -60,6 +70,8 @@ def test_chaos_self_check() -> None:
 def test_keys_replicas_and_figures() -> None:
     assert chaos.record_key(7, 4) == "3.c-0000007"
     assert chaos.key_id("3.c-0000007") == chaos.key_id("c-0000007") == "c-0000007"
+    lost = {chaos.ID_FORMAT.format(n) for n in (1, 5, 9, 13, 2, 6, 100)}
+    assert chaos.id_ranges(lost, 4) == ["p1: 1-13 (4 ids)", "p2: 2-6 (2 ids)", "p0: 100"]
     assert [chaos.replica_name(i) for i in (0, 1, 25, 26)] == [
         "engine-a",
         "engine-b",
@@ -86,6 +98,69 @@ def test_keys_replicas_and_figures() -> None:
     assert gaps[0] == pytest.approx((1.9, 10.1)) and gaps[1] == pytest.approx((0.9, 9.5))
     assert gaps[2] == (0.0, 9.0)
     assert chaos.stalled([(0.0, 1), (0.5, 1), (3.0, 1), (3.2, 1)]) == pytest.approx(2.5)
+
+
+def test_cpu_hogs_run_in_their_own_groups_and_are_stopped() -> None:
+    hogs = chaos.CpuHogs(2).start()
+    try:
+        pids = list(hogs.pids)
+        assert len(pids) == 2 and hogs.alive() == 2
+        assert all(os.getpgid(pid) == pid != os.getpgid(0) for pid in pids)
+        time.sleep(0.5)
+    finally:
+        hogs.stop()
+    hogs.stop()  # idempotent, as in the harness's finally
+    assert not _running(pids)
+    stats = hogs.stats()
+    assert stats["count"] == 2 and stats["cpu_s"] > 0, stats
+    assert chaos.CpuHogs(0).start().stats()["pids"] == []
+
+
+def test_health_probe_counts_slow_replies_silence_and_ignores_stops() -> None:
+    delay = [0.0]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            time.sleep(delay[0])
+            with contextlib.suppress(OSError):  # the probe gave up waiting
+                self.send_response(200)
+                self.send_header("Content-Length", "2")
+                self.end_headers()
+                self.wfile.write(b"{}")
+
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    port = server.server_address[1]
+    target: list[Any] = [(1, port)]
+    probe = chaos.HealthProbe(
+        1, lambda _: target[0], time.monotonic(), every=0.1, timeout=0.5, slow=0.2
+    ).start()
+    try:
+        time.sleep(0.5)  # fast replies
+        delay[0] = 0.3
+        time.sleep(0.8)  # slow replies (over 0.2 s)
+        delay[0] = 1.0
+        time.sleep(1.3)  # no reply within 0.5 s: silent
+        delay[0] = 0.0
+        time.sleep(0.6)  # answers again
+        target[0] = None  # stopped on purpose: not probed
+        time.sleep(0.3)
+        target[0] = (2, chaos.free_port())  # a new process, not listening yet: starting
+        time.sleep(0.4)
+    finally:
+        probe.stop()
+        server.shutdown()
+        server.server_close()
+    stats = probe.total().summary()
+    assert stats["slow_over_1s"] >= 2, stats  # (over `slow`, 0.2 s here)
+    assert stats["timeouts"] >= 2 and stats["no_reply"] == stats["timeouts"], stats
+    assert 0.3 <= stats["worst_reply_s"] < 0.5, stats
+    assert 1.0 <= stats["longest_silence_s"] <= 2.0, stats
+    assert stats["refused_while_starting"] >= 2 and not stats["errors_after_first_reply"], stats
 
 
 def test_ownership_from_engine_logs() -> None:
@@ -160,3 +235,22 @@ async def test_exactly_once_join_writes_each_id_once_across_kill9(
     assert result.sent > 0, _summary(result)
     assert (result.lost, result.duplicated) == (0, 0), _summary(result)
     assert result.faults_applied == 2 and result.resume_never == 0, _summary(result)
+
+
+async def test_join_at_4_partitions_with_2_busy_loops_loses_nothing_and_stays_responsive(
+    tmp_path: Path, bootstrap: str, unique: str
+) -> None:
+    """The CI short case of issue 19: the join's graceful restart at 4 partitions while two busy
+    loops take the cores; the engines' health servers answer every probe within 3 s."""
+    result = await chaos.run_one(
+        _short("graceful", partitions=4, cpu_hogs=2), bootstrap=bootstrap, logs=tmp_path, tag=unique
+    )
+    print(_summary(result))
+    assert result.sent > 0 and result.cpu_hogs == 2, _summary(result)
+    assert (result.lost, result.duplicated) == (0, 0), _summary(result)
+    assert set(result.partition_gaps_s) == {0, 1, 2, 3}, _summary(result)
+    assert result.health_probes > 0, _summary(result)
+    assert result.health_no_reply == 0, _summary(result)
+    hogs = result.details["cpu_hogs"]
+    assert hogs["count"] == 2 and hogs["cpu_s"] > 0, _summary(result)
+    assert not _running(hogs["pids"]), hogs
