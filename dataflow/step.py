@@ -153,7 +153,8 @@ class Step:
         self._entries: dict[bytes, tuple[int, int]] = {}
         self._owned: set[int] = set()  # input partition numbers whose state is loaded
         self._tombstones: list[Entry[Ref]] = []  # removals whose deliveries were acked
-        self._paused: set[TopicPartition] = set()
+        self._paused: set[TopicPartition] = set()  # held back by pacing (not drained)
+        self._readable: list[TopicPartition] = []  # what to drain while some are held back
         self._full = False
         self._caught_up = True  # every source partition read to its end (timed steps)
         self._progress = Progress()
@@ -231,7 +232,10 @@ class Step:
     async def _poll(self, timeout_ms: int) -> dict[TopicPartition, list[ConsumerRecord[Any, Any]]]:
         """Fetch a batch. During a rebalance getmany() waits for the new assignment whatever
         the timeout, so there a stop request is raced against it."""
-        fetch = self.consumer.getmany(timeout_ms=timeout_ms, max_records=2000)
+        if self._paused and not self._readable:  # never so by pacing; be safe
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+        fetch = self.consumer.getmany(*self._readable, timeout_ms=timeout_ms, max_records=2000)
         if self.assigned.is_set():
             result: dict[TopicPartition, list[ConsumerRecord[Any, Any]]] = await fetch
             return result
@@ -510,14 +514,12 @@ class Step:
         if full:
             wanted |= self._clock.ahead(lagging, 0)
         assigned = self.consumer.assignment()
-        wanted &= assigned
-        pause = wanted - self._paused
-        resume = (self._paused & assigned) - wanted
-        if pause:
-            self.consumer.pause(*pause)
-        if resume:
-            self.consumer.resume(*resume)
-        self._paused = wanted
+        # Held back by not draining them (getmany() of the others), not by consumer.pause():
+        # aiokafka drops what it has buffered for a partition when it is paused, so every
+        # pause would throw a prefetched fetch away to be fetched again. Left undrained, a
+        # partition keeps one fetch in the buffer and is not fetched further.
+        self._paused = wanted & assigned
+        self._readable = sorted(assigned - self._paused) if self._paused else []
 
     async def _drain(self) -> None:
         """Wait for in-flight sends, then commit what is safe."""
@@ -1130,6 +1132,7 @@ class Step:
                 self._positions.pop(tp, None)
             self._retries.clear()
             self._paused.clear()
+            self._readable.clear()
             self.assigned.clear()
         self._on_rebalance()
 
