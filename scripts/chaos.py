@@ -40,7 +40,6 @@ import atexit
 import bisect
 import contextlib
 import hashlib
-import http.client
 import itertools
 import json
 import logging
@@ -686,6 +685,70 @@ class ProbeStats:
         }
 
 
+#: The probe's HTTP client, in a process of its own: it times each request itself, so a reply
+#: time is what a client outside the harness (a kubelet) would see, not the harness's own GIL
+#: and event loop delays. One request per line on stdin (`port path timeout`), one answer per
+#: line on stdout (`ok <status> <seconds>`, or `timeout|refused|<error> <seconds>`).
+PROBE_CLIENT = """
+import http.client, sys, time
+for line in sys.stdin:
+    port, path, timeout = line.split()
+    sent = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", int(port), timeout=float(timeout))
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        out = f"ok {response.status}"
+    except TimeoutError:
+        out = "timeout 0"
+    except ConnectionRefusedError:
+        out = "refused 0"
+    except (OSError, http.client.HTTPException) as exc:
+        out = f"{type(exc).__name__} 0"
+    finally:
+        conn.close()
+    print(out, time.monotonic() - sent, flush=True)
+"""
+
+
+class _ProbeClient:
+    """One `PROBE_CLIENT` process: `get(port, path, timeout)` -> (status, seconds taken)."""
+
+    def __init__(self) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", PROBE_CLIENT],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            bufsize=1,
+        )
+
+    def get(self, port: int, path: str, timeout: float) -> tuple[int, float]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(f"{port} {path} {timeout}\n")
+        kind, status, took = self.proc.stdout.readline().split()
+        if kind == "timeout":
+            raise TimeoutError(float(took))
+        if kind == "refused":
+            raise ConnectionRefusedError(float(took))
+        if kind != "ok":
+            raise OSError(kind)
+        return int(status), float(took)
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
 #: What a probe asks for: (engine process generation, health port), or None: not to be probed
 #: now (stopped on purpose, not started, or the run is over).
 ProbeTarget = tuple[int, int] | None
@@ -695,8 +758,9 @@ class HealthProbe:
     """GET `path` of each engine replica's health server every `every` s (one thread per
     replica, one request at a time, `timeout` s each) while `target(replica)` names a port.
 
-    Threads, not the harness's event loop: the producer keeps that loop busy, and a probe must
-    time the engine, not the harness. A probe that began before its engine was stopped on
+    Threads, not the harness's event loop, and each thread's requests made and timed by a
+    client process of its own (`PROBE_CLIENT`): the producer keeps the harness busy, and a
+    probe must time the engine, not the harness. A probe that began before its engine was stopped on
     purpose (the target changed meanwhile) is not counted."""
 
     def __init__(
@@ -734,17 +798,14 @@ class HealthProbe:
             total = total.merged(stats)
         return total
 
-    def _get(self, port: int) -> int:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=self.timeout)
-        try:
-            conn.request("GET", self.path)
-            response = conn.getresponse()
-            response.read()
-            return response.status
-        finally:
-            conn.close()
-
     def _loop(self, replica: int) -> None:
+        client = _ProbeClient()
+        try:
+            self._probe(replica, client)
+        finally:
+            client.close()
+
+    def _probe(self, replica: int, client: _ProbeClient) -> None:
         stats = self.per_replica[replica]
         answered: set[int] = set()  # generations (engine processes) that answered once
         silent_since: float | None = None  # first probe without a reply, of `silent_gen`
@@ -762,15 +823,15 @@ class HealthProbe:
             sent = time.monotonic()
             status: int | None = None
             failure = ""
+            took = 0.0
             try:
-                status = self._get(port)
+                status, took = client.get(port, self.path, self.timeout)
             except TimeoutError:
                 failure = "timeout"
             except ConnectionRefusedError:
                 failure = "refused"
-            except (OSError, http.client.HTTPException) as exc:
-                failure = type(exc).__name__
-            took = time.monotonic() - sent
+            except OSError as exc:
+                failure = str(exc) or type(exc).__name__
             if self.target(replica) != target:
                 continue  # stopped on purpose (or restarted) meanwhile: not this probe's fault
             if failure == "refused" and generation not in answered:
