@@ -53,6 +53,11 @@ class EngineCollector(Collector):
         hist = engine.watchdog.lag.histogram
         loop_lag.add_metric([], hist.cumulative(), hist.total)
         yield loop_lag
+        gc_full = CounterMetricFamily(
+            "dataflow_gc_full_seconds", "time in full (oldest generation) garbage collections"
+        )
+        gc_full.add_metric([], engine.watchdog.lag.gc_seconds)
+        yield gc_full
 
         counters = {
             "records_in": CounterMetricFamily(

@@ -11,6 +11,7 @@ and takes none says why, even when its own loop is blocked.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from collections import deque
 from collections.abc import Callable, Iterable
@@ -41,12 +42,24 @@ class Watched(Protocol):
 
 
 class LoopLag:
-    """Lags of the event loop: a histogram since start and the maximum of the last minute."""
+    """Lags of the event loop: a histogram since start and the maximum of the last minute;
+    and the time spent in full garbage collections (a cause of lag that is nobody's code)."""
 
     def __init__(self) -> None:
         self.histogram = Histogram()
         self.last = 0.0
         self._recent: deque[tuple[float, float]] = deque()  # (when, lag), maxima only
+        self.gc_seconds = 0.0  # in collections of the oldest generation, since start
+        self._gc_began = 0.0
+
+    def on_gc(self, phase: str, info: dict[str, int]) -> None:
+        """A `gc.callbacks` hook: times collections of the oldest generation."""
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_began = time.perf_counter()
+        else:
+            self.gc_seconds += time.perf_counter() - self._gc_began
 
     def observe(self, now: float, lag: float) -> None:
         """One sample at `now` (monotonic seconds)."""
@@ -89,21 +102,28 @@ class Watchdog:
         loop = asyncio.get_running_loop()
         checked = loop.time()
         logged = -SLOW_LOG_EVERY
-        while True:
-            asked = loop.time()
-            await asyncio.sleep(self.interval)
-            now = loop.time()
-            lag = max(0.0, now - asked - self.interval)
-            self.lag.observe(now, lag)
-            if lag >= SLOW and now - logged >= SLOW_LOG_EVERY:
-                logged = now
-                logger.warning(
-                    "event loop lag {:.2f}s: something held the loop (or the process got no CPU)",
-                    lag,
-                )
-            if now - checked >= self.watch_every:
-                checked = now
-                self.check(time.monotonic())
+        gc.callbacks.append(self.lag.on_gc)
+        try:
+            while True:
+                asked = loop.time()
+                in_gc = self.lag.gc_seconds
+                await asyncio.sleep(self.interval)
+                now = loop.time()
+                lag = max(0.0, now - asked - self.interval)
+                self.lag.observe(now, lag)
+                if lag >= SLOW and now - logged >= SLOW_LOG_EVERY:
+                    logged = now
+                    logger.warning(
+                        "event loop lag {:.2f}s ({:.2f}s of it in a full garbage collection):"
+                        " something held the loop, or the process got no CPU",
+                        lag,
+                        self.lag.gc_seconds - in_gc,
+                    )
+                if now - checked >= self.watch_every:
+                    checked = now
+                    self.check(time.monotonic())
+        finally:
+            gc.callbacks.remove(self.lag.on_gc)
 
     def check(self, now: float) -> None:
         """Ask every step whether it moved."""
