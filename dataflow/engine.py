@@ -8,6 +8,7 @@ command for a uid replaces one that has not started yet. Different uids run conc
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 
 from aiokafka import AIOKafkaProducer
@@ -31,6 +32,8 @@ from dataflow.watchdog import Watchdog
 
 #: Seconds before a pipeline that failed at run time is rebuilt.
 RESTART_DELAY = 5.0
+#: Allocations (less deallocations) between two young garbage collections (CPython: 700).
+GC_YOUNG_THRESHOLD = 10_000
 
 
 class Engine:
@@ -67,6 +70,7 @@ class Engine:
         """Connect to Kafka, then subscribe to the scheduler."""
         await self.producer.start()
         await self.admin.start()
+        _settle_garbage_collector()
         self._broker_watch = asyncio.create_task(self.broker.run(), name="broker-watch")
         self._subscription = asyncio.create_task(self.subscriber.run(), name="subscriber")
         self._watchdog = asyncio.create_task(self.watchdog.run(), name="watchdog")
@@ -340,3 +344,18 @@ class Engine:
             if topic not in self._created_topics:
                 await ensure_topics(self.admin, self.settings, [topic])
                 self._created_topics.add(topic)
+
+
+def _settle_garbage_collector() -> None:
+    """Keep full garbage collections short: they stop the event loop for as long as they scan.
+
+    What the process holds once started (modules, settings, clients: ~70,000 objects) is frozen
+    out of every later collection, and young collections run every 10,000 net allocations
+    rather than 700, so that fewer short-lived records' objects (refs, futures, headers) live
+    long enough to reach the oldest generation. Measured on a join catching up under three
+    busy loops: full collections of about 1 s each without this.
+    """
+    gc.collect()
+    gc.freeze()
+    _, middle, oldest = gc.get_threshold()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, middle, oldest)
