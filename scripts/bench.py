@@ -526,6 +526,27 @@ class EngineProcess:
         tail = self.engine.output()[-1500:]
         return f"engine exited with {self.engine.proc.returncode}:\n{tail}"
 
+    def watch(self, pipeline: str) -> Callable[[], str | None]:
+        """A check for `wait_outputs`: the engine died, or the proxy reports `pipeline` Failed
+        (asked at most every 2 s)."""
+        asked = [0.0]
+
+        def problem() -> str | None:
+            dead = self.dead()
+            if dead or time.monotonic() - asked[0] < 2:
+                return dead
+            asked[0] = time.monotonic()
+            try:
+                states = {p["name"]: p for p in self._get("/pipelines")}
+            except OSError:
+                return None
+            state = states.get(pipeline, {})
+            if state.get("state") == "Failed":
+                return f"pipeline {pipeline} Failed: {state.get('reason', '?')}"
+            return None
+
+        return problem
+
     def _get(self, path: str) -> Any:
         with urllib.request.urlopen(self.proxy.url + path, timeout=10) as response:
             return json.loads(response.read())
@@ -1372,7 +1393,7 @@ async def stateful_run(
                 sink,
                 partitions,
                 expected,
-                proc.dead,
+                proc.watch(flow.pipeline) if kind == "engine" else proc.dead,
                 bench.stateful_timeout,
                 bench.idle_timeout,
             )
@@ -1600,7 +1621,7 @@ async def catchup_run(bench: Bench, hogs: int) -> dict[str, Any]:
                 flow.sink,
                 partitions,
                 target,
-                engine.dead,
+                engine.watch(flow.pipeline),
                 max(1.0, t_restart + bench.catchup_timeout - time.time()),
                 bench.idle_timeout,
             )
