@@ -186,6 +186,18 @@ def _span_ok(timestamps: Iterable[int], window_ms: int) -> bool:
     return max(values) - min(values) <= window_ms
 
 
+#: A window's heaps are rebuilt without their dead records once longer than this many times the
+#: live records (plus a floor).
+_COMPACT_FACTOR = 2
+_COMPACT_FLOOR = 64
+
+
+def _alive(heap: list[tuple[int, int, Entry[T]]]) -> list[tuple[int, int, Entry[T]]]:
+    kept = [item for item in heap if item[2].alive]
+    heapq.heapify(kept)
+    return kept
+
+
 class _Window(Generic[T]):
     """Deadline bookkeeping shared by the joiner and the gate.
 
@@ -218,6 +230,15 @@ class _Window(Generic[T]):
             record.wall_deadline_ms = wall_ms + self.window_ms
             heapq.heappush(self._wall, (record.wall_deadline_ms, seq, record))
         self.count += 1
+        # Records leave by one clock and stay in the other heap until they reach its top: while
+        # a source lags, windows close on stream time only, and every closed record would stay
+        # in the wall-clock heap. Dropping the dead ones once they outnumber the live keeps
+        # both heaps (and the memory they hold) in proportion to what is held: O(1) amortised.
+        limit = _COMPACT_FACTOR * self.count + _COMPACT_FLOOR
+        if len(self._heap) > limit:
+            self._heap = _alive(self._heap)
+        if len(self._wall) > limit:
+            self._wall = _alive(self._wall)
 
     def kill(self, record: Entry[T]) -> None:
         if record.alive:
