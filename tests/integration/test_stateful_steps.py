@@ -79,8 +79,12 @@ class Run:
             f"kind: PipelineUpdate\nname: {self.name}\nversion: 1\nuid: {self.name}\n{body}"
         )
         self.proxy = Proxy(self.tmp).start(path)
-        self.engine = engine(self.tmp, self.bootstrap, self.proxy)
-        self.proxy.wait_state(self.name, "Ready", timeout=60)
+        try:
+            self.engine = engine(self.tmp, self.bootstrap, self.proxy)
+            self.proxy.wait_state(self.name, "Ready", timeout=60)
+        except BaseException:
+            self.stop()  # a test that fails here must not leave its processes running
+            raise
         return self
 
     def restart_engine(self) -> None:
