@@ -170,3 +170,24 @@ def test_dot_has_topics_and_steps_as_nodes() -> None:
     if shutil.which("dot"):
         rendered = subprocess.run(["dot", "-Tsvg"], input=dot, capture_output=True, text=True)
         assert rendered.returncode == 0 and "<svg" in rendered.stdout, rendered.stderr
+
+
+def test_a_waiting_step_and_the_engines_loop_lag_are_shown_and_merged() -> None:
+    topology = _join_topology()
+    stuck = StepStats(records_in=7, waiting="stream time held by a[1] (at 5 ms)")
+    stuck.stuck_seconds = 12.34
+    e1 = describe_topology(
+        topology, state="Ready", live=lambda i: figures(stuck, {("a", 1): 9}, {})
+    )
+    e1["event_loop_lag"] = {"last_ms": 1.5, "max_1m_ms": 40.0}
+    e2 = describe_topology(topology, state="Ready", live=lambda i: figures(StepStats(), {}, {}))
+    merged = merge(describe_topology(topology), {"e1": e1, "e2": e2})
+    live = merged["steps"][0]["live"]
+    assert live["waiting"] == "stream time held by a[1] (at 5 ms)"
+    assert live["stuck_seconds"] == 12.3
+    assert merged["engines"]["e1"]["event_loop_lag"] == {"last_ms": 1.5, "max_1m_ms": 40.0}
+    text = render_text(merged)
+    assert "waiting:  12s without progress: stream time held by a[1] (at 5 ms)" in text
+    assert "e1: Ready event loop lag 1.5 ms, max 40.0 ms in the last minute" in text
+    alone = render_text(e1)
+    assert "loop:    event loop lag 1.5 ms, max 40.0 ms in the last minute" in alone

@@ -114,3 +114,27 @@ async def test_a_lagging_join_polls_with_a_timeout_whatever_its_wall_deadlines()
     finally:
         await step.producer.stop()
         await step.consumer.stop()
+
+
+async def test_a_stuck_join_says_which_partition_holds_stream_time_and_which_wait() -> None:
+    from aiokafka import TopicPartition
+
+    step = _join_step()
+    a0 = TopicPartition("seldon.ns.model.a.outputs", 0)
+    b0 = TopicPartition("seldon.ns.model.b.outputs", 0)
+    try:
+        step.assigned.set()
+        step._clock.assign([a0, b0])
+        step._clock.observe(a0, 9_000)
+        step._clock.observe(b0, 2_000)
+        step._clock.lagging([a0, b0])
+        step._caught_up = False
+        step._paused = {a0}
+        why = step.why_waiting({a0: 50, b0: 70})
+        assert "paused, read ahead of stream time by more than the window: " in why
+        assert "seldon.ns.model.a.outputs[0]" in why
+        assert "stream time held by seldon.ns.model.b.outputs[0] (at 2000 ms)" in why
+        assert "nothing fetched from seldon.ns.model.b.outputs[0] (lag 70)" in why
+    finally:
+        await step.producer.stop()
+        await step.consumer.stop()
