@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Generic, TypeVar
 
 from dataflow.joins import Entry, Output, Step
@@ -244,10 +245,8 @@ class PartitionBatcher(Generic[T]):
     ) -> None:
         """Create with no open batch (see the class docstring for the arguments)."""
         _check(size, window_ms)
-        self._size = size
+        self._new = partial(Batcher[T], size, window_ms, merge, rows)
         self._window_ms = window_ms
-        self._merge = merge
-        self._rows = rows
         self._partition = partition
         self._open: dict[Hashable, Batcher[T]] = {}
 
@@ -255,7 +254,7 @@ class PartitionBatcher(Generic[T]):
         part = self._partition(token)
         batcher = self._open.get(part)
         if batcher is None:
-            batcher = Batcher(self._size, self._window_ms, self._merge, self._rows)
+            batcher = self._new()
             self._open[part] = batcher
         return part, batcher
 

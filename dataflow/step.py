@@ -284,8 +284,8 @@ class Step:
                 producers[task] = (producer, {})
             open_batches = producers[task][1]
             create = producer.create_batch
-            for n, record in enumerate(records):
-                if n and not n % SLICE_RECORDS:
+            for n, record in enumerate(records, 1):
+                if not n % SLICE_RECORDS:
                     await asyncio.sleep(0)
                 headers = record.headers
                 matched = False
