@@ -17,7 +17,13 @@ from aiokafka.errors import KafkaConnectionError
 from aiokafka.protocol.metadata import MetadataRequest
 from loguru import logger
 
-from dataflow.kafka import delete_groups, ensure_topics, make_admin, make_producer
+from dataflow.kafka import (
+    delete_groups,
+    ensure_topics,
+    make_admin,
+    make_producer,
+    replication,
+)
 from dataflow.pipeline import READY, Pipeline, state_topics
 from dataflow.proto.seldon.mlops.chainer import PipelineUpdateMessage
 from dataflow.proto.seldon.mlops.chainer import (
@@ -227,6 +233,7 @@ class Engine:
         except Exception as exc:
             self._ack(message, Op.Create, False, f"kafka topic creation error: {exc}")
             return
+        await self._log_replication(topology.name, list(topology.topics))
         pipeline = Pipeline(
             topology,
             self.settings,
@@ -328,6 +335,16 @@ class Engine:
             except TopologyError:
                 return []
         return state_topics(topology, self.settings)
+
+    async def _log_replication(self, pipeline: str, topics: list[str]) -> None:
+        """One line on how the pipeline's topics are replicated; a warning when a broker loss
+        would stop or lose them."""
+        try:
+            level, text = (await replication(self.admin, topics)).note()
+        except Exception as exc:  # informative only: never fails a pipeline
+            logger.debug("replication of {}'s topics unknown: {!r}", pipeline, exc)
+            return
+        logger.log(level, "topics of pipeline {}: {}", pipeline, text)
 
     async def ensure_changelog(self, topic: str, partitions: int) -> None:
         """Create a step's compacted changelog topic unless it exists."""

@@ -4,16 +4,83 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.helpers import create_ssl_context
+from aiokafka.protocol.admin import (
+    CreateTopicsRequest_v3,
+    CreateTopicsResponse_v3,
+)
+from aiokafka.protocol.api import Request, RequestStruct, Response
 
 from dataflow.settings import Settings
 
 # Kafka error codes met when creating topics that are fine for us.
 _TOPIC_ALREADY_EXISTS = 36
+
+#: Replication factor meaning "the broker's `default.replication.factor`" (KIP-464).
+CLUSTER_DEFAULT = -1
+
+
+class _CreateTopicsResponseV4(Response):  # type: ignore[misc]
+    API_KEY = 19
+    API_VERSION = 4
+    SCHEMA = CreateTopicsResponse_v3.SCHEMA
+
+
+class _CreateTopicsRequestV4(RequestStruct):  # type: ignore[misc]
+    """CreateTopics v4: v3's layout, and a replication factor of -1 takes the broker's default
+    (KIP-464, Kafka 2.4). aiokafka stops at v3, where -1 is refused."""
+
+    API_KEY = 19
+    API_VERSION = 4
+    RESPONSE_TYPE = _CreateTopicsResponseV4
+    SCHEMA = CreateTopicsRequest_v3.SCHEMA
+
+
+class NewTopic(NamedTuple):
+    """A topic to create (aiokafka's `NewTopic` refuses the replication factor -1)."""
+
+    name: str
+    partitions: int
+    replication: int = CLUSTER_DEFAULT
+    configs: dict[str, str] | None = None
+
+
+class _CreateTopics(Request[_CreateTopicsRequestV4]):  # type: ignore[misc]
+    API_KEY = 19
+
+    def __init__(self, topics: list[NewTopic], timeout_ms: int) -> None:
+        self.topics = topics
+        self.timeout_ms = timeout_ms
+
+    def build(self, request_struct_class: type[_CreateTopicsRequestV4]) -> _CreateTopicsRequestV4:
+        requests: list[tuple[Any, ...]] = [
+            (t.name, t.partitions, t.replication, [], list((t.configs or {}).items()))
+            for t in self.topics
+        ]
+        return request_struct_class(requests, self.timeout_ms, False)
+
+
+async def create_topics(
+    admin: AIOKafkaAdminClient, topics: list[NewTopic], timeout_ms: int
+) -> list[tuple[str, int, str]]:
+    """Ask the controller to create `topics`; a replication factor of `CLUSTER_DEFAULT` (-1)
+    takes the cluster's `default.replication.factor`.
+
+    Returns:
+        (topic, Kafka error code, message) per topic.
+    """
+    response = await admin._send_to_controller(_CreateTopics(topics, timeout_ms))
+    return [(name, code, message or "") for name, code, message in response.topic_errors]
+
+
+def replication_of(settings: Settings) -> int:
+    """The replication factor to create topics with: the setting, else the cluster's default."""
+    return settings.kafka_replication_factor or CLUSTER_DEFAULT
 
 
 class TopicError(RuntimeError):
@@ -146,24 +213,24 @@ async def ensure_topics(
     """
     if not topics:
         return
-    response = await admin.create_topics(
+    errors = await create_topics(
+        admin,
         [
             NewTopic(
                 name,
                 partitions or settings.kafka_partitions_default,
-                settings.kafka_replication_factor,
-                topic_configs={
+                replication_of(settings),
+                {
                     "max.message.bytes": str(settings.kafka_max_message_size_bytes),
                     **(configs or {}),
                 },
             )
             for name in topics
         ],
-        timeout_ms=settings.topic_create_timeout_millis,
+        settings.topic_create_timeout_millis,
     )
-    for name, code, *rest in response.topic_errors:
+    for name, code, message in errors:
         if code not in (0, _TOPIC_ALREADY_EXISTS):
-            message = rest[0] if rest else ""
             raise TopicError(f"cannot create topic {name}: error {code} {message}".strip())
     missing = set(topics)
     for _ in range(settings.topic_describe_retry_attempts):
@@ -178,6 +245,55 @@ async def ensure_topics(
             return
         await asyncio.sleep(settings.topic_describe_retry_delay_millis / 1000)
     raise TopicError(f"topics not visible after creation: {', '.join(sorted(missing))}")
+
+
+class Replication(NamedTuple):
+    """How a set of topics is replicated: each figure is the weakest partition's or topic's."""
+
+    replicas: int
+    in_sync: int
+    min_insync: int
+    brokers: int
+    weakest: str
+
+    def note(self) -> tuple[str, str]:
+        """(log level, one line): WARNING when losing one broker would stop writes to a topic
+        (acks=all needs `min.insync.replicas` in sync) or lose its records; INFO otherwise,
+        and on a single-broker cluster, which has no broker to lose."""
+        text = (
+            f"replication {self.replicas} ({self.in_sync} in sync), "
+            f"min.insync.replicas {self.min_insync}, {self.brokers} broker"
+            + ("s" if self.brokers != 1 else "")
+        )
+        if self.brokers > 1 and self.in_sync - 1 < self.min_insync:
+            return "WARNING", (
+                f"{text}: losing one broker stops writes to {self.weakest} or loses its records "
+                "(raise the broker's default.replication.factor or SELDON_KAFKA_REPLICATION_FACTOR)"
+            )
+        return "INFO", text
+
+
+async def replication(admin: AIOKafkaAdminClient, topics: list[str]) -> Replication:
+    """How `topics` are replicated, asked of the cluster (two requests)."""
+    described = await admin.describe_topics(topics)
+    replicas, in_sync, weakest = 2**31, 2**31, ""
+    for topic in described:
+        for part in topic.get("partitions") or ():
+            replicas = min(replicas, len(part["replicas"]))
+            if len(part["isr"]) < in_sync:
+                in_sync, weakest = len(part["isr"]), topic["topic"]
+    resources = [
+        ConfigResource(ConfigResourceType.TOPIC, name, {"min.insync.replicas": None})
+        for name in topics
+    ]
+    min_insync = 1
+    for response in await admin.describe_configs(resources):
+        for _code, _message, _type, _name, entries in response.resources:
+            for entry in entries:
+                if entry[0] == "min.insync.replicas" and entry[1]:
+                    min_insync = max(min_insync, int(entry[1]))
+    brokers = len(admin._client.cluster.brokers())
+    return Replication(replicas, in_sync, min_insync, brokers, weakest)
 
 
 async def delete_groups(admin: AIOKafkaAdminClient, groups: list[str]) -> dict[str, int]:

@@ -86,7 +86,12 @@ class Settings(BaseSettings):
         "PLAINTEXT", description="PLAINTEXT, SSL, SASL_SSL (SASL_PLAINTEXT for local tests)"
     )
     kafka_partitions_default: int = Field(1, ge=1, description="partitions of created topics")
-    kafka_replication_factor: int = Field(1, ge=1, description="replication of created topics")
+    kafka_replication_factor: int | None = Field(
+        None,
+        ge=1,
+        description="replication of created topics; unset: the cluster's "
+        "default.replication.factor",
+    )
     kafka_join_window_millis: int = Field(
         60000, ge=1, description="join window when a step sets none"
     )

@@ -158,7 +158,8 @@ async def ensure_topics(
     security_protocol: str = "PLAINTEXT",
     on_create: Callable[[list[str]], None] | None = None,
 ) -> dict[str, int]:
-    """Create the topics that do not exist (replication 1); wait until all are described.
+    """Create the topics that do not exist (the cluster's default replication); wait until all
+    are described.
 
     Args:
         bootstrap: Kafka bootstrap servers.
@@ -174,7 +175,9 @@ async def ensure_topics(
     Raises:
         RuntimeError: Some topic is still not described after `timeout` seconds.
     """
-    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from dataflow.kafka import NewTopic, create_topics
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, security_protocol=security_protocol)
     await admin.start()
@@ -183,7 +186,7 @@ async def ensure_topics(
         missing = [n for n in dict.fromkeys(names) if n not in existing]
         if missing:
             # Per-topic errors (e.g. created meanwhile by someone else) show in the wait below.
-            await admin.create_topics([NewTopic(n, partitions, 1) for n in missing])
+            await create_topics(admin, [NewTopic(n, partitions) for n in missing], 30_000)
             if on_create is not None:
                 on_create(missing)
         deadline = time.monotonic() + timeout

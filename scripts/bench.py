@@ -73,7 +73,7 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -81,6 +81,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(REPO))
 
 from producer import demo_response  # noqa: E402
+
+from dataflow import kafka  # noqa: E402
 
 STATEFUL_PARTS = (
     "join",
@@ -194,14 +196,14 @@ def sample(root: int) -> ProcSample:
 async def create_topics(
     bootstrap: str, names: Sequence[str], partitions: int, configs: dict[str, str] | None = None
 ) -> None:
-    """Create fresh topics (replication 1) and wait until the broker describes all of them."""
+    """Create fresh topics (the cluster's default replication) and wait until the broker
+    describes all of them."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=120_000)
     await admin.start()
     try:
         for chunk in _chunks(names, 200):
-            await admin.create_topics(
-                [NewTopic(n, partitions, 1, topic_configs=dict(configs or {})) for n in chunk]
-            )
+            topics = [kafka.NewTopic(n, partitions, configs=dict(configs or {})) for n in chunk]
+            await kafka.create_topics(admin, topics, 120_000)
         deadline = time.monotonic() + 120
         for chunk in _chunks(names, 200):
             while True:

@@ -18,7 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
+
+from dataflow import kafka
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -201,7 +203,7 @@ async def create_topics(bootstrap: str, *names: str, partitions: int = 1) -> Non
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+        await kafka.create_topics(admin, [kafka.NewTopic(n, partitions) for n in names], 30_000)
     finally:
         await admin.close()
 
