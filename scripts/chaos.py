@@ -76,10 +76,36 @@ from aiokafka.errors import KafkaError  # noqa: E402
 from tests.integration import harness  # noqa: E402
 from tests.integration.harness import Process, Proxy, engine, free_port  # noqa: E402
 
+
+def _load_kafka_cluster() -> Any:
+    """scripts/kafka_cluster.py as a module (scripts/ is no package, and putting it on sys.path
+    would shadow other modules with its model.py, producer.py, ...)."""
+    import importlib.util
+
+    name = "dataflow_kafka_cluster"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / "kafka_cluster.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the file executes
+    spec.loader.exec_module(module)
+    return module
+
+
+kafka_cluster = _load_kafka_cluster()
+KafkaCluster = kafka_cluster.KafkaCluster
+
 CASES = ("chain", "join", "outer", "batch")
-FAULTS = ("kill9", "graceful", "bounce", "replica-kill", "replica-term")
+#: Faults of the brokers of a cluster (--cluster N): they run alongside the engine faults of a
+#: plan ('leader-kill+kill9': leader kills while the engine is killed), one after the other
+#: among themselves.
+BROKER_FAULTS = ("leader-kill", "broker-pause", "controller-kill")
+FAULTS = ("kill9", "graceful", "bounce", "replica-kill", "replica-term", *BROKER_FAULTS)
 #: Faults that stop engine replica 0 only (the others, with --replicas > 1, are the survivors).
 ENGINE_FAULTS = ("kill9", "graceful", "replica-kill", "replica-term")
+#: What --cluster runs by default (issue 20's acceptance table).
+CLUSTER_FAULTS = ("leader-kill", "broker-pause", "controller-kill", "leader-kill+kill9")
 ID_FORMAT = "c-{:07d}"
 
 
@@ -272,6 +298,21 @@ class Config:
     health_path: str = "/live"
     health_every: float = 0.5
     health_timeout: float = 3.0
+    #: brokers of a private KRaft cluster (scripts/kafka_cluster.py); 0: one private broker
+    cluster: int = 0
+    broker_every: float = 20.0
+    broker_down: float = 5.0
+    pause_s: float = 15.0
+    pause_every: float = 35.0
+    broker_heap: str = "448m"
+    #: SELDON_KAFKA_REPLICATION_FACTOR of the engines (None: not set, the engine's default)
+    engine_replication: int | None = None
+
+    @property
+    def replication(self) -> int:
+        """The replication factor of the topics the harness creates: 3 on a cluster of 3 or
+        more (the brokers' default.replication.factor), else the brokers there are."""
+        return min(3, self.cluster) if self.cluster else 1
 
     @property
     def faults(self) -> list[str]:
@@ -314,8 +355,10 @@ class Result:
     logs: str = ""
     partitions: int = 1
     replicas: int = 1
+    brokers: int = 1
     cpu_hogs: int = 0
     repeat: int = 1
+    broker_faults: int = 0
     load: tuple[float, float] | None = None
     faults_applied: int = 0
     resume_median_s: float | None = None
@@ -360,14 +403,16 @@ class Result:
             str(self.repeat),
             self.case,
             self.fault,
-            f"{self.partitions}x{self.replicas}",
+            f"{self.partitions}x{self.replicas}"
+            + (f" ({self.brokers} brokers)" if self.brokers > 1 else ""),
             str(self.cpu_hogs),
             load,
             str(self.sent),
             str(self.lost),
             str(self.duplicated),
             f"{self.duplicated_s:.2f}",
-            str(self.faults_applied),
+            str(self.faults_applied)
+            + (f" + {self.broker_faults} broker" if self.brokers > 1 else ""),
             stall,
             resume,
             f"{self.longest_gap_s:.1f}",
@@ -391,7 +436,7 @@ HEADER = [
     "lost",
     "duplicated",
     "duplicated (s of traffic)",
-    "stops",
+    "stops (engine + broker)",
     "output stall after a stop, median / max (s)",
     "caught up after a stop, median / max (s)",
     "longest output gap (s)",
@@ -513,6 +558,36 @@ class Broker:
         with contextlib.suppress(OSError):
             shutil.copy(self.dir / "broker.log", self.logs / "broker.log")
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+async def start_cluster(cluster: Any) -> float:
+    """Start a tied KafkaCluster: jars, configuration and storage formats in a thread, the
+    brokers from this (the event loop's) thread, so that they die with it; seconds taken."""
+    t0 = time.monotonic()
+    await asyncio.to_thread(cluster.fetch)
+    await asyncio.to_thread(cluster.configure)
+    for node in cluster.nodes:
+        cluster.spawn(node)
+    for node in cluster.nodes:
+        await asyncio.to_thread(cluster.wait_up, node, 120.0)
+    await cluster.wait_brokers(timeout=60.0)
+    return time.monotonic() - t0
+
+
+async def topic_replication(cluster: Any) -> dict[str, Any]:
+    """Every topic's replication factor on the cluster (the fewest replicas of its
+    partitions) and the partitions not fully in sync."""
+    factor: dict[str, int] = {}
+    try:
+        parts = await cluster.partitions(None)
+    except RuntimeError as exc:
+        return {"factor": {}, "error": str(exc)}
+    for (topic, _), info in parts.items():
+        factor[topic] = min(factor.get(topic, 1 << 30), len(info["replicas"]))
+    short = [
+        f"{t}[{p}]" for (t, p), i in sorted(parts.items()) if len(i["isr"]) < len(i["replicas"])
+    ]
+    return {"factor": dict(sorted(factor.items())), "not_in_sync": short}
 
 
 # -- load on the machine: busy loops; the engines' health servers, probed ---------------------
@@ -1075,8 +1150,11 @@ async def partitions_of(bootstrap: str, topic: str) -> list[int]:
     return found or [0]
 
 
-async def read_topic(bootstrap: str, topic: str, timeout: float = 180) -> list[tuple[bytes, bytes]]:
-    """(key, value) of every committed record of `topic`, from the beginning to its end."""
+async def read_topic(
+    bootstrap: str, topic: str, timeout: float = 180, timestamps: list[int] | None = None
+) -> list[tuple[bytes, bytes]]:
+    """(key, value) of every committed record of `topic`, from the beginning to its end; their
+    timestamps (ms) appended to `timestamps` when given, in the same order."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         group_id=None,
@@ -1100,6 +1178,8 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 180) -> list[t
             batch = await consumer.getmany(timeout_ms=500, max_records=10000)
             for records in batch.values():
                 out.extend((r.key or b"", r.value or b"") for r in records)
+                if timestamps is not None:
+                    timestamps.extend(r.timestamp for r in records)
         else:
             raise RuntimeError(f"could not read {topic} to its end {end} within {timeout}s")
     finally:
@@ -1108,13 +1188,18 @@ async def read_topic(bootstrap: str, topic: str, timeout: float = 180) -> list[t
 
 
 async def create_topics(
-    bootstrap: str, names: list[str], partitions: int = 1, timeout: float = 60
+    bootstrap: str,
+    names: list[str],
+    partitions: int = 1,
+    timeout: float = 60,
+    replication: int = 1,
 ) -> None:
-    """Create the topics (`partitions` each; existing ones are kept) and wait until described."""
+    """Create the topics (`partitions` each, `replication` replicas: aiokafka's CreateTopics
+    knows no -1 for the broker's default; existing ones are kept) and wait until described."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        await admin.create_topics([NewTopic(n, partitions, 1) for n in names])
+        await admin.create_topics([NewTopic(n, partitions, replication) for n in names])
         deadline = time.monotonic() + timeout
         while True:
             described = await admin.describe_topics(names)
@@ -1333,8 +1418,19 @@ class Run:
     Every stop is recorded in `stops` (how, replica, monotonic and wall time of the signal).
     """
 
-    def __init__(self, cfg: Config, logs: Path, bootstrap: str, broker: Broker | None) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        logs: Path,
+        bootstrap: str,
+        broker: Broker | None,
+        cluster: Any = None,
+    ) -> None:
         self.cfg, self.logs, self.bootstrap, self.broker = cfg, logs, bootstrap, broker
+        self.cluster = cluster  # a KafkaCluster (--cluster N), or None
+        self.sources: list[str] = []  # the source topics (the broker faults hit their leaders)
+        self.topics: list[str] = []  # every topic of the pipeline
+        self.broker_faults: list[dict[str, Any]] = []
         self.rng = random.Random(cfg.seed)
         self.t0 = time.monotonic()
         self.t0_wall = time.time()
@@ -1373,6 +1469,9 @@ class Run:
                 f"\n===== chaos: engine start #{self.engine_starts} "
                 f"(health server :{port}) =====\n".encode()
             )
+        extra: dict[str, str] = {}
+        if self.cfg.engine_replication is not None:
+            extra["kafka_replication_factor"] = str(self.cfg.engine_replication)
         self.engines[replica] = engine(
             self.logs,
             self.bootstrap,
@@ -1382,6 +1481,7 @@ class Run:
             kafka_partitions_default=str(self.cfg.partitions),
             processing_guarantee=self.cfg.guarantee,
             health_server_port=str(port),
+            **extra,
         )
         self.health_ports[replica] = port
 
@@ -1577,6 +1677,156 @@ class Run:
             self.say(f"broker bounce #{k + 1}/{self.cfg.bounces}: up again in {took:.1f}s")
         await asyncio.sleep(self.cfg.after)
 
+    # -- broker faults (a cluster) --------------------------------------------------------
+
+    async def broker_plan(self, faults: list[str]) -> None:
+        """The broker faults of the plan, one after the other."""
+        for fault in faults:
+            await getattr(self, fault.replace("-", "_"))()
+
+    def _source_partition(self, k: int) -> tuple[str, int]:
+        """The k-th source partition in turn: every source's partition 0, then 1, ..."""
+        topics = self.sources or self.topics
+        return topics[k % len(topics)], (k // len(topics)) % self.cfg.partitions
+
+    async def _led_by(self, node: int) -> list[str]:
+        """The pipeline's partitions `node` leads (for the timeline)."""
+        assert self.cluster is not None
+        try:
+            parts = await self.cluster.partitions(self.topics)
+        except RuntimeError:
+            return []
+        return sorted(
+            f"{_short_topic(t)}[{p}]" for (t, p), i in parts.items() if i["leader"] == node
+        )
+
+    async def _broker_every(
+        self, how: str, gap: float, apply: Callable[[int], Any], planned: int | None = None
+    ) -> None:
+        """`apply(k)` at start + k * gap for `duration` s; before each, every replica of every
+        topic in sync (up to `gap` s more: a fault on an under-replicated cluster would be a
+        double fault); a planned time that passed meanwhile is skipped."""
+        assert self.cluster is not None
+        start = time.monotonic()
+        end = start + self.cfg.duration
+        planned = planned or int(self.cfg.duration // gap)
+        k = 0
+        while True:
+            k += 1
+            due = start + k * gap
+            if due > end:
+                break
+            if due < time.monotonic():
+                self.say(f"{how}: planned fault #{k} skipped (the last one was not over yet)")
+                continue
+            await asyncio.sleep(max(0.0, due - time.monotonic()))
+            try:
+                waited = await self.cluster.wait_in_sync(None, timeout=gap)
+                if waited > 1:
+                    self.say(f"{how} #{k}: waited {waited:.1f}s for every replica in sync")
+            except RuntimeError as exc:
+                self.say(f"{how} #{k}: {exc}; applying it all the same")
+            await apply(k)
+        await asyncio.sleep(max(0.0, end - time.monotonic()))
+        await asyncio.sleep(self.cfg.after)
+
+    async def _kill_restart(self, how: str, k: int, node: int, why: str) -> None:
+        """kill -9 `node`, keep it down `broker_down` s, start it again (from this thread: the
+        parent-death signal of a tied cluster), wait until it serves; recorded and said."""
+        assert self.cluster is not None
+        led = await self._led_by(node)
+        event: dict[str, Any] = {"how": how, "k": k, "node": node, "why": why, "led": led}
+        event["at_s"] = round(time.monotonic() - self.t0, 2)
+        event["wall"] = time.time()
+        took = await asyncio.to_thread(self.cluster.kill, node)
+        self.say(
+            f"{how} #{k}: kill -9 node {node} ({why}; it led {', '.join(led) or 'nothing'}), "
+            f"exited in {took:.2f}s"
+        )
+        await asyncio.sleep(self.cfg.broker_down)
+        self.cluster.spawn(node)
+        try:
+            up = await asyncio.to_thread(self.cluster.wait_up, node, 120.0)
+            self.say(f"{how} #{k}: node {node} restarted, serving after {up:.1f}s")
+            event["restart_s"] = round(up, 2)
+        except RuntimeError as exc:
+            self.say(f"{how} #{k}: node {node} did not come back: {exc}")
+            event["restart_s"] = None
+        event["down_s"] = round(time.monotonic() - self.t0 - event["at_s"], 2)
+        self.broker_faults.append(event)
+
+    async def leader_kill(self) -> None:
+        """Every `broker_every` s for `duration` s: kill -9 the broker leading a source
+        partition (each in turn), restart it `broker_down` s later."""
+        assert self.cluster is not None
+
+        async def apply(k: int) -> None:
+            assert self.cluster is not None
+            topic, partition = self._source_partition(k - 1)
+            node = await self.cluster.leader(topic, partition)
+            if node is None:
+                self.say(f"leader-kill #{k}: {topic}[{partition}] has no leader; skipped")
+                return
+            why = f"leader of {_short_topic(topic)}[{partition}]"
+            await self._kill_restart("leader-kill", k, node, why)
+
+        await self._broker_every("leader-kill", self.cfg.broker_every, apply)
+
+    async def controller_kill(self) -> None:
+        """Every `broker_every` s for `duration` s: kill -9 the active controller (the quorum
+        leader), restart it `broker_down` s later."""
+        assert self.cluster is not None
+
+        async def apply(k: int) -> None:
+            assert self.cluster is not None
+            node = await asyncio.to_thread(self.cluster.controller)
+            await self._kill_restart("controller-kill", k, node, "active controller")
+
+        await self._broker_every("controller-kill", self.cfg.broker_every, apply)
+
+    async def broker_pause(self) -> None:
+        """Every `pause_every` s for `duration` s: SIGSTOP the broker leading a source partition
+        (each in turn) for `pause_s` s (longer than a 10 s session timeout), then SIGCONT."""
+        assert self.cluster is not None
+
+        async def apply(k: int) -> None:
+            assert self.cluster is not None
+            topic, partition = self._source_partition(k - 1)
+            node = await self.cluster.leader(topic, partition)
+            if node is None:
+                self.say(f"broker-pause #{k}: {topic}[{partition}] has no leader; skipped")
+                return
+            led = await self._led_by(node)
+            event: dict[str, Any] = {
+                "how": "broker-pause",
+                "k": k,
+                "node": node,
+                "why": f"leader of {_short_topic(topic)}[{partition}]",
+                "led": led,
+                "at_s": round(time.monotonic() - self.t0, 2),
+                "wall": time.time(),
+            }
+            self.cluster.pause(node)
+            self.say(
+                f"broker-pause #{k}: SIGSTOP node {node} ({event['why']}; it led "
+                f"{', '.join(led) or 'nothing'}) for {self.cfg.pause_s:g}s"
+            )
+            try:
+                await asyncio.sleep(self.cfg.pause_s)
+            finally:
+                self.cluster.resume(node)
+            self.say(f"broker-pause #{k}: SIGCONT node {node}")
+            event["down_s"] = round(time.monotonic() - self.t0 - event["at_s"], 2)
+            self.broker_faults.append(event)
+
+        await self._broker_every("broker-pause", self.cfg.pause_every, apply)
+
+
+def _short_topic(topic: str) -> str:
+    """`seldon.<ns>.model.a.outputs` -> `a.outputs` (for the timeline)."""
+    parts = topic.split(".")
+    return ".".join(parts[-2:]) if len(parts) > 2 else topic
+
 
 def replica_name(index: int) -> str:
     """engine-a, engine-b, ..., engine-z, engine-aa, ..."""
@@ -1756,10 +2006,19 @@ def _id_number(rid: str) -> int:
 def id_ranges(ids: set[str], partitions: int) -> list[str]:
     """Ids as runs of consecutive ids of one partition (n, n + partitions, ...): `p1: 5-4001
     (1000 ids)`, in the order of their first id."""
+    return [
+        f"p{p}: {a}-{b} ({k} ids)" if k > 1 else f"p{p}: {a}"
+        for a, b, k, p in _runs(ids, partitions)
+    ]
+
+
+def _runs(ids: set[str], partitions: int) -> list[tuple[int, int, int, int]]:
+    """Ids as runs of consecutive ids of one partition (n, n + partitions, ...): (first, last,
+    count, partition), in the order of their first id."""
     per: dict[int, list[int]] = {}
     for n in sorted(_id_number(i) for i in ids):
         per.setdefault(n % partitions, []).append(n)
-    runs: list[tuple[int, int, int, int]] = []  # (first, last, count, partition)
+    runs: list[tuple[int, int, int, int]] = []
     for p, numbers in per.items():
         first = last = numbers[0]
         for n in numbers[1:]:
@@ -1768,7 +2027,40 @@ def id_ranges(ids: set[str], partitions: int) -> list[str]:
                 first = n
             last = n
         runs.append((first, last, (last - first) // partitions + 1, p))
-    return [f"p{p}: {a}-{b} ({k} ids)" if k > 1 else f"p{p}: {a}" for a, b, k, p in sorted(runs)]
+    return sorted(runs)
+
+
+def lost_at(
+    missing: set[str],
+    inputs: list[list[tuple[bytes, bytes]]],
+    times: list[list[int]],
+    partitions: int,
+    t0_wall: float,
+) -> list[str]:
+    """Each run of lost ids (see `id_ranges`) with when its records were written to each
+    source, in seconds since the run began (the records' timestamps; the timeline's clock):
+    `p1: 5-4001 (1000 ids) source 0 at 35.20-39.10s, source 1 at 35.21-49.00s`."""
+    if not missing:
+        return []
+    written: list[dict[int, list[int]]] = []
+    for records, stamps in zip(inputs, times, strict=True):
+        per: dict[int, list[int]] = {}
+        for (key, _), ts in zip(records, stamps, strict=False):
+            rid = key_id(key.decode(errors="replace"))
+            if rid in missing:
+                per.setdefault(_id_number(rid), []).append(ts)
+        written.append(per)
+    out = []
+    for first, last, k, p in _runs(missing, partitions):
+        spans = []
+        for i, per in enumerate(written):
+            stamps = [ts for n in range(first, last + 1, partitions) for ts in per.get(n, [])]
+            if stamps:
+                a, b = min(stamps) / 1000 - t0_wall, max(stamps) / 1000 - t0_wall
+                spans.append(f"source {i} at {a:.2f}-{b:.2f}s")
+        ids = f"p{p}: {first}-{last} ({k} ids)" if k > 1 else f"p{p}: {first}"
+        out.append(f"{ids} " + ", ".join(spans))
+    return out
 
 
 def count(
@@ -1801,6 +2093,7 @@ def count(
     lost = len(missing)
     duplicated = sum(c - 1 for c in delivered.values() if c > 1)
     return {
+        "missing": missing,
         "sent": len(sent),
         "lost": lost,
         "lost_per_partition": dict(
@@ -2027,6 +2320,15 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
             raise ValueError(f"the {fault} fault needs 2 or more replicas")
     if bootstrap is not None and "bounce" in cfg.faults:
         raise ValueError("the bounce fault needs a private broker (no --bootstrap)")
+    broker_faults = [f for f in cfg.faults if f in BROKER_FAULTS]
+    if broker_faults and not cfg.cluster:
+        raise ValueError(f"the {broker_faults[0]} fault needs a cluster (--cluster 3)")
+    if cfg.cluster and bootstrap is not None:
+        raise ValueError("a cluster run starts its own cluster (no --bootstrap)")
+    if cfg.cluster and "bounce" in cfg.faults:
+        raise ValueError("bounce stops the private single broker; on a cluster: leader-kill")
+    if cfg.cluster < 0:
+        raise ValueError("cluster must be 0 (one broker) or the number of brokers")
     if cfg.partitions < 1 or cfg.replicas < 1:
         raise ValueError("partitions and replicas must be 1 or more")
     if cfg.cpu_hogs < 0:
@@ -2036,7 +2338,12 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
     safe = re.sub(r"[^a-z0-9]", "", f"{cfg.case}{cfg.fault}".lower())
     ns, name = f"chaos{safe}{tag}", f"chaos-{safe}-{tag}"
     logs.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240
-    broker = Broker(logs) if bootstrap is None else None
+    broker = Broker(logs) if bootstrap is None and not cfg.cluster else None
+    cluster = (
+        KafkaCluster.temporary(cfg.cluster, heap=cfg.broker_heap, say=print)
+        if cfg.cluster
+        else None
+    )
     run: Run | None = None
     tasks: list[asyncio.Task[None]] = []
     hogs = CpuHogs(cfg.cpu_hogs)
@@ -2047,6 +2354,7 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         logs=str(logs),
         partitions=cfg.partitions,
         replicas=cfg.replicas,
+        brokers=max(1, cfg.cluster),
         cpu_hogs=cfg.cpu_hogs,
     )
     try:
@@ -2054,11 +2362,19 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
             took = await broker.start()
             print(f"{cfg.label}/{cfg.fault}: private broker {broker.bootstrap} up in {took:.1f}s")
             bootstrap = broker.bootstrap
+        if cluster is not None:
+            took = await start_cluster(cluster)
+            print(
+                f"{cfg.label}/{cfg.fault}: private {cfg.cluster}-node cluster {cluster.bootstrap} "
+                f"up in {took:.1f}s ({cluster.dir})"
+            )
+            bootstrap = cluster.bootstrap
         assert bootstrap is not None
-        run = Run(cfg, logs, bootstrap, broker)
+        run = Run(cfg, logs, bootstrap, broker, cluster)
         run.say(f"logs in {logs}")
         lay = layout(cfg, ns)
-        await create_topics(bootstrap, lay.topics, cfg.partitions)
+        run.sources, run.topics = [t for t, _ in lay.sources], lay.topics
+        await create_topics(bootstrap, lay.topics, cfg.partitions, replication=cfg.replication)
         spec = logs / f"{name}.yaml"
         spec.write_text(f"kind: PipelineUpdate\nname: {name}\nversion: 1\nuid: {name}\n{lay.body}")
         if cfg.cpu_hogs:
@@ -2095,10 +2411,20 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
             f"load {load_start:.1f}"
         )
         await asyncio.sleep(cfg.lead)
+        # Broker faults run alongside the engine faults (one after the other among themselves).
+        brokers = asyncio.create_task(run.broker_plan(broker_faults)) if broker_faults else None
+        if brokers is not None:
+            tasks.append(brokers)
         for fault in cfg.faults:
+            if fault in BROKER_FAULTS:
+                continue
             await getattr(run, fault.replace("-", "_"))()
             if produce.done():
                 break
+        if brokers is not None and not produce.done():
+            await asyncio.wait([brokers, produce], return_when=asyncio.FIRST_COMPLETED)
+            if brokers.done():
+                brokers.result()  # its error, if any
         producer.stopping.set()
         await produce
         run.say(f"producer stopped: {producer.ids} ids, {producer.stats()}")
@@ -2158,9 +2484,21 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
             run.say(f"busy loops stopped: {hogs.stats()}")
 
         topic_partitions = {t: len(await partitions_of(bootstrap, t)) for t in lay.topics}
-        inputs = [await read_topic(bootstrap, topic) for topic, _ in lay.sources]
+        input_times: list[list[int]] = [[] for _ in lay.sources]
+        inputs = [
+            await read_topic(bootstrap, topic, timestamps=times)
+            for (topic, _), times in zip(lay.sources, input_times, strict=True)
+        ]
         outputs = [v for _, v in await read_topic(bootstrap, lay.sink)]
         counted = count(cfg, inputs, outputs)
+        counted["lost_ranges_at_s"] = lost_at(
+            counted["missing"], inputs, input_times, cfg.partitions, run.t0_wall
+        )[:40]
+        del counted["missing"]
+        replication: dict[str, Any] = {}
+        if cluster is not None:
+            replication = await topic_replication(cluster)
+            run.say(f"replication of the cluster's topics: {replication}")
         gap, gap_at = watcher.longest_gap(origin)
         result.sent, result.lost = counted["sent"], counted["lost"]
         result.duplicated = counted["duplicated"]
@@ -2168,6 +2506,11 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         result.longest_gap_s = gap
         result.exits = _exits_summary(run.exits)
         result.notes = _notes(counted, producer, lag)
+        if cluster is not None:
+            low = sorted(t for t, r in replication["factor"].items() if r < cfg.replication)
+            if low:
+                text = f"replication under {cfg.replication}: {', '.join(low)}"
+                result.notes = f"{result.notes}; {text}" if result.notes else text
         if state != "Ready":
             not_ready = f"pipeline {state} at the end of the drain"
             result.notes = f"{result.notes}; {not_ready}" if result.notes else not_ready
@@ -2176,6 +2519,7 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
             odd_text = f"topics not of {cfg.partitions} partitions: {odd}"
             result.notes = f"{result.notes}; {odd_text}" if result.notes else odd_text
         figures = _figures(cfg, run, watcher, lay, result)
+        result.broker_faults = len(run.broker_faults)
         _write_arrivals(run, watcher, logs / "arrivals.json")
         result.details = {
             **counted,
@@ -2203,6 +2547,11 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
             "pipeline": name,
             "bootstrap": bootstrap,
         }
+        if cluster is not None:
+            result.details["broker_faults"] = [
+                {k: v for k, v in e.items() if k != "wall"} for e in run.broker_faults
+            ]
+            result.details["replication"] = replication
         run.say(
             f"sent {result.sent}, lost {result.lost}, duplicated {result.duplicated}, "
             f"longest gap {gap:.1f}s; after a stop: output stall median {result.stall_median_s} "
@@ -2233,6 +2582,8 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
                 _write_timeline(run, logs / "timeline.txt")
         if broker is not None:
             broker.close()
+        if cluster is not None:
+            cluster.close(keep_logs=logs)
         result.run_s = time.monotonic() - wall0
     return result
 
@@ -2279,13 +2630,69 @@ def parser() -> argparse.ArgumentParser:
             "        graceful (SIGTERM, down --down s, restart), bounce (broker stop/start,\n"
             "        --bounces times), replica-kill / replica-term (with --replicas 2+: SIGKILL /\n"
             "        SIGTERM replica 0 every --kill-every s for --duration s, restarting it at\n"
-            "        once); kill9 and graceful stop replica 0 too; 'a+b' applies a then b"
+            "        once); kill9 and graceful stop replica 0 too; 'a+b' applies a then b\n"
+            "with --cluster N (a private KRaft cluster, every node broker + controller):\n"
+            "        leader-kill (kill -9 the leader of a source partition, each in turn, every\n"
+            "        --broker-every s for --duration s; restarted --broker-down s later),\n"
+            "        broker-pause (SIGSTOP that leader --pause s, every --pause-every s),\n"
+            "        controller-kill (kill -9 the active controller, as leader-kill); broker\n"
+            "        faults run alongside the engine faults of a plan: 'leader-kill+kill9'\n"
+            "        kills leaders while the engine is killed"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--cases", type=_csv(CASES), default=list(CASES), help="default: all")
     p.add_argument(
-        "--faults", type=_csv(FAULTS, plus=True), default=list(FAULTS), help="default: all"
+        "--faults",
+        type=_csv(FAULTS, plus=True),
+        default=None,
+        help="default: " + ",".join(f for f in FAULTS if f not in BROKER_FAULTS) + "; with "
+        "--cluster: " + ",".join(CLUSTER_FAULTS),
+    )
+    p.add_argument(
+        "--cluster",
+        type=int,
+        default=0,
+        metavar="N",
+        help="run every case on a private N-node KRaft cluster (scripts/kafka_cluster.py; 3: "
+        "replication 3, min.insync.replicas 2) instead of one private broker; the harness "
+        "creates the topics at replication min(3, N)",
+    )
+    p.add_argument(
+        "--broker-every",
+        type=float,
+        default=20.0,
+        help="leader-kill, controller-kill: seconds between kills, for --duration s (default 20)",
+    )
+    p.add_argument(
+        "--broker-down",
+        type=float,
+        default=5.0,
+        help="leader-kill, controller-kill: seconds a killed broker stays down (default 5)",
+    )
+    p.add_argument(
+        "--pause",
+        type=float,
+        default=15.0,
+        help="broker-pause: seconds a leader stays stopped (SIGSTOP; default 15, longer than "
+        "the engines' 10 s session timeout)",
+    )
+    p.add_argument(
+        "--pause-every",
+        type=float,
+        default=35.0,
+        help="broker-pause: seconds from one pause to the next, for --duration s (default 35)",
+    )
+    p.add_argument(
+        "--broker-heap", default="448m", help="JVM heap of each cluster node (default 448m)"
+    )
+    p.add_argument(
+        "--engine-replication",
+        type=int,
+        default=None,
+        metavar="R",
+        help="set the engines' SELDON_KAFKA_REPLICATION_FACTOR (default: not set, the engine's "
+        "own default)",
     )
     p.add_argument(
         "--rate",
@@ -2323,7 +2730,7 @@ def parser() -> argparse.ArgumentParser:
         "--duration",
         type=float,
         default=180.0,
-        help="replica-kill/-term: seconds of stops (default 180)",
+        help="replica-kill/-term and the broker faults: seconds of stops (default 180)",
     )
     p.add_argument(
         "--log-level", default="DEBUG", help="engines' SELDON_LOG_LEVEL_APP (default DEBUG)"
@@ -2402,6 +2809,10 @@ async def _main(args: argparse.Namespace) -> list[Result]:
     results: list[Result] = []
     try:
         for case, fault, k in itertools.product(args.cases, args.faults, range(args.repeat)):
+            if args.cluster and "bounce" in fault.split("+"):
+                if not k:
+                    print(f"chaos: skipping {case}/{fault}: bounce needs the single private broker")
+                continue
             if args.bootstrap and "bounce" in fault.split("+"):
                 if not k:
                     print(f"chaos: skipping {case}/{fault}: bounce needs a private broker")
@@ -2430,6 +2841,13 @@ async def _main(args: argparse.Namespace) -> list[Result]:
                 guarantee=args.guarantee,
                 cpu_hogs=args.cpu_hogs,
                 health_path=args.health_path,
+                cluster=args.cluster,
+                broker_every=args.broker_every,
+                broker_down=args.broker_down,
+                pause_s=args.pause,
+                pause_every=args.pause_every,
+                broker_heap=args.broker_heap,
+                engine_replication=args.engine_replication,
             )
             logs = root / f"{cfg.label}-{fault}".replace("(", "-").replace(")", "")
             if args.repeat > 1:
@@ -2463,6 +2881,18 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.partitions < 1 or args.replicas < 1 or args.repeat < 1:
         p.error("--partitions, --replicas and --repeat must be 1 or more")
+    if args.cluster < 0:
+        p.error("--cluster must be the number of brokers (3)")
+    if args.cluster and args.bootstrap:
+        p.error("--cluster starts its own cluster: no --bootstrap")
+    if args.faults is None:
+        args.faults = (
+            list(CLUSTER_FAULTS) if args.cluster else [f for f in FAULTS if f not in BROKER_FAULTS]
+        )
+    if not args.cluster and any(
+        part in BROKER_FAULTS for fault in args.faults for part in fault.split("+")
+    ):
+        p.error("the leader-kill, broker-pause and controller-kill faults need --cluster 3")
     if args.cpu_hogs < 0:
         p.error("--cpu-hogs must be 0 or more")
     if args.replicas < 2 and any(
