@@ -128,8 +128,9 @@ class Entry(Generic[T]):
         deadline_ms: When its window closes, on the window's clock.
         wall_deadline_ms: When its window closes on the wall clock once sources are caught up.
         contributors: Gate data: the tokens it stands for.
-        matched: Outer join: the record is in an emitted output.
+        matched: The record is in an emitted output (an outer join's: perhaps alone).
         alive: False once removed.
+        grace: Its window closed; it is kept for the grace period, for a late partner.
     """
 
     kind: str
@@ -144,6 +145,7 @@ class Entry(Generic[T]):
     contributors: tuple[T, ...] = ()
     matched: bool = False
     alive: bool = True
+    grace: bool = False
 
 
 @dataclass(slots=True)
@@ -186,14 +188,28 @@ def _span_ok(timestamps: Iterable[int], window_ms: int) -> bool:
     return max(values) - min(values) <= window_ms
 
 
+def _late_reason(what: str, timestamp_ms: int, now_ms: int, window: _Window[T]) -> str:
+    return (
+        f"late for the {what}: {now_ms - timestamp_ms} ms behind stream time, past the window "
+        f"({window.window_ms} ms) and the grace period ({window.grace_ms} ms), nothing to match"
+    )
+
+
 #: A window's heaps are rebuilt without their dead records once longer than this many times the
 #: live records (plus a floor).
 _COMPACT_FACTOR = 2
 _COMPACT_FLOOR = 64
 
 
-def _alive(heap: list[tuple[int, int, Entry[T]]]) -> list[tuple[int, int, Entry[T]]]:
-    kept = [item for item in heap if item[2].alive]
+def _due(item: tuple[int, int, Entry[T]], wall: bool) -> bool:
+    """True while the heap item is the record's current deadline on its clock (a record whose
+    deadline moved, into its grace period, leaves a stale item behind)."""
+    record = item[2]
+    return record.alive and item[0] == (record.wall_deadline_ms if wall else record.deadline_ms)
+
+
+def _alive(heap: list[tuple[int, int, Entry[T]]], wall: bool) -> list[tuple[int, int, Entry[T]]]:
+    kept = [item for item in heap if _due(item, wall)]
     heapq.heapify(kept)
     return kept
 
@@ -203,13 +219,17 @@ class _Window(Generic[T]):
 
     Two clocks: `deadline_ms` on the window's own clock (`now_ms`: the wall clock, or stream
     time), and, when the caller gives one, `wall_deadline_ms` on the wall clock (used only when
-    `expire` is given `wall_ms`).
+    `expire` is given `wall_ms`). `grace` moves both deadlines `grace_ms` later once, when a
+    record's window closed but it is kept for a late partner.
     """
 
-    def __init__(self, window_ms: int, window_from: WindowFrom) -> None:
+    def __init__(self, window_ms: int, window_from: WindowFrom, grace_ms: int = 0) -> None:
         _check_window(window_ms, window_from)
+        if grace_ms < 0:
+            raise ValueError(f"grace_ms must be >= 0, got {grace_ms}")
         self.window_ms = window_ms
         self.window_from = window_from
+        self.grace_ms = grace_ms
         self._heap: list[tuple[int, int, Entry[T]]] = []
         self._wall: list[tuple[int, int, Entry[T]]] = []
         self._seq = itertools.count()
@@ -223,11 +243,29 @@ class _Window(Generic[T]):
             return timestamp_ms + self.window_ms + 1
         return min(timestamp_ms, now_ms) + self.window_ms
 
+    def beyond_grace(self, deadline_ms: int, now_ms: int) -> bool:
+        """True when a record whose window closes at `deadline_ms` arrives too late to be kept
+        even for the grace period."""
+        return deadline_ms + self.grace_ms <= now_ms
+
     def push(self, record: Entry[T], wall_ms: int | None = None) -> None:
-        seq = next(self._seq)
-        heapq.heappush(self._heap, (record.deadline_ms, seq, record))
         if wall_ms is not None:
             record.wall_deadline_ms = wall_ms + self.window_ms
+        self._push(record)
+
+    def grace(self, record: Entry[T]) -> None:
+        """Keep a record whose window just closed (`pop_due`) for the grace period."""
+        record.grace = True
+        record.alive = True
+        record.deadline_ms += self.grace_ms
+        if record.wall_deadline_ms is not None:
+            record.wall_deadline_ms += self.grace_ms
+        self._push(record)
+
+    def _push(self, record: Entry[T]) -> None:
+        seq = next(self._seq)
+        heapq.heappush(self._heap, (record.deadline_ms, seq, record))
+        if record.wall_deadline_ms is not None:
             heapq.heappush(self._wall, (record.wall_deadline_ms, seq, record))
         self.count += 1
         # Records leave by one clock and stay in the other heap until they reach its top: while
@@ -236,9 +274,9 @@ class _Window(Generic[T]):
         # both heaps (and the memory they hold) in proportion to what is held: O(1) amortised.
         limit = _COMPACT_FACTOR * self.count + _COMPACT_FLOOR
         if len(self._heap) > limit:
-            self._heap = _alive(self._heap)
+            self._heap = _alive(self._heap, False)
         if len(self._wall) > limit:
-            self._wall = _alive(self._wall)
+            self._wall = _alive(self._wall, True)
 
     def kill(self, record: Entry[T]) -> None:
         if record.alive:
@@ -260,30 +298,30 @@ class _Window(Generic[T]):
 
     def pop_due(self, now_ms: int, wall_ms: int | None = None) -> Entry[T] | None:
         """The next live record whose window closed by `now_ms` (or `wall_ms`), marked dead."""
-        for heap, clock in ((self._heap, now_ms), (self._wall, wall_ms)):
+        for heap, clock, wall in ((self._heap, now_ms, False), (self._wall, wall_ms, True)):
             if clock is None:
                 continue
             while heap and heap[0][0] <= clock:
-                record = heapq.heappop(heap)[2]
-                if record.alive:
-                    self.kill(record)
-                    return record
+                item = heapq.heappop(heap)
+                if _due(item, wall):
+                    self.kill(item[2])
+                    return item[2]
         return None
 
     def next_deadline(self) -> int | None:
-        heap = self._heap
-        while heap and not heap[0][2].alive:
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        return self._next(self._heap, False)
 
     def next_wall_deadline(self) -> int | None:
-        heap = self._wall
-        while heap and not heap[0][2].alive:
+        return self._next(self._wall, True)
+
+    @staticmethod
+    def _next(heap: list[tuple[int, int, Entry[T]]], wall: bool) -> int | None:
+        while heap and not _due(heap[0], wall):
             heapq.heappop(heap)
         return heap[0][0] if heap else None
 
     def live(self) -> list[Entry[T]]:
-        return [entry[2] for entry in sorted(self._heap) if entry[2].alive]
+        return [item[2] for item in sorted(self._heap) if _due(item, False)]
 
 
 class Joiner(Generic[T]):
@@ -340,6 +378,7 @@ class Joiner(Generic[T]):
         merge: Callable[[bytes, bytes], bytes],
         *,
         window_from: WindowFrom = "timestamp",
+        grace_ms: int = 0,
     ) -> None:
         """Create an empty joiner (see the class docstring for the arguments)."""
         if n_sources < 2:
@@ -351,11 +390,12 @@ class Joiner(Generic[T]):
         self._type = join_type
         self._merge = merge
         window = ANY_WINDOW_MS if join_type == "any" else window_ms
-        self._window: _Window[T] = _Window(window, window_from)
+        grace = 0 if join_type == "any" else grace_ms
+        self._window: _Window[T] = _Window(window, window_from, grace)
         self._by_key: dict[bytes, list[list[Entry[T]]]] = {}
         #: `any` only: the records held, by (key, source, timestamp).
         self._near: dict[tuple[bytes, int, int], list[Entry[T]]] = {}
-        #: Records that arrived behind stream time by more than W (`"stream"` only).
+        #: Records that arrived behind stream time by more than W + grace (`"stream"` only).
         self.late = 0
 
     @property
@@ -408,8 +448,8 @@ class Joiner(Generic[T]):
             return step
         window = self._window
         deadline = window.deadline(timestamp_ms, now_ms)
-        late = deadline <= now_ms
-        if late and window.window_from != "stream":  # late: its window already closed
+        closed = deadline <= now_ms
+        if closed and window.window_from != "stream":  # late: its window already closed
             step.released.append(token)
             return step
         if key is None:
@@ -422,14 +462,21 @@ class Joiner(Generic[T]):
         if sides is None:
             sides = [[] for _ in range(self._n)]
             self._by_key[key] = sides
-        if ident:
-            window.replace(sides[source_index], ident, step, late)
         self._match(record, sides, step)
-        if late:
-            # Behind stream time by more than W: matched what is held, kept by nobody.
-            self.late += 1
-            if self._type == "outer" and not record.matched:
+        # Past its window, a record is kept only to wait for a partner (the grace period);
+        # past the grace too, it only matches what is held.
+        late = closed and window.beyond_grace(deadline, now_ms)
+        kept = not late and not (closed and record.matched)
+        if ident:
+            window.replace(sides[source_index], ident, step, not kept)
+        if not kept:
+            if late:
+                self.late += 1
+            if not record.matched and self._type == "outer":
                 step.outputs.append(self._output([record], token))
+            elif not record.matched:
+                reason = self._late_reason(timestamp_ms, now_ms)
+                step.outputs.append(Output(key, b"", timestamp_ms, token, (token,), reason))
             step.released.append(token)
             if not any(sides):
                 del self._by_key[key]
@@ -486,6 +533,9 @@ class Joiner(Generic[T]):
         if record.deadline_ms > now_ms:  # else behind the window clock: emitted, not kept
             self._near.setdefault((key, source_index, timestamp_ms), []).append(record)
             window.push(record, wall_ms)
+
+    def _late_reason(self, timestamp_ms: int, now_ms: int) -> str:
+        return _late_reason("join", timestamp_ms, now_ms, self._window)
 
     def _drop_near(self, record: Entry[T]) -> None:
         name = (record.key, record.source, record.timestamp_ms)
@@ -560,11 +610,21 @@ class Joiner(Generic[T]):
             Outputs to send and tokens released.
         """
         step: Step[T] = Step()
-        while (record := self._window.pop_due(now_ms, wall_ms)) is not None:
+        window = self._window
+        while (record := window.pop_due(now_ms, wall_ms)) is not None:
             if self._type == "any":  # released when it arrived, never in the changelog
                 self._drop_near(record)
                 continue
             sides = self._by_key[record.key]
+            if not record.grace and not record.matched and window.grace_ms:
+                # Its window closed with no partner: an outer join emits it alone now, and
+                # either kind keeps it for the grace period, so a partner delayed (a broker
+                # failover, a slow model) still joins it.
+                if self._type == "outer":
+                    step.outputs.append(self._partial(record, sides, step))
+                    step.stored.append(record)
+                window.grace(record)
+                continue
             sides[record.source].remove(record)
             if self._type == "outer" and not record.matched:
                 step.outputs.append(self._partial(record, sides, step))
@@ -665,6 +725,7 @@ class TriggerGate(Generic[T]):
         window_ms: int,
         *,
         window_from: WindowFrom = "timestamp",
+        grace_ms: int = 0,
     ) -> None:
         """Create an empty gate (see the class docstring for the arguments)."""
         if n_triggers < 1:
@@ -676,10 +737,10 @@ class TriggerGate(Generic[T]):
             )
         self._n = n_triggers
         self._all_needed = triggers_join_type == "inner"
-        self._window: _Window[T] = _Window(window_ms, window_from)
+        self._window: _Window[T] = _Window(window_ms, window_from, grace_ms)
         self._triggers: dict[bytes, list[list[Entry[T]]]] = {}
         self._waiting: dict[bytes, list[Entry[T]]] = {}
-        #: Records that arrived behind stream time by more than W (`"stream"` only).
+        #: Records that arrived behind stream time by more than W + grace (`"stream"` only).
         self.late = 0
 
     @property
@@ -728,8 +789,10 @@ class TriggerGate(Generic[T]):
         if triggers is not None:
             self._pass(record, triggers, step)
             return step
-        if late:
+        if late and window.beyond_grace(deadline, now_ms):
             self.late += 1
+            reason = _late_reason("trigger", timestamp_ms, now_ms, window)
+            step.outputs.append(Output(key, b"", timestamp_ms, token, held, reason))
             step.released.extend(held)
             return step
         self._waiting.setdefault(key, []).append(record)
@@ -804,15 +867,20 @@ class TriggerGate(Generic[T]):
         if sides is None:
             sides = [[] for _ in range(self._n)]
             self._triggers[key] = sides
+        late = late and window.beyond_grace(deadline, now_ms)
         if ident:
             window.replace(sides[trigger_index], ident, step, late)
         sides[trigger_index].append(trigger)
+        passed = len(step.outputs)
         self._release_waiting(key, step)
         if late:
             self.late += 1
             sides[trigger_index].remove(trigger)
             if not any(sides):
                 del self._triggers[key]
+            if len(step.outputs) == passed:  # it let nothing through
+                reason = _late_reason("data it triggers", timestamp_ms, now_ms, window)
+                step.outputs.append(Output(key, b"", timestamp_ms, token, (token,), reason))
             step.released.append(token)
             return step
         window.push(trigger, wall_ms)
@@ -907,7 +975,11 @@ class TriggerGate(Generic[T]):
             Tokens released (never outputs).
         """
         step: Step[T] = Step()
-        while (record := self._window.pop_due(now_ms, wall_ms)) is not None:
+        window = self._window
+        while (record := window.pop_due(now_ms, wall_ms)) is not None:
+            if not record.grace and window.grace_ms:
+                window.grace(record)  # kept for a late trigger, or late data
+                continue
             step.released.extend(self._remove(record))
             step.removed.append(record)
         return step

@@ -63,6 +63,7 @@ class Pipeline:
                 restore_consumer=lambda: make_restore_consumer(settings),
                 max_records=settings.state_max_records,
                 max_bytes=settings.state_max_bytes,
+                grace_ms=settings.join_grace_ms,
             )
             transactions = None
             if settings.processing_guarantee == "exactly_once":

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     kafka_join_window_millis: int = Field(
         60000, ge=1, description="join window when a step sets none"
     )
+    join_grace_ms: int = Field(
+        30000,
+        ge=0,
+        description="how long join and trigger windows keep a record after they close, for a "
+        "partner delayed by a broker failover or a slow model",
+    )
     kafka_max_message_size_bytes: int = Field(
         1_000_000_000, ge=1024, description="largest record produced or fetched"
     )

@@ -62,6 +62,8 @@ class StepStages:
         spec: the step.
         output_topic: the pipeline's outputs topic (the cycle guard clears a request there).
         guard: the pipeline's shared revisit guard, or None when cycles are not allowed.
+        grace_ms: how long join and gate windows keep a record past their close for a late
+            partner (`joins`).
     """
 
     def __init__(
@@ -69,6 +71,7 @@ class StepStages:
         spec: StepSpec,
         output_topic: str,
         guard: RevisitGuard | None,
+        grace_ms: int = 0,
     ) -> None:
         self.spec = spec
         self.guard = guard
@@ -84,6 +87,7 @@ class StepStages:
                 spec.window_ms,
                 partial(merge_join, request=request),
                 window_from="stream",
+                grace_ms=grace_ms,
             )
         elif request and (spec.batch_size or spec.batch_window_ms):
             # One batch per input partition, as the reference's batch store per stream task.
@@ -92,7 +96,11 @@ class StepStages:
             )
         if spec.triggers:
             self.gate = TriggerGate(
-                len(spec.triggers), spec.triggers_join, spec.window_ms, window_from="stream"
+                len(spec.triggers),
+                spec.triggers_join,
+                spec.window_ms,
+                window_from="stream",
+                grace_ms=grace_ms,
             )
 
     @property

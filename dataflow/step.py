@@ -65,6 +65,8 @@ class StateOptions:
         restore_consumer: makes a group-less consumer to read it back.
         max_records: most entries held before fetching is paused.
         max_bytes: most key and value bytes held before fetching is paused.
+        grace_ms: how long join and trigger windows keep a record after they close, for a
+            partner that arrives late (`SELDON_JOIN_GRACE_MS`).
     """
 
     changelog: str
@@ -72,6 +74,7 @@ class StateOptions:
     restore_consumer: Callable[[], AIOKafkaConsumer]
     max_records: int = 500_000
     max_bytes: int = 256 * 1024 * 1024
+    grace_ms: int = 0
 
 
 def partition_for(key: bytes | None, partitions: int) -> int:
@@ -135,7 +138,8 @@ class Step:
         self.stats = StepStats()
         self._on_rebalance = on_rebalance or (lambda: None)
         self.tracker: OffsetTracker[TopicPartition] = OffsetTracker()
-        self.stages = StepStages(spec, topology.output_topic, guard)
+        grace = state.grace_ms if state is not None else 0
+        self.stages = StepStages(spec, topology.output_topic, guard, grace)
         if self.stages.stateful and state is None:
             raise ValueError("a stateful step needs StateOptions")
         self.state = state if self.stages.stateful else None

@@ -72,7 +72,7 @@ class Run:
     def topic(self, model: str, io: str) -> str:
         return f"seldon.{self.ns}.model.{model}.{io}"
 
-    async def start(self, body: str, *topics: str) -> Run:
+    async def start(self, body: str, *topics: str, **settings: str) -> Run:
         await create_topics(self.bootstrap, *topics)
         path = self.tmp / f"{self.name}.yaml"
         path.write_text(
@@ -80,7 +80,7 @@ class Run:
         )
         self.proxy = Proxy(self.tmp).start(path)
         try:
-            self.engine = engine(self.tmp, self.bootstrap, self.proxy)
+            self.engine = engine(self.tmp, self.bootstrap, self.proxy, **settings)
             self.proxy.wait_state(self.name, "Ready", timeout=60)
         except BaseException:
             self.stop()  # a test that fails here must not leave its processes running
