@@ -2552,6 +2552,7 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
                 {k: v for k, v in e.items() if k != "wall"} for e in run.broker_faults
             ]
             result.details["replication"] = replication
+            result.details["cluster_dir"] = str(cluster.dir)
         run.say(
             f"sent {result.sent}, lost {result.lost}, duplicated {result.duplicated}, "
             f"longest gap {gap:.1f}s; after a stop: output stall median {result.stall_median_s} "
