@@ -29,7 +29,7 @@ from dataflow.proto.seldon.mlops.chainer import PipelineUpdateMessage
 from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessagePipelineOperation as Op,
 )
-from dataflow.reachability import BrokerWatch
+from dataflow.reachability import BrokerWatch, leaderless
 from dataflow.settings import Settings
 from dataflow.store import CHANGELOG_CONFIG
 from dataflow.subscriber import Subscriber
@@ -311,12 +311,34 @@ class Engine:
             self._ack(latest, Op.Rebalance, True, "pipeline data streams: rebalancing")
 
     async def _probe_broker(self) -> None:
-        """One metadata round trip naming no topic (all topics' metadata would cost more)."""
+        """Every known broker asked at once for the metadata of the running pipelines' topics;
+        the first answer decides (`dataflow.reachability`)."""
         client = self.producer.client
-        node = client.get_random_node()
-        if node is None:
+        nodes = [broker.nodeId for broker in client.cluster.brokers()]
+        if not nodes:
             raise KafkaConnectionError("no broker known")
-        await client.send(node, MetadataRequest([]))
+        topics = sorted({t for p in self.pipelines.values() for t in p.topology.topics})
+        request = MetadataRequest(topics, allow_auto_topic_creation=False)
+        asks = [
+            asyncio.create_task(client.send(node, request), name=f"probe:{node}") for node in nodes
+        ]
+        failure: BaseException = KafkaConnectionError("no broker answered")
+        try:
+            for answer in asyncio.as_completed(asks):
+                try:
+                    response = await answer
+                except Exception as exc:
+                    failure = exc
+                    continue
+                missing = leaderless(response.topics)
+                if missing:
+                    more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
+                    raise KafkaConnectionError(f"no leader for {', '.join(missing[:3])}{more}")
+                return
+            raise failure
+        finally:
+            for ask in asks:
+                ask.cancel()
 
     # -- topics -----------------------------------------------------------------------------
 

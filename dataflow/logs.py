@@ -16,12 +16,18 @@ _STDLIB_LEVELS = {
 }  # fmt: skip
 
 #: aiokafka lines of healthy paths that it retries by itself (a new topic's leader not elected
-#: yet, the group coordinator not loaded yet on a first start): logged at INFO, not ERROR.
+#: yet, the group coordinator not loaded yet on a first start; one broker of a cluster down,
+#: whose partitions move to the others): logged at INFO, not ERROR. An outage of the whole
+#: cluster is the engine's own warning (`dataflow.reachability`).
 _RETRIED = (
     ("Got error produce response", "NotLeaderForPartitionError"),
     ("Group Coordinator Request failed", "CoordinatorNotAvailable"),
+    ("Group Coordinator Request failed", "NodeNotReadyError"),
     ("FindCoordinator Request failed", "CoordinatorNotAvailable"),
     ("Marking the coordinator dead", ""),
+    ("Unable connect to node with id", ""),
+    ("Failed fetch messages from", "NodeNotReadyError"),
+    ("Failed fetch messages from", "KafkaConnectionError"),
 )
 
 

@@ -1,4 +1,9 @@
-"""Whether the engine reaches its Kafka broker: probed every second, for `/ready` and the logs.
+"""Whether the engine reaches its Kafka cluster: probed every second, for `/ready` and the logs.
+
+A probe asks every known broker at once for the metadata of the topics the engine's pipelines
+use, and succeeds with the first answer in which each of their partitions has a leader: one
+broker down of several is no outage while the partitions have moved to the others
+(`leaderless`), and a partition with no leader is one, however many brokers answer.
 
 `/live` never looks at Kafka (a broker outage must not restart every engine); `/ready` turns 503
 once no probe succeeded for `SELDON_BROKER_READY_TIMEOUT_MS`, and back to 200 with the next one
@@ -17,7 +22,23 @@ from loguru import logger
 
 from dataflow import logs
 
-__all__ = ["BrokerWatch"]
+__all__ = ["BrokerWatch", "leaderless"]
+
+
+def leaderless(topics: list[Any]) -> list[str]:
+    """`topic[partition]` (or `topic`: an error for the whole topic) of a metadata response's
+    topics that no broker leads. Each item is `(error, topic, [is_internal,] partitions)`
+    with partitions `(error, partition, leader, ...)`, as every MetadataResponse version."""
+    missing: list[str] = []
+    for item in topics:
+        error, topic, partitions = item[0], item[1], item[-1]
+        if error:
+            missing.append(f"{topic} (error {error})")
+            continue
+        for partition in partitions:
+            if partition[2] < 0:
+                missing.append(f"{topic}[{partition[1]}]")
+    return sorted(missing)
 
 
 class BrokerWatch:
@@ -53,9 +74,9 @@ class BrokerWatch:
     def check(self) -> tuple[bool, str]:
         """The readiness check: (ok, message)."""
         if self.reachable:
-            return True, "broker reachable"
+            return True, "kafka reachable"
         down = self._clock() - self.last_ok
-        return False, f"broker unreachable for {down:.0f}s: {self.last_error}"
+        return False, f"kafka unreachable for {down:.0f}s: {self.last_error}"
 
     async def probe_once(self) -> bool:
         """One probe; logs the start and the end of an outage."""
@@ -65,14 +86,14 @@ class BrokerWatch:
             self.last_error = f"{type(exc).__name__}: {exc}".rstrip(": ")
             if self.down_since is None:
                 self.down_since = self.last_ok
-                logger.warning("broker unreachable: {}", self.last_error)
+                logger.warning("kafka unreachable: {}", self.last_error)
             return False
         now = self._clock()
         if self.down_since is not None:
             held = logs.take_suppressed()
             extra = f" ({held} client log lines held back)" if held else ""
             logger.info(
-                "broker unreachable for {:.0f} s; reconnected{}", now - self.down_since, extra
+                "kafka unreachable for {:.0f} s; reconnected{}", now - self.down_since, extra
             )
             self.down_since = None
         self.last_ok = now

@@ -317,7 +317,7 @@ async def test_probes_and_metrics_then_liveness_without_broker(
         # Not ready once the broker was out of reach for SELDON_BROKER_READY_TIMEOUT_MS (5 s).
         wait_until(lambda: get(base + "/ready")[0] == 503, 20, "/ready 503 without the broker")
         kafka = json.loads(get(base + "/ready")[1])["checks"]["kafka"]
-        assert "broker unreachable" in kafka["message"], kafka
+        assert "kafka unreachable" in kafka["message"], kafka
         assert get(base + "/live")[0] == 200
         await asyncio.sleep(3)
         down_lines = eng.output().splitlines()[before:]
@@ -330,4 +330,4 @@ async def test_probes_and_metrics_then_liveness_without_broker(
         proxy.stop()
     assert code == 0, eng.output()[-2000:]
     assert len(down_lines) / down_for < 5, "\n".join(down_lines[-40:])
-    assert re.search(r"broker unreachable for \d+ s; reconnected", eng.output())
+    assert re.search(r"kafka unreachable for \d+ s; reconnected", eng.output())
