@@ -428,7 +428,10 @@ class KafkaCluster:
         """A Kafka cluster id (base64url of a random UUID, as StorageTool random-uuid)."""
         import base64
 
-        return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        while True:  # not starting with '-': StorageTool would take it for an option
+            text = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            if not text.startswith("-"):
+                return text
 
     def check_ports_free(self) -> None:
         busy = [p for p in self.layout.client_ports + self.layout.controller_ports if listening(p)]
@@ -716,8 +719,11 @@ class KafkaCluster:
                 raise RuntimeError(f"not every broker of {self.nodes} in the metadata")
             await asyncio.sleep(0.5)
 
-    async def partitions(self, topics: list[str]) -> dict[tuple[str, int], dict[str, Any]]:
-        """Per (topic, partition): leader (-1: none), replicas, isr."""
+    async def partitions(
+        self, topics: list[str] | None = None
+    ) -> dict[tuple[str, int], dict[str, Any]]:
+        """Per (topic, partition) of `topics` (None: every topic, the internal ones too):
+        leader (-1: none), replicas, isr."""
 
         async def call(admin: Any) -> dict[tuple[str, int], dict[str, Any]]:
             out: dict[tuple[str, int], dict[str, Any]] = {}
@@ -740,7 +746,7 @@ class KafkaCluster:
             raise RuntimeError(f"{topic}[{partition}] not found")
         return None if info["leader"] < 0 else int(info["leader"])
 
-    async def under_replicated(self, topics: list[str]) -> list[str]:
+    async def under_replicated(self, topics: list[str] | None = None) -> list[str]:
         """`topic[p]` of the partitions whose in-sync replicas are fewer than their replicas."""
         return [
             f"{t}[{p}]"
@@ -748,8 +754,8 @@ class KafkaCluster:
             if len(info["isr"]) < len(info["replicas"])
         ]
 
-    async def wait_in_sync(self, topics: list[str], timeout: float = 60.0) -> float:
-        """Wait until every partition of `topics` has all its replicas in sync; seconds
+    async def wait_in_sync(self, topics: list[str] | None = None, timeout: float = 60.0) -> float:
+        """Wait until every partition of `topics` (None: all) has all its replicas in sync; seconds
         waited. Raises RuntimeError (naming the partitions) after `timeout`."""
         t0 = time.monotonic()
         while True:

@@ -106,6 +106,13 @@ def _fake_node(response: bytes) -> tuple[socket.socket, threading.Thread, list[b
     return server, thread, seen
 
 
+def test_cluster_ids_never_start_with_a_dash(kc: ModuleType, tmp_path: Path) -> None:
+    """StorageTool format -t -xyz... takes the id for an option (1 id in 64 did)."""
+    cluster = kc.KafkaCluster(tmp_path / "c", nodes=1, base_port=30000)
+    ids = {cluster._random_uuid() for _ in range(2000)}
+    assert len(ids) == 2000 and all(len(i) == 22 and not i.startswith("-") for i in ids)
+
+
 def test_describe_quorum_names_the_active_controller(kc: ModuleType) -> None:
     topic = b"__cluster_metadata"
     response = (
