@@ -23,6 +23,7 @@ from dataflow.kafka import (
     make_admin,
     make_producer,
     replication,
+    stop_producer,
 )
 from dataflow.pipeline import READY, Pipeline, state_topics
 from dataflow.proto.seldon.mlops.chainer import PipelineUpdateMessage
@@ -113,10 +114,8 @@ class Engine:
         self.pipelines.clear()
         for task in list(self._acks):
             task.cancel()
-        try:
-            await asyncio.wait_for(self.producer.stop(), max(0.5, deadline - time.monotonic()))
-        except TimeoutError:
-            logger.warning("producer did not stop in time")
+        if not await stop_producer(self.producer, max(0.5, deadline - time.monotonic())):
+            logger.warning("producer did not stop in time: what it still held was failed")
         try:
             await self.admin.close()
         except Exception as exc:  # an admin client that never started

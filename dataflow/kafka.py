@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+from aiokafka.errors import KafkaError
 from aiokafka.helpers import create_ssl_context
 from aiokafka.protocol.admin import (
     CreateTopicsRequest_v3,
@@ -172,6 +174,31 @@ def make_consumer(
         rebalance_timeout_ms=settings.kafka_rebalance_timeout_ms,
         **extra,
     )
+
+
+async def stop_producer(producer: AIOKafkaProducer, timeout: float) -> bool:
+    """Stop `producer` within `timeout` seconds; False when it had to be forced.
+
+    `AIOKafkaProducer.stop` waits for every batch it holds to be delivered; with a broker that
+    does not answer (paused, partitioned) that is forever, and cancelling it leaves the
+    producer half-stopped: its connections open and a task waiting on its batches pending
+    until the process exits. Past `timeout` the batches are failed, the sender stopped and the
+    connections closed here instead.
+    """
+    try:
+        await asyncio.wait_for(producer.stop(), timeout)
+        return True
+    except Exception as exc:  # TimeoutError, or the failure a dead sender left
+        reason = exc
+    producer._message_accumulator.fail_all(KafkaError(f"producer stopped: {reason!r}"))
+    task = producer._sender.sender_task if producer._sender is not None else None
+    if task is not None and not task.done():
+        task.cancel()  # ends once its requests in flight fail with the connections below
+    with contextlib.suppress(Exception):
+        await asyncio.wait_for(producer.client.close(), 1)
+    if task is not None:
+        await asyncio.wait({task}, timeout=1)
+    return False
 
 
 def make_admin(settings: Settings) -> AIOKafkaAdminClient:

@@ -171,10 +171,11 @@ class Settings(BaseSettings):
         100, ge=1, le=60000, description="exactly_once: how often each step commits"
     )
     transaction_timeout_ms: int = Field(
-        10000,
+        60000,
         ge=1000,
         le=900000,
-        description="exactly_once: the broker aborts a transaction left open this long",
+        description="exactly_once: the broker aborts a transaction left open this long; longer "
+        "than a broker failover, so that one does not abort transactions",
     )
 
     # Topic creation.

@@ -31,6 +31,8 @@ from collections.abc import Callable, Mapping
 from aiokafka import AIOKafkaProducer, TopicPartition
 from loguru import logger
 
+from dataflow.kafka import stop_producer
+
 
 class TransactionError(RuntimeError):
     """A transaction of the step could not be used or committed; str() says why."""
@@ -166,7 +168,6 @@ class Transactions:
             self._open.discard(task)
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(producer.abort_transaction(), 5)
-        try:
-            await asyncio.wait_for(producer.stop(), 5)
-        except Exception as exc:
-            self.log.debug("stopping {}: {}", transactional_id(self.group_id, task), exc)
+        if not await stop_producer(producer, 5):
+            name = transactional_id(self.group_id, task)
+            self.log.debug("stopping {} took over 5 s: forced", name)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import Proxy, consume, engine, free_port, produce
+from tests.integration.harness import Proxy, consume, create_topics, engine, free_port, produce
 from tests.integration.test_operations import get, wait_until
 from tests.integration.test_stateful_steps import response
 
@@ -99,3 +99,35 @@ async def test_topics_take_the_clusters_replication_and_ready_survives_a_broker_
     finally:
         eng.stop()
         proxy.stop()
+
+
+async def test_a_producer_whose_leader_is_paused_stops_within_its_bound_and_leaks_nothing(
+    cluster: KafkaCluster, unique: str
+) -> None:
+    from aiokafka import AIOKafkaProducer
+
+    from dataflow.kafka import stop_producer
+
+    topic = f"stop-{unique}"
+    await create_topics(cluster.bootstrap, topic)
+    producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, acks="all")
+    await producer.start()
+    await producer.send_and_wait(topic, b"before")
+    leader = await cluster.leader(topic, 0)
+    assert leader is not None
+    before = asyncio.all_tasks()
+    cluster.pause(leader)
+    try:
+        pending = await producer.send(topic, b"held by the paused leader")
+        await asyncio.sleep(0.5)
+        t0 = time.monotonic()
+        assert await stop_producer(producer, 2.0) is False
+        took = time.monotonic() - t0
+        assert pending.done() and pending.exception() is not None
+    finally:
+        cluster.resume(leader)
+    await asyncio.sleep(0)
+    left = {t for t in asyncio.all_tasks() - before if not t.done()}
+    assert left == {asyncio.current_task()} or not left, left
+    assert not any(c.connected() for c in producer.client._conns.values()), "connections open"
+    assert took < 10
