@@ -1187,6 +1187,38 @@ async def read_topic(
     return out
 
 
+#: Where the engine sends a pipeline's failed and late records (it names no error topic).
+ERROR_TOPIC = "seldon.default.errors.errors"
+
+
+async def error_topic(bootstrap: str, lost: set[str], topic: str = ERROR_TOPIC) -> dict[str, Any]:
+    """The records of the engine's error topic (on a private broker): how many, their reasons
+    (digits as #), and how many of the `lost` ids are there, with a few of their reasons."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        exists = topic in await admin.list_topics()
+    finally:
+        await admin.close()
+    if not exists:
+        return {"error_topic_records": 0}
+    records = await read_topic(bootstrap, topic)
+    reasons: Counter[str] = Counter()
+    on_topic: dict[str, str] = {}
+    for key, value in records:
+        reason = value.decode(errors="replace")
+        reasons[re.sub(r"\d+", "#", reason)[:160]] += 1
+        rid = key_id(key.decode(errors="replace"))
+        if rid in lost:
+            on_topic.setdefault(rid, reason)
+    return {
+        "error_topic_records": len(records),
+        "error_topic_reasons": dict(reasons.most_common(10)),
+        "lost_on_error_topic": len(on_topic),
+        "lost_on_error_topic_examples": dict(sorted(on_topic.items())[:10]),
+    }
+
+
 async def create_topics(
     bootstrap: str,
     names: list[str],
@@ -1979,6 +2011,8 @@ def whole_paths(owned: set[str], step_topics: list[list[str]], partitions: int) 
 def _notes(counted: dict[str, Any], producer: Producer, lag: dict[str, int] | None) -> str:
     """What else deserves a look: split outer-join pairs, bad input, a drain left short."""
     notes = []
+    if counted.get("lost_on_error_topic"):
+        notes.append(f"{counted['lost_on_error_topic']} lost ids on the error topic")
     if counted["partial_join_outputs"]:
         notes.append(f"{counted['partial_join_outputs']} one-sided join outputs")
     if counted["input_duplicates"]:
@@ -2494,6 +2528,8 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         counted["lost_ranges_at_s"] = lost_at(
             counted["missing"], inputs, input_times, cfg.partitions, run.t0_wall
         )[:40]
+        if broker is not None or cluster is not None:  # a private broker: its errors are ours
+            counted.update(await error_topic(bootstrap, counted["missing"]))
         del counted["missing"]
         replication: dict[str, Any] = {}
         if cluster is not None:

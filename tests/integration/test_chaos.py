@@ -1,6 +1,7 @@
 """Short chaos runs (scripts/chaos.py) on the shared broker: an inner join under restarts (also at
 4 partitions under busy loops, the machine of issue 19), a chain of two replicas under replica
-kills; the harness's figures on made-up arrivals, its busy loops and its health probe."""
+kills; on a private 3-node cluster, the join across a partition leader's kill -9 (issue 20); the
+harness's figures on made-up arrivals, its busy loops and its health probe."""
 
 from __future__ import annotations
 
@@ -61,6 +62,21 @@ def _summary(result: Any) -> str:
 def _running(pids: list[int]) -> list[int]:
     """Those of `pids` that still exist (also as zombies: the harness must reap its loops)."""
     return [pid for pid in pids if Path(f"/proc/{pid}").exists()]
+
+
+def _with_in_command_line(text: str) -> list[int]:
+    """The processes whose command line holds `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if text in (entry / "cmdline").read_bytes().decode(errors="replace"):
+                    found.append(int(entry.name))
+    return found
+
+
+def _cluster_gone(folder: str) -> bool:
+    return not Path(folder).exists() and not _with_in_command_line(folder)
 
 
 def test_chaos_self_check() -> None:
@@ -254,3 +270,75 @@ async def test_join_at_4_partitions_with_2_busy_loops_loses_nothing_and_stays_re
     hogs = result.details["cpu_hogs"]
     assert hogs["count"] == 2 and hogs["cpu_s"] > 0, _summary(result)
     assert not _running(hogs["pids"]), hogs
+
+
+def test_lost_ids_say_when_each_source_wrote_them() -> None:
+    ids = [chaos.ID_FORMAT.format(n) for n in range(8)]
+    inputs = [
+        [(chaos.record_key(n, 2).encode(), b"") for n in range(8)],
+        [(chaos.record_key(n, 2).encode(), b"") for n in range(8)],
+    ]
+    t0 = 1000.0
+    times = [
+        [int((t0 + 1 + n / 10) * 1000) for n in range(8)],
+        [int((t0 + 5 + n / 10) * 1000) for n in range(8)],  # the second side 4 s later
+    ]
+    missing = {ids[2], ids[4], ids[6], ids[5]}
+    assert chaos.lost_at(missing, inputs, times, 2, t0) == [
+        "p0: 2-6 (3 ids) source 0 at 1.20-1.60s, source 1 at 5.20-5.60s",
+        "p1: 5 source 0 at 1.50-1.50s, source 1 at 5.50-5.50s",
+    ]
+    assert chaos.lost_at(set(), inputs, times, 2, t0) == []
+
+
+def test_cluster_runs_create_topics_at_replication_3() -> None:
+    assert chaos.Config(case="join", fault="leader-kill", cluster=3).replication == 3
+    assert chaos.Config(case="join", fault="kill9").replication == 1
+    assert "leader-kill+kill9" in chaos.CLUSTER_FAULTS
+    with pytest.raises(SystemExit):  # the broker faults need --cluster
+        chaos.main(["--cases", "join", "--faults", "leader-kill"])
+
+
+@pytest.mark.timeout(300)
+async def test_join_on_a_3_node_cluster_loses_nothing_across_a_leader_kill(
+    tmp_path: Path, unique: str
+) -> None:
+    """Issue 20's CI case: the inner join at 2 partitions on a private 3-node KRaft cluster
+    (replication 3, min.insync.replicas 2); 5 s into producing, the broker leading the first
+    source's partition 0 gets kill -9 and is restarted 3 s later. Nothing may be lost, every
+    topic has 3 replicas, and no broker outlives the run."""
+    cfg = _short("leader-kill", partitions=2, cluster=3, broker_every=5, duration=5)
+    cfg.broker_down = 3
+    result = await chaos.run_one(cfg, logs=tmp_path, tag=unique)
+    print(_summary(result))
+    assert result.sent > 0 and result.brokers == 3, _summary(result)
+    assert result.broker_faults == 1, _summary(result)
+    assert result.lost == 0, _summary(result)
+    assert set(result.partition_gaps_s) == {0, 1}, _summary(result)
+    factors = result.details["replication"]["factor"]
+    sources = [t for t in factors if t.endswith((".a.outputs", ".b.outputs", ".c.inputs"))]
+    assert len(sources) == 3 and all(factors[t] == 3 for t in sources), factors
+    assert (tmp_path / "broker-1.log").exists() and (tmp_path / "timeline.txt").exists()
+    folder = result.details["cluster_dir"]
+    assert _cluster_gone(folder), folder  # every broker killed and reaped, its folder removed
+
+
+async def test_lost_ids_found_on_the_error_topic_are_counted(bootstrap: str, unique: str) -> None:
+    topic = f"chaos-errors-{unique}"
+    await chaos.create_topics(bootstrap, [topic])
+    records = [
+        (b"0.c-0000001", b"late for the join: 31000 ms behind stream time", []),
+        (b"1.c-0000002", b"late for the join: 45000 ms behind stream time", []),
+        (b"0.c-0000004", b"output too large", []),
+    ]
+    await chaos.harness.produce(bootstrap, topic, records)
+    found = await chaos.error_topic(bootstrap, {"c-0000001", "c-0000002", "c-0000003"}, topic)
+    assert found["error_topic_records"] == 3
+    assert found["lost_on_error_topic"] == 2
+    assert found["error_topic_reasons"] == {
+        "late for the join: # ms behind stream time": 2,
+        "output too large": 1,
+    }
+    assert (await chaos.error_topic(bootstrap, set(), f"{topic}-none")) == {
+        "error_topic_records": 0
+    }
