@@ -104,6 +104,8 @@ BROKER_FAULTS = ("leader-kill", "broker-pause", "controller-kill")
 FAULTS = ("kill9", "graceful", "bounce", "replica-kill", "replica-term", *BROKER_FAULTS)
 #: Faults that stop engine replica 0 only (the others, with --replicas > 1, are the survivors).
 ENGINE_FAULTS = ("kill9", "graceful", "replica-kill", "replica-term")
+#: Seconds between the end of a broker fault and the next one that was due meanwhile.
+BROKER_REST = 5.0
 #: What --cluster runs by default (issue 20's acceptance table).
 CLUSTER_FAULTS = ("leader-kill", "broker-pause", "controller-kill", "leader-kill+kill9")
 ID_FORMAT = "c-{:07d}"
@@ -1732,16 +1734,14 @@ class Run:
             f"{_short_topic(t)}[{p}]" for (t, p), i in parts.items() if i["leader"] == node
         )
 
-    async def _broker_every(
-        self, how: str, gap: float, apply: Callable[[int], Any], planned: int | None = None
-    ) -> None:
-        """`apply(k)` at start + k * gap for `duration` s; before each, every replica of every
-        topic in sync (up to `gap` s more: a fault on an under-replicated cluster would be a
-        double fault); a planned time that passed meanwhile is skipped."""
+    async def _broker_every(self, how: str, gap: float, apply: Callable[[int], Any]) -> None:
+        """`apply(k)` at start + k * gap for `duration` s. A fault that is due while the last
+        one is not over (a slow restart) comes `BROKER_REST` s after it instead; before each,
+        every replica of every topic is in sync again (waited up to `gap` s: a fault on an
+        under-replicated cluster would be a double fault)."""
         assert self.cluster is not None
         start = time.monotonic()
         end = start + self.cfg.duration
-        planned = planned or int(self.cfg.duration // gap)
         k = 0
         while True:
             k += 1
@@ -1749,8 +1749,8 @@ class Run:
             if due > end:
                 break
             if due < time.monotonic():
-                self.say(f"{how}: planned fault #{k} skipped (the last one was not over yet)")
-                continue
+                self.say(f"{how} #{k}: due while the last one was not over; in {BROKER_REST:g}s")
+                due = time.monotonic() + BROKER_REST
             await asyncio.sleep(max(0.0, due - time.monotonic()))
             try:
                 waited = await self.cluster.wait_in_sync(None, timeout=gap)
