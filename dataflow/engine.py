@@ -17,10 +17,12 @@ from aiokafka.errors import KafkaConnectionError
 from aiokafka.protocol.metadata import MetadataRequest
 from loguru import logger
 
+from dataflow.handover import hand_over, plan
 from dataflow.kafka import (
     delete_groups,
     ensure_topics,
     make_admin,
+    make_offsets_client,
     make_producer,
     replication,
     stop_producer,
@@ -32,7 +34,7 @@ from dataflow.proto.seldon.mlops.chainer import (
 )
 from dataflow.reachability import BrokerWatch, leaderless
 from dataflow.settings import Settings
-from dataflow.store import CHANGELOG_CONFIG
+from dataflow.store import CHANGELOG_CONFIG, changelog_topic
 from dataflow.subscriber import Subscriber
 from dataflow.topology import TopologyError, check_state_bounds, group_id, topology_from
 from dataflow.watchdog import Watchdog
@@ -206,19 +208,19 @@ class Engine:
         if existing is not None:
             await existing.stop(self.settings.shutdown_timeout_seconds)
             del self.pipelines[uid]
-        for other_uid, other in self.pipelines.items():
-            if other.topology.name == message.pipeline and other_uid != uid:
-                # A version handover: the scheduler deletes the old uid once the new one is
-                # Ready; until then both consume and produce (README, Configuration).
-                logger.warning(
-                    "pipeline {} v{} (uid {}) created while v{} (uid {}) of that name runs: "
-                    "both process records until the old uid is deleted",
-                    message.pipeline,
-                    message.version,
-                    uid,
-                    other.topology.version,
-                    other_uid,
-                )
+        previous = self._previous_version(message.pipeline, uid)
+        if previous is not None:
+            # A version update: the scheduler deletes the old uid once the new one is Ready;
+            # until then both consume and produce (README, Pipeline versions).
+            logger.info(
+                "pipeline {} v{} (uid {}) replaces v{} (uid {}); both process records until "
+                "the old uid is deleted",
+                message.pipeline,
+                message.version,
+                uid,
+                previous.topology.version,
+                previous.topology.uid,
+            )
         try:
             topology = topology_from(message, self.settings.kafka_join_window_millis)
             check_state_bounds(topology, self.settings.state_max_records)
@@ -233,6 +235,19 @@ class Engine:
             self._ack(message, Op.Create, False, f"kafka topic creation error: {exc}")
             return
         await self._log_replication(topology.name, list(topology.topics))
+        if previous is not None and self.settings.version_handover == "offsets":
+            try:
+                await hand_over(
+                    plan(topology, previous.topology, self.settings.group_base()),
+                    consumer=lambda group: make_offsets_client(self.settings, group),
+                    producer=self.producer,
+                    changelog_of=changelog_topic,
+                    ensure_changelog=self.ensure_changelog,
+                )
+            except Exception as exc:  # the old version keeps running; the scheduler may retry
+                reason = f"version handover failed: {type(exc).__name__}: {exc}"
+                self._ack(message, Op.Create, False, reason)
+                return
         pipeline = Pipeline(
             topology,
             self.settings,
@@ -254,12 +269,20 @@ class Engine:
         logger.info("pipeline {} v{} (uid {}) ready", topology.name, topology.version, uid)
         self._ack(message, Op.Create, True, READY)
 
+    def _previous_version(self, name: str, uid: str) -> Pipeline | None:
+        """The latest other version of pipeline `name` running here, if any."""
+        others = [p for u, p in self.pipelines.items() if p.topology.name == name and u != uid]
+        return max(others, key=lambda p: p.topology.version, default=None)
+
     async def _delete(self, message: PipelineUpdateMessage) -> None:
         pipeline = self.pipelines.get(message.uid)
         if pipeline is not None:
             # Stopped before it leaves the map: a shutdown meanwhile still owns its steps.
             await pipeline.stop(self.settings.shutdown_timeout_seconds)
             self.pipelines.pop(message.uid, None)
+            replaced = self._previous_version(message.pipeline, message.uid) is not None
+            if replaced and not message.updates and not self.settings.keep_previous_versions:
+                await self._forget_version(pipeline)
         if message.updates:
             topics = sorted(
                 {s.topic_name for u in message.updates for s in u.sources}
@@ -278,6 +301,37 @@ class Engine:
             except Exception as exc:
                 logger.warning("consumer groups of {} not deleted: {}", message.pipeline, exc)
         self._ack(message, Op.Delete, True, "pipeline removed")
+
+    async def _forget_version(self, pipeline: Pipeline) -> None:
+        """Delete the consumer groups and changelogs of a version replaced by a newer one (its
+        topics stay: the newer version uses them). Groups another replica still uses stay, and
+        so do the changelogs then: the last replica to let go deletes them."""
+        topology = pipeline.topology
+        base = self.settings.group_base()
+        groups = [group_id(base, topology.uid, spec.index) for spec in topology.steps]
+        try:
+            codes = await delete_groups(self.admin, groups)
+            if any(code not in (0, 69) for code in codes.values()):  # 69: no such group
+                return
+            changelogs = state_topics(topology, self.settings)
+            if changelogs:
+                await self.admin.delete_topics(changelogs)
+        except Exception as exc:
+            logger.warning(
+                "groups and changelogs of {} v{} not deleted: {}",
+                topology.name,
+                topology.version,
+                exc,
+            )
+            return
+        logger.info(
+            "deleted the {} consumer groups and {} changelogs of {} v{} (uid {})",
+            len(groups),
+            len(state_topics(topology, self.settings)),
+            topology.name,
+            topology.version,
+            topology.uid,
+        )
 
     def _on_failure(self, pipeline: Pipeline, reason: str) -> None:
         uid = pipeline.topology.uid

@@ -201,6 +201,18 @@ async def stop_producer(producer: AIOKafkaProducer, timeout: float) -> bool:
     return False
 
 
+def make_offsets_client(settings: Settings, group_id: str | None) -> AIOKafkaConsumer:
+    """A consumer that reads and commits a group's offsets (or, without a group, reads assigned
+    partitions) and never joins the group."""
+    return AIOKafkaConsumer(
+        **_common(settings),
+        group_id=group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+    )
+
+
 def make_admin(settings: Settings) -> AIOKafkaAdminClient:
     """An admin client for topic creation."""
     return AIOKafkaAdminClient(

@@ -107,6 +107,17 @@ class Settings(BaseSettings):
     kafka_auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="where a new consumer group starts"
     )
+    version_handover: Literal["offsets", "reset"] = Field(
+        "offsets",
+        description="offsets: a new pipeline version starts where the previous one stopped "
+        "(its committed offsets and held state); reset: like a new pipeline "
+        "(SELDON_KAFKA_AUTO_OFFSET_RESET)",
+    )
+    keep_previous_versions: bool = Field(
+        False,
+        description="keep the consumer groups and changelogs of a pipeline version replaced "
+        "by a newer one (deleted by default once the old version is removed)",
+    )
     kafka_producer_linger_ms: int = Field(2, ge=0, description="producer linger (batching)")
     kafka_producer_batch_bytes: int = Field(
         262144, ge=1024, description="largest record batch the producer builds, in bytes"

@@ -49,7 +49,8 @@ from dataflow.settings import Settings
 
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 5.0
-ACK_ATTEMPTS = 5
+#: Failed attempts of one ack before a WARNING (earlier ones are logged at DEBUG).
+ACK_WARN_AFTER = 3
 
 
 def backoff_delays(minimum: float = BACKOFF_MIN, maximum: float = BACKOFF_MAX) -> list[float]:
@@ -224,7 +225,10 @@ class Subscriber:
             await asyncio.sleep(BACKOFF_MIN)
 
     async def ack(self, update: PipelineUpdateMessage, op: Op, success: bool, reason: str) -> bool:
-        """Tell the scheduler the outcome of `update`; retried up to 5 times with jitter.
+        """Tell the scheduler the outcome of `update`, retried with jitter (backoff to 5 s)
+        for as long as the subscription it answers is up; once that stream has ended the ack
+        is dropped: the scheduler sends its pipelines again to the next subscription, and each
+        is acked again then. A scheduler restart is a healthy event: no ERROR line.
 
         Returns:
             True when the scheduler received the ack.
@@ -241,7 +245,9 @@ class Subscriber:
             success=success,
             reason=reason,
         )
-        for attempt in range(ACK_ATTEMPTS):
+        stream = self.subscriptions
+        attempt = 0
+        while True:
             try:
                 await self._stub.pipeline_update_event(message, timeout=10, metadata=self._metadata)
                 logger.info(
@@ -258,15 +264,28 @@ class Subscriber:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                delay = random.uniform(0, min(3.2, 0.1 * 2**attempt))
-                logger.warning(
-                    "ack for {} failed ({}); retry in {:.2f}s", update.pipeline, exc, delay
+                attempt += 1
+                delay = random.uniform(0, min(BACKOFF_MAX, 0.1 * 2 ** min(attempt, 10)))
+                logger.log(
+                    "WARNING" if attempt == ACK_WARN_AFTER else "DEBUG",
+                    "ack {} {} failed ({}); retrying every {:.0f} s at most while the "
+                    "scheduler stream lasts",
+                    op.name,
+                    update.pipeline,
+                    exc,
+                    BACKOFF_MAX,
                 )
                 await asyncio.sleep(delay)
-        logger.error(
-            "giving up acking {} {} after {} attempts", op.name, update.pipeline, ACK_ATTEMPTS
-        )
-        return False
+            if self.subscriptions != stream or not self.connected:
+                logger.info(
+                    "ack {} {} v{} dropped after {} attempts: its scheduler stream ended "
+                    "(the scheduler sends its pipelines again on resubscription)",
+                    op.name,
+                    update.pipeline,
+                    update.version,
+                    attempt,
+                )
+                return False
 
     def close(self) -> None:
         """Close the gRPC channel."""
