@@ -210,8 +210,8 @@ def test_version_handover_with_an_engine(tmp_path: Path, bootstrap: str, unique:
         wait_until(lambda: proxy.pipeline(name)["retiring"] == [], 30, "v1 deleted")  # type: ignore[index]
         out = eng.output()
         assert re.search(
-            rf"pipeline {name} v2 \(uid {v2['uid']}\) created while v1 \(uid {v1['uid']}\) of "
-            "that name runs",
+            rf"pipeline {name} v2 \(uid {v2['uid']}\) replaces v1 \(uid {v1['uid']}\); both "
+            "process records until the old uid is deleted",
             out,
         ), out[-3000:]
         assert re.search(rf"ack Delete {name} v1 \(uid {v1['uid']}, ts \d+\) ok", out), out[-3000:]
