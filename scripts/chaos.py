@@ -17,7 +17,8 @@ Records: key `<n mod partitions>.c-0000123` (the numeric prefix picks the output
 the engine, and the producer writes id n to partition n mod partitions of every source, so joins
 are co-partitioned), header `pipeline: <name>`, value a V2 ModelInferResponse with id
 `c-0000123` and one INT64 tensor [1, 1] holding the id's number, so merged batches can be
-decoded back into the ids they hold.
+decoded back into the ids they hold. Every source's record of an id has the same timestamp (when
+the id was made), as two models' outputs answering one request do.
 
 Besides events.txt and result.json, each run folder holds timeline.txt: the harness's events
 and the engines' assignments, restores, warnings and starts on one clock.
@@ -958,6 +959,11 @@ class Producer:
 
     Sends are retried: a failed enqueue after a pause, a failed delivery by sending again (up to
     `attempts` times); counting uses the input topic, so an id that never made it is not sent.
+
+    Every source's record of one id carries the same timestamp, the time the id was made, as
+    the outputs of two models answering one pipeline request do (an output takes its input's
+    timestamp). Left to the client, a send that blocks (a partition without a leader) would
+    stamp one side seconds after the other: a pair no join window of 1 s may join.
     """
 
     def __init__(
@@ -975,7 +981,7 @@ class Producer:
         self.headers = [("pipeline", pipeline.encode())]
         self.attempts, self.give_up_s = attempts, give_up_s
         self.stopping = asyncio.Event()
-        self.retry: deque[tuple[str, int, bytes, bytes, int]] = deque()
+        self.retry: deque[tuple[str, int, bytes, bytes, int, int]] = deque()
         self.inflight = 0
         self.ids = 0
         self.acked = 0
@@ -988,7 +994,14 @@ class Producer:
         self._producer: AIOKafkaProducer | None = None
 
     def _done(
-        self, topic: str, partition: int, key: bytes, value: bytes, attempt: int, fut: Any
+        self,
+        topic: str,
+        partition: int,
+        key: bytes,
+        value: bytes,
+        ts: int,
+        attempt: int,
+        fut: Any,
     ) -> None:
         self.inflight -= 1
         exc = None if fut.cancelled() else fut.exception()
@@ -997,12 +1010,12 @@ class Producer:
             if attempt >= self.attempts:
                 self.failed += 1
             else:
-                self.retry.append((topic, partition, key, value, attempt + 1))
+                self.retry.append((topic, partition, key, value, ts, attempt + 1))
             return
         self.acked += 1
 
     async def _send(
-        self, topic: str, partition: int, key: bytes, value: bytes, attempt: int
+        self, topic: str, partition: int, key: bytes, value: bytes, ts: int, attempt: int
     ) -> None:
         assert self._producer is not None
         first = time.monotonic()
@@ -1010,7 +1023,12 @@ class Producer:
             t0 = time.monotonic()
             try:
                 fut = await self._producer.send(
-                    topic, value, key=key, partition=partition, headers=self.headers
+                    topic,
+                    value,
+                    key=key,
+                    partition=partition,
+                    headers=self.headers,
+                    timestamp_ms=ts,
                 )
             except (TimeoutError, KafkaError) as e:
                 self.send_errors[type(e).__name__] += 1
@@ -1022,14 +1040,14 @@ class Producer:
             finally:
                 self.longest_block_s = max(self.longest_block_s, time.monotonic() - t0)
             self.inflight += 1
-            fut.add_done_callback(partial(self._done, topic, partition, key, value, attempt))
+            fut.add_done_callback(partial(self._done, topic, partition, key, value, ts, attempt))
             return
 
     async def _resend(self) -> None:
         while self.retry:
-            topic, partition, key, value, attempt = self.retry.popleft()
+            topic, partition, key, value, ts, attempt = self.retry.popleft()
             self.resent += 1
-            await self._send(topic, partition, key, value, attempt)
+            await self._send(topic, partition, key, value, ts, attempt)
 
     async def run(self) -> None:
         self._producer = AIOKafkaProducer(
@@ -1051,9 +1069,10 @@ class Producer:
                     rid = ID_FORMAT.format(n)
                     key = record_key(n, self.partitions).encode()
                     partition = n % self.partitions
+                    ts = int(time.time() * 1000)  # one timestamp for every source's record
                     for topic, tensor in self.sources:
                         value = encode_response(rid, n, tensor)
-                        await self._send(topic, partition, key, value, 1)
+                        await self._send(topic, partition, key, value, ts, 1)
                     n += 1
                     if n % 100 == 0:
                         await asyncio.sleep(0)
