@@ -35,6 +35,7 @@ from aiokafka.structs import OffsetAndMetadata
 from loguru import logger
 
 from dataflow import store
+from dataflow.kafka import read_latest
 from dataflow.topology import StepSpec, Topology, group_id
 
 __all__ = ["StepHandover", "hand_over", "plan", "renumber"]
@@ -233,26 +234,7 @@ async def _copy_state(
     counts = [len(await producer.partitions_for(t) or ()) for t in step.new.topics]
     partitions = max(1, *counts)
     await ensure_changelog(target, partitions)
-    reader = consumer(None)
-    await reader.start()
-    latest: dict[bytes, bytes | None] = {}
-    try:
-        tps = await _partitions(producer, [source])
-        reader.assign(tps)
-        await reader.seek_to_beginning(*tps)
-        ends = await reader.end_offsets(tps)
-        remaining = {tp for tp in tps if ends[tp] > 0}
-        while remaining:
-            batch = await reader.getmany(*remaining, timeout_ms=500, max_records=10000)
-            for records in batch.values():
-                for record in records:
-                    latest[record.key] = record.value
-            for tp in list(remaining):
-                if await reader.position(tp) >= ends[tp]:
-                    remaining.discard(tp)
-            await asyncio.sleep(0)
-    finally:
-        await reader.stop()
+    latest = await read_latest(consumer(None), await _partitions(producer, [source]))
     sent = []
     for ident, value in latest.items():
         if value is None:

@@ -7,7 +7,7 @@ import contextlib
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import KafkaError
@@ -211,6 +211,33 @@ def make_offsets_client(settings: Settings, group_id: str | None) -> AIOKafkaCon
         auto_offset_reset="earliest",
         isolation_level="read_committed",
     )
+
+
+async def read_latest(
+    consumer: AIOKafkaConsumer, tps: list[TopicPartition]
+) -> dict[bytes, bytes | None]:
+    """The latest value per key of the partitions `tps` (a compacted changelog), read from the
+    beginning to the end offsets taken first; `consumer` is started here and stopped."""
+    await consumer.start()
+    latest: dict[bytes, bytes | None] = {}
+    try:
+        consumer.assign(tps)
+        await consumer.seek_to_beginning(*tps)
+        ends = await consumer.end_offsets(tps)
+        remaining = {tp for tp in tps if ends[tp] > 0}
+        while remaining:
+            for tp in list(remaining):
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+            if not remaining:
+                break
+            batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=10000)
+            for records in batch.values():
+                for r in records:
+                    latest[r.key] = r.value
+    finally:
+        await consumer.stop()
+    return latest
 
 
 def make_admin(settings: Settings) -> AIOKafkaAdminClient:

@@ -25,6 +25,7 @@ from dataflow import headers as hdr
 from dataflow import membership, store
 from dataflow.cycles import RevisitGuard
 from dataflow.joins import Entry, Output
+from dataflow.kafka import read_latest
 from dataflow.offsets import OffsetTracker
 from dataflow.progress import Progress
 from dataflow.stages import Headers, Ref, Result, StepStages
@@ -833,33 +834,13 @@ class Step:
     async def _read_changelog(self, partitions: set[int]) -> dict[bytes, bytes | None]:
         """The latest value per key of the changelog partitions holding `partitions`."""
         assert self.state is not None
-        consumer = self.state.restore_consumer()
-        await consumer.start()
-        latest: dict[bytes, bytes | None] = {}
-        try:
-            tps = sorted(
-                {
-                    TopicPartition(self.state.changelog, p % self._changelog_partitions)
-                    for p in partitions
-                }
-            )
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            ends = await consumer.end_offsets(tps)
-            remaining = {tp for tp in tps if ends[tp] > 0}
-            while remaining:
-                for tp in list(remaining):
-                    if await consumer.position(tp) >= ends[tp]:
-                        remaining.discard(tp)
-                if not remaining:
-                    break
-                batch = await consumer.getmany(*remaining, timeout_ms=500, max_records=10000)
-                for records in batch.values():
-                    for r in records:
-                        latest[r.key] = r.value
-        finally:
-            await consumer.stop()
-        return latest
+        tps = sorted(
+            {
+                TopicPartition(self.state.changelog, p % self._changelog_partitions)
+                for p in partitions
+            }
+        )
+        return await read_latest(self.state.restore_consumer(), tps)
 
     async def _producer_for(self, task: int) -> AIOKafkaProducer:
         """The shared producer; in exactly-once mode the task's, inside its open transaction."""
