@@ -17,7 +17,7 @@ from aiokafka.errors import KafkaConnectionError
 from aiokafka.protocol.metadata import MetadataRequest
 from loguru import logger
 
-from dataflow.handover import hand_over, plan
+from dataflow.handover import Handover, plan
 from dataflow.kafka import (
     delete_groups,
     ensure_topics,
@@ -237,13 +237,13 @@ class Engine:
         await self._log_replication(topology.name, list(topology.topics))
         if previous is not None and self.settings.version_handover == "offsets":
             try:
-                await hand_over(
-                    plan(topology, previous.topology, self.settings.group_base()),
-                    consumer=lambda group: make_offsets_client(self.settings, group),
-                    producer=self.producer,
-                    changelog_of=changelog_topic,
-                    ensure_changelog=self.ensure_changelog,
+                handover = Handover(
+                    lambda group: make_offsets_client(self.settings, group),
+                    self.producer,
+                    changelog_topic,
+                    self.ensure_changelog,
                 )
+                await handover.run(plan(topology, previous.topology, self.settings.group_base()))
             except Exception as exc:  # the old version keeps running; the scheduler may retry
                 reason = f"version handover failed: {type(exc).__name__}: {exc}"
                 self._ack(message, Op.Create, False, reason)

@@ -4,7 +4,7 @@ Each version's steps have their own consumer groups (`topology.group_id`: from t
 new group starts at `SELDON_KAFKA_AUTO_OFFSET_RESET` (earliest): without a handover, every
 version update replays the topics' whole history. When a pipeline gets a new version while an
 earlier one runs in this engine, before the new version's steps start, each of its steps is
-seeded (`plan`, then `hand_over`):
+seeded (`plan`, then `Handover.run`):
 
 * a step whose previous-version twin (the step writing the same sink) read a source too starts
   that source's partitions at the twin's committed offsets; a source the twin did not read, and a
@@ -38,7 +38,7 @@ from dataflow import store
 from dataflow.kafka import read_latest
 from dataflow.topology import StepSpec, Topology, group_id
 
-__all__ = ["StepHandover", "hand_over", "plan", "renumber"]
+__all__ = ["Handover", "StepHandover", "plan", "renumber"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,116 +134,109 @@ def renumber(
     return renamed, encoded
 
 
-async def hand_over(
-    steps: list[StepHandover],
-    *,
-    consumer: Callable[[str | None], AIOKafkaConsumer],
-    producer: AIOKafkaProducer,
-    changelog_of: Callable[[str], str],
-    ensure_changelog: Callable[[str, int], Awaitable[None]],
-) -> None:
-    """Seed the groups (and changelogs) of a new version's steps (module docstring).
+class Handover:
+    """Seeds the groups (and changelogs) of a new version's steps (module docstring).
 
     Args:
-        steps: from `plan`.
         consumer: makes a consumer of a group (None: no group) that never joins it.
         producer: sends the copied changelog entries.
         changelog_of: a step's changelog topic from its consumer group.
         ensure_changelog: creates a changelog topic (name, partitions) if missing.
     """
-    for step in steps:
-        await _hand_over_step(step, consumer, producer, changelog_of, ensure_changelog)
 
+    def __init__(
+        self,
+        consumer: Callable[[str | None], AIOKafkaConsumer],
+        producer: AIOKafkaProducer,
+        changelog_of: Callable[[str], str],
+        ensure_changelog: Callable[[str, int], Awaitable[None]],
+    ) -> None:
+        self._consumer = consumer
+        self._producer = producer
+        self._changelog_of = changelog_of
+        self._ensure_changelog = ensure_changelog
 
-async def _partitions(producer: AIOKafkaProducer, topics: Sequence[str]) -> list[TopicPartition]:
-    tps = []
-    for topic in topics:
-        for partition in sorted(await producer.partitions_for(topic) or ()):
-            tps.append(TopicPartition(topic, partition))
-    return tps
+    async def run(self, steps: list[StepHandover]) -> None:
+        """Seed each step of `steps` (from `plan`)."""
+        for step in steps:
+            await self._step(step)
 
+    async def _partitions(self, topics: Sequence[str]) -> list[TopicPartition]:
+        tps = []
+        for topic in topics:
+            for partition in sorted(await self._producer.partitions_for(topic) or ()):
+                tps.append(TopicPartition(topic, partition))
+        return tps
 
-async def _hand_over_step(
-    step: StepHandover,
-    consumer: Callable[[str | None], AIOKafkaConsumer],
-    producer: AIOKafkaProducer,
-    changelog_of: Callable[[str], str],
-    ensure_changelog: Callable[[str, int], Awaitable[None]],
-) -> None:
-    inherited = await _partitions(producer, step.inherited)
-    at_end = await _partitions(producer, step.at_end)
-    seeder = consumer(step.group)
-    await seeder.start()
-    try:
-        seeder.assign(inherited + at_end)
-        for tp in inherited + at_end:
-            if await seeder.committed(tp) is not None:
-                logger.debug("group {} has offsets already: no handover", step.group)
-                return
-        offsets: dict[TopicPartition, int] = {}
-        if inherited:
-            offsets.update(await _committed(consumer(step.old_group), inherited))
-        if at_end:
-            offsets.update(await seeder.end_offsets(at_end))
-        copied = 0
-        if step.old is not None and step.new.is_stateful and step.old.is_stateful:
-            copied = await _copy_state(step, consumer, producer, changelog_of, ensure_changelog)
-        if not offsets:
-            return
-        origin = step.old_group or "the log end"
-        note = f"handover from {origin}"
+    async def _step(self, step: StepHandover) -> None:
+        inherited = await self._partitions(step.inherited)
+        at_end = await self._partitions(step.at_end)
+        seeder = self._consumer(step.group)
+        await seeder.start()
         try:
-            await seeder.commit({tp: OffsetAndMetadata(o, note) for tp, o in offsets.items()})
-        except Exception as exc:  # members joined meanwhile (another replica seeded it)
-            logger.info("group {} not seeded ({}): it is in use", step.group, exc)
-            return
-        starts = ", ".join(f"{tp.topic}[{tp.partition}]@{o}" for tp, o in sorted(offsets.items()))
-        what = f" and {copied} state entries" if copied else ""
-        logger.info("step {} takes over from {}{}: {}", step.group, origin, what, starts)
-    finally:
-        await seeder.stop()
+            seeder.assign(inherited + at_end)
+            for tp in inherited + at_end:
+                if await seeder.committed(tp) is not None:
+                    logger.debug("group {} has offsets already: no handover", step.group)
+                    return
+            offsets: dict[TopicPartition, int] = {}
+            if inherited:
+                offsets.update(await self._committed(step.old_group, inherited))
+            if at_end:
+                offsets.update(await seeder.end_offsets(at_end))
+            copied = 0
+            if step.old is not None and step.new.is_stateful and step.old.is_stateful:
+                copied = await self._copy_state(step, step.old)
+            if not offsets:
+                return
+            origin = step.old_group or "the log end"
+            note = f"handover from {origin}"
+            try:
+                await seeder.commit({tp: OffsetAndMetadata(o, note) for tp, o in offsets.items()})
+            except Exception as exc:  # members joined meanwhile (another replica seeded it)
+                logger.info("group {} not seeded ({}): it is in use", step.group, exc)
+                return
+            starts = ", ".join(
+                f"{tp.topic}[{tp.partition}]@{o}" for tp, o in sorted(offsets.items())
+            )
+            what = f" and {copied} state entries" if copied else ""
+            logger.info("step {} takes over from {}{}: {}", step.group, origin, what, starts)
+        finally:
+            await seeder.stop()
 
+    async def _committed(self, group: str, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """The committed offsets of `group` (partitions without one are left out: they start at
+        the reset policy, as the twin did)."""
+        reader = self._consumer(group)
+        await reader.start()
+        try:
+            found = {}
+            for tp in tps:
+                offset = await reader.committed(tp)
+                if offset is not None:
+                    found[tp] = offset
+            return found
+        finally:
+            await reader.stop()
 
-async def _committed(
-    reader: AIOKafkaConsumer, tps: list[TopicPartition]
-) -> dict[TopicPartition, int]:
-    """The committed offsets of `reader`'s group (partitions without one are left out: they
-    start at the reset policy, as the twin did)."""
-    await reader.start()
-    try:
-        found = {}
-        for tp in tps:
-            offset = await reader.committed(tp)
-            if offset is not None:
-                found[tp] = offset
-        return found
-    finally:
-        await reader.stop()
-
-
-async def _copy_state(
-    step: StepHandover,
-    consumer: Callable[[str | None], AIOKafkaConsumer],
-    producer: AIOKafkaProducer,
-    changelog_of: Callable[[str], str],
-    ensure_changelog: Callable[[str, int], Awaitable[None]],
-) -> int:
-    """Copy the live entries of the twin's changelog into the new step's; the count copied."""
-    assert step.old is not None
-    source, target = changelog_of(step.old_group), changelog_of(step.group)
-    counts = [len(await producer.partitions_for(t) or ()) for t in step.new.topics]
-    partitions = max(1, *counts)
-    await ensure_changelog(target, partitions)
-    latest = await read_latest(consumer(None), await _partitions(producer, [source]))
-    sent = []
-    for ident, value in latest.items():
-        if value is None:
-            continue
-        entry = renumber(ident, value, step.old, step.new)
-        if entry is None:
-            continue
-        partition = store.decode(value).partition % partitions
-        sent.append(await producer.send(target, entry[1], key=entry[0], partition=partition))
-    if sent:
-        await asyncio.gather(*sent)
-    return len(sent)
+    async def _copy_state(self, step: StepHandover, old: StepSpec) -> int:
+        """Copy the live entries of the twin's changelog into the new step's; the count copied."""
+        source, target = self._changelog_of(step.old_group), self._changelog_of(step.group)
+        counts = [len(await self._producer.partitions_for(t) or ()) for t in step.new.topics]
+        partitions = max(1, *counts)
+        await self._ensure_changelog(target, partitions)
+        latest = await read_latest(self._consumer(None), await self._partitions([source]))
+        sent = []
+        for ident, value in latest.items():
+            if value is None:
+                continue
+            entry = renumber(ident, value, old, step.new)
+            if entry is None:
+                continue
+            partition = store.decode(value).partition % partitions
+            sent.append(
+                await self._producer.send(target, entry[1], key=entry[0], partition=partition)
+            )
+        if sent:
+            await asyncio.gather(*sent)
+        return len(sent)
