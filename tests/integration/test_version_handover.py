@@ -100,6 +100,21 @@ async def _settled(bootstrap: str, topic: str, at_least: int) -> list[str]:
     return [ModelInferResponse().parse(r.value).id for r in records]
 
 
+def _replaced(proxy: Proxy, name: str, version: int) -> None:
+    """Wait until `version` is Ready and the versions before it are deleted."""
+
+    def done() -> bool:
+        p = proxy.pipeline(name)
+        return (
+            p is not None
+            and p["version"] == version
+            and p["state"] == "Ready"
+            and not p["retiring"]
+        )
+
+    wait_until(done, 60, f"v{version} Ready, older versions deleted")
+
+
 async def _groups(bootstrap: str) -> set[str]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -131,16 +146,7 @@ async def test_version_updates_under_traffic_lose_nothing_and_replay_nothing(
         await asyncio.sleep(3)
         spec.write_text(_spec(name, ns, 2, join))  # version 2, under traffic
         proxy.load(spec)
-        wait_until(
-            lambda: (
-                (p := proxy.pipeline(name)) is not None
-                and p["version"] == 2
-                and p["state"] == "Ready"
-                and not p["retiring"]
-            ),
-            60,
-            "v2 Ready and v1 deleted",
-        )
+        _replaced(proxy, name, 2)
         await asyncio.sleep(3)
         await traffic.stop()
         answered = await _settled(bootstrap, out, len(traffic.sent))
@@ -148,16 +154,7 @@ async def test_version_updates_under_traffic_lose_nothing_and_replay_nothing(
         uids.append(proxy.pipeline(name)["uid"])  # type: ignore[index]
         spec.write_text(_spec(name, ns, 3, join))
         proxy.load(spec)
-        wait_until(
-            lambda: (
-                (p := proxy.pipeline(name)) is not None
-                and p["version"] == 3
-                and p["state"] == "Ready"
-                and not p["retiring"]
-            ),
-            60,
-            "v3 Ready and v2 deleted",
-        )
+        _replaced(proxy, name, 3)
         after_v3 = await _settled(bootstrap, out, len(answered))
         # And version 3 answers new requests.
         traffic.start("t3")
