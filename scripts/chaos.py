@@ -2129,6 +2129,8 @@ def count(
     input_dups = sum(c - 1 for counts in per_source for c in counts.values() if c > 1)
     delivered: Counter[str] = Counter()
     partial_outputs = 0
+    one_sided: set[str] = set()  # ids with a one-sided join output
+    joined: set[str] = set()  # ids with an output of both sides
     undecodable = 0
     for value in outputs:
         try:
@@ -2142,6 +2144,9 @@ def count(
             delivered[rid] += 1
             if cfg.case in ("join", "outer") and ntensors < 2:
                 partial_outputs += 1
+                one_sided.add(rid)
+            elif cfg.case in ("join", "outer"):
+                joined.add(rid)
     missing = sent - set(delivered)
     lost = len(missing)
     duplicated = sum(c - 1 for c in delivered.values() if c > 1)
@@ -2160,6 +2165,8 @@ def count(
         "output_records": len(outputs),
         "outputs_not_sent": sum(c for rid, c in delivered.items() if rid not in sent),
         "partial_join_outputs": partial_outputs,
+        "one_sided": one_sided,
+        "one_sided_ids_also_joined": len(one_sided & joined),
         "undecodable_outputs": undecodable,
     }
 
@@ -2549,7 +2556,11 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
         )[:40]
         if broker is not None or cluster is not None:  # a private broker: its errors are ours
             counted.update(await error_topic(bootstrap, counted["missing"]))
-        del counted["missing"]
+        if counted["one_sided"]:  # outer joins: which ids came out alone, written when
+            counted["one_sided_ranges_at_s"] = lost_at(
+                counted["one_sided"], inputs, input_times, cfg.partitions, run.t0_wall
+            )[:40]
+        del counted["missing"], counted["one_sided"]
         replication: dict[str, Any] = {}
         if cluster is not None:
             replication = await topic_replication(cluster)

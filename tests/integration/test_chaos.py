@@ -342,3 +342,30 @@ async def test_lost_ids_found_on_the_error_topic_are_counted(bootstrap: str, uni
     assert (await chaos.error_topic(bootstrap, set(), f"{topic}-none")) == {
         "error_topic_records": 0
     }
+
+
+def test_one_sided_outer_join_outputs_are_named() -> None:
+    from dataflow.proto.inference import (
+        InferTensorContents,
+        ModelInferRequest,
+        ModelInferRequestInferInputTensor,
+    )
+
+    def output(n: int, *names: str) -> bytes:
+        tensors = [
+            ModelInferRequestInferInputTensor(
+                name=name,
+                datatype="INT64",
+                shape=[1, 1],
+                contents=InferTensorContents(int64_contents=[n]),
+            )
+            for name in names
+        ]
+        return bytes(ModelInferRequest(id=chaos.ID_FORMAT.format(n), inputs=tensors))
+
+    inputs = [[(chaos.record_key(n, 1).encode(), b"") for n in range(3)]] * 2
+    outputs = [output(0, "x", "y"), output(1, "x"), output(1, "x", "y"), output(2, "y")]
+    counted = chaos.count(chaos.Config(case="outer", fault="kill9"), inputs, outputs)
+    assert (counted["lost"], counted["duplicated"], counted["partial_join_outputs"]) == (0, 1, 2)
+    assert counted["one_sided"] == {"c-0000001", "c-0000002"}
+    assert counted["one_sided_ids_also_joined"] == 1
