@@ -10,14 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from dataflow.probe import answers
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _answers(bootstrap: str) -> bool:
-    result = subprocess.run(
-        ["kcat", "-b", bootstrap, "-L", "-m", "3"], capture_output=True, check=False
-    )
-    return result.returncode == 0
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +29,7 @@ def bootstrap() -> Iterator[str]:
     port = os.environ.get("KAFKA_PORT", "9092")
     servers = f"127.0.0.1:{port}"
     started = False
-    if not _answers(servers):
+    if not answers(servers):
         subprocess.run([str(REPO / "scripts" / "kafka"), "start"], check=True)
         started = True
     yield servers
