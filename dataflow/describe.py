@@ -337,6 +337,8 @@ def render_text(d: Mapping[str, Any]) -> str:
         )
     if d.get("event_loop_lag") and not d.get("engines"):
         lines.append(f"  loop:    {_loop_lag_text(d['event_loop_lag']).strip()}")
+    for signal in d.get("trouble") or []:
+        lines.append(f"  trouble:  {signal}")
     for step in d.get("steps", []):
         lines.append("")
         lines.append(f"step {step['name']} (#{step['index']})")
@@ -376,6 +378,8 @@ def render_text(d: Mapping[str, Any]) -> str:
                 lines.append(f"  waiting:  {stuck:.0f}s without progress: {live['waiting']}")
             if live.get("last_error"):
                 lines.append(f"  error:    {live['last_error']}")
+        for signal in step.get("trouble") or []:
+            lines.append(f"  trouble:  {signal}")
     return "\n".join(lines) + "\n"
 
 

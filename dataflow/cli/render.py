@@ -28,22 +28,26 @@ def streams(record: dict[str, Any]) -> str:
 
 
 def table(records: Sequence[dict[str, Any]]) -> str:
-    """One line per pipeline: name, version, state, reason, streams (no newline at the end)."""
+    """One line per pipeline: name, version, state, reason, streams, then a `trouble:` line
+    per trouble signal of its steps (no newline at the end)."""
     if not records:
         return "no pipelines"
     rows = [
         (r["name"], f"v{r['version']}", r["state"], r["reason"] or "-", streams(r)) for r in records
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
-    return "\n".join(
-        f"{name:<{widths[0]}}  {version:<{widths[1]}}  {state:<{widths[2]}}  {reason}  [{acks}]"
-        for name, version, state, reason, acks in rows
-    )
+    lines = []
+    for record, (name, version, state, reason, acks) in zip(records, rows, strict=True):
+        lines.append(
+            f"{name:<{widths[0]}}  {version:<{widths[1]}}  {state:<{widths[2]}}  {reason}  [{acks}]"
+        )
+        lines.extend(f"  trouble: {signal}" for signal in record.get("trouble") or [])
+    return "\n".join(lines)
 
 
 def pipeline(record: dict[str, Any]) -> str:
     """One pipeline in detail: identity, state, reason, summary, every engine's ack, retiring
-    versions (no newline at the end)."""
+    versions, trouble signals (no newline at the end)."""
     lines = [
         f"{record['name']} v{record['version']} (uid {record['uid']})",
         f"  state:    {record['state']} - {record['reason'] or '-'}",
@@ -66,4 +70,5 @@ def pipeline(record: dict[str, Any]) -> str:
         lines.append(
             f"  retiring: v{retiring['version']} (uid {retiring['uid']}) {retiring['state']}"
         )
+    lines.extend(f"  trouble:  {signal}" for signal in record.get("trouble") or [])
     return "\n".join(lines)

@@ -19,8 +19,9 @@ Every change of the store is saved (`dataflow.proxy.database`) before its messag
 HTTP (aiohttp), JSON bodies; with a bearer token set every route but `GET /health` needs
 `Authorization: Bearer <token>` (401 `{"error"}` otherwise):
 
-* `GET /pipelines`: list of pipeline objects (`PipelineRecord.as_dict`).
-* `GET /pipelines/{name}`: one pipeline object, 404 if unknown.
+* `GET /pipelines`: list of pipeline objects (`PipelineRecord.as_dict`), each with the
+  `trouble` signals of its steps as of the last sample (`dataflow.proxy.history`).
+* `GET /pipelines/{name}`: one pipeline object (with `trouble`), 404 if unknown.
 * `POST /pipelines` (body: the YAML text of one spec file; `?source=<file name>` names it in
   errors): 201 `{"outcome", "pipeline", "warning"}` for a new pipeline or version, 200 when
   unchanged or retried, 400 `{"error": "<SpecError line>"}` for a bad spec.
@@ -28,10 +29,15 @@ HTTP (aiohttp), JSON bodies; with a bearer token set every route but `GET /healt
 * `GET /subscribers`: `{"subscribers": [names]}`.
 * `GET /pipelines/{name}/describe`: the pipeline as its spec describes it
   (`dataflow.describe.describe_topology`) with the live figures of every engine running it
-  summed per step, each engine's own under `engines` (`dataflow.describe.merge`), 404 if unknown.
+  summed per step, each engine's own under `engines` (`dataflow.describe.merge`), and per step
+  the last 10 minutes of rates (`history`) and its `trouble` signals, 404 if unknown.
 * `GET /`: the live page (`dataflow/proxy/page/`: static HTML, JS and CSS, nothing fetched from
   elsewhere), which polls the two routes above.
 * `GET /health`: `{"status": "UP"}` (for container health checks; no token needed).
+
+Every `history_interval` seconds (5) the proxy asks each engine once for all it runs
+(`GET /pipelines` of its health server) and keeps the figures of every step for 10 minutes
+(`dataflow.proxy.history`): the page's sparklines and the trouble signals come from there.
 
 Engines are found by their health servers: each engine sends its address in the
 `x-dataflow-health` metadata of its subscription (`:port` when it binds every interface: the
@@ -72,9 +78,11 @@ from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateStatusResponse,
 )
 from dataflow.proxy.database import StateDatabase, StateError
+from dataflow.proxy.history import SAMPLE_S, History
 from dataflow.proxy.store import (
     Ack,
     LoadResult,
+    PipelineRecord,
     PipelineStore,
     Send,
     UnknownPipelineError,
@@ -210,6 +218,7 @@ class ProxyServer:
         tls: the TLS context of the Chainer gRPC service (None: plaintext).
         engine_urls: health servers of engines to describe besides those that subscribe here
             (e.g. `http://10.0.0.5:8000`).
+        history_interval: seconds between two samples of every engine's figures.
     """
 
     def __init__(
@@ -225,8 +234,12 @@ class ProxyServer:
         token: str | None = None,
         tls: ssl.SSLContext | None = None,
         engine_urls: Iterable[str] = (),
+        history_interval: float = SAMPLE_S,
     ) -> None:
         self.host = host
+        self.history = History()
+        self.history_interval = history_interval
+        self._history_task: asyncio.Task[None] | None = None
         self.engine_urls = [u.rstrip("/") for u in engine_urls if u.strip()]
         self._http: aiohttp.ClientSession | None = None
         self._port = port
@@ -473,8 +486,58 @@ class ProxyServer:
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             return {"url": url, "error": f"unreachable: {type(exc).__name__} {exc}".strip()}
 
+    async def _engine_all(self, url: str) -> dict[str, dict[str, Any]]:
+        """Every pipeline an engine runs (its latest version of each name), by name; {} when
+        it does not answer."""
+        assert self._http is not None
+        try:
+            async with self._http.get(f"{url}/pipelines") as response:
+                if response.status != 200:
+                    return {}
+                body = await response.json()
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return {}
+        return {p["name"]: {**p, "url": url} for p in body.get("pipelines", [])}
+
+    async def sample(self) -> None:
+        """Ask every engine once for what it runs and add each pipeline's figures to the
+        history (the history task does it every `history_interval` seconds)."""
+        records = self.store.records()
+        engines = self.engines()
+        views = await asyncio.gather(*(self._engine_all(u) for u in engines.values()))
+        now = asyncio.get_running_loop().time()
+        for record in records:
+            per_engine = {
+                engine: view[record.name]
+                for engine, view in zip(engines, views, strict=True)
+                if record.name in view
+            }
+            if per_engine:
+                self.history.add(now, describe.merge(self._base(record), per_engine))
+        self.history.forget((r.name, r.uid) for r in records)
+
+    async def _history_routine(self) -> None:
+        while True:
+            await asyncio.sleep(self.history_interval)
+            try:
+                await self.sample()
+            except Exception:  # a bad sample must not end the history
+                logger.exception("sampling the engines' figures failed")
+
+    def _base(self, record: PipelineRecord) -> dict[str, Any]:
+        """A pipeline record's description from its spec alone (no live figures)."""
+        try:
+            topology = topology_from(record.definition.create_message(record.timestamp), 0)
+            base = describe.describe_topology(topology)
+        except TopologyError as exc:
+            base = {"name": record.name, "version": record.version, "uid": record.uid}
+            base.update(steps=[], reason=str(exc))
+        base.update(state=str(record.state), reason=record.reason, summary=record.summary())
+        return base
+
     async def describe(self, name: str) -> dict[str, Any]:
-        """The pipeline's description with the live figures of every engine running it.
+        """The pipeline's description with the live figures of every engine running it, the
+        steps' history and trouble signals.
 
         Raises:
             UnknownPipelineError: no pipeline of that name.
@@ -482,16 +545,10 @@ class ProxyServer:
         record = self.store.get(name)
         if record is None:
             raise UnknownPipelineError(name)
-        try:
-            topology = topology_from(record.definition.create_message(record.timestamp), 0)
-            base = describe.describe_topology(topology)
-        except TopologyError as exc:
-            base = {"name": name, "version": record.version, "uid": record.uid, "steps": []}
-            base["reason"] = str(exc)
-        base.update(state=str(record.state), reason=record.reason, summary=record.summary())
+        base = self._base(record)
         engines = self.engines()
         views = await asyncio.gather(*(self._engine_view(u, name) for u in engines.values()))
-        return describe.merge(base, dict(zip(engines, views, strict=True)))
+        return self.history.annotate(describe.merge(base, dict(zip(engines, views, strict=True))))
 
     # HTTP control API.
 
@@ -564,14 +621,19 @@ class ProxyServer:
             return _json({"error": str(e)}, 404)
 
     async def _http_list(self, request: web.Request) -> web.Response:
-        return _json([record.as_dict() for record in self.store.records()])
+        return _json(
+            [
+                {**record.as_dict(), "trouble": self.history.trouble(record.name, record.uid)}
+                for record in self.store.records()
+            ]
+        )
 
     async def _http_get(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         record = self.store.get(name)
         if record is None:
             return _json({"error": str(UnknownPipelineError(name))}, 404)
-        return _json(record.as_dict())
+        return _json({**record.as_dict(), "trouble": self.history.trouble(name, record.uid)})
 
     async def _http_load(self, request: web.Request) -> web.Response:
         source = request.query.get("source") or "request"
@@ -630,6 +692,7 @@ class ProxyServer:
         except BaseException:
             await self.stop()
             raise
+        self._history_task = asyncio.create_task(self._history_routine(), name="proxy:history")
         logger.info(
             "proxy scheduler: Chainer gRPC on {}:{} ({}), control API on http://{}:{} ({})",
             self.host,
@@ -643,6 +706,10 @@ class ProxyServer:
     async def stop(self) -> None:
         """End every subscription (streams finish normally), then close both servers."""
         self._stopping = True
+        if self._history_task is not None:
+            self._history_task.cancel()
+            await asyncio.wait([self._history_task])
+            self._history_task = None
         subscriptions = list(self._subscriptions.values())
         for subscription in subscriptions:
             subscription.close()

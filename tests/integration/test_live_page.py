@@ -1,7 +1,9 @@
 """The proxy's live page in a real headless browser (Debian's chromium driven by Playwright).
 
 A proxy and an engine run the chain sample against the real broker; the page must show the
-pipeline, its steps in the graph, and rate figures that change when records flow. The
+pipeline as it flows (inputs, steps, models, outputs, the error path), sparklines that move
+while records flow, and the same trouble signal as `dataflow status` and `describe` after a
+bad record. Without a broker: 50 pipelines, filtered, the troubled one first. The
 screenshot taken at the end goes to the test's folder, and replaces the README's
 (`docs/live-page.png`) when `UPDATE_SCREENSHOT=1`.
 """
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,7 +23,7 @@ import pytest
 
 from dataflow.proxy import ProxyServer
 from tests.integration.harness import REPO, Proxy, create_topics, engine
-from tests.integration.test_describe import chain_spec, chain_topics, send
+from tests.integration.test_describe import CHAIN, chain_spec, chain_topics, send
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 SCREENSHOT = REPO / "docs" / "live-page.png"
@@ -58,13 +62,46 @@ async def browser() -> AsyncIterator[object]:
             await chromium.close()
 
 
+#: The flow of the chain sample: inputs -> step -> model -> step -> model -> outputs, and the
+#: error path (the error topic -> the errors step -> outputs).
+def chain_flow(name: str) -> set[tuple[str, str]]:
+    return {
+        ("inputs", "step tfsimple1"),
+        ("step tfsimple1", "model tfsimple1"),
+        ("model tfsimple1", "step tfsimple2"),
+        ("step tfsimple2", "model tfsimple2"),
+        ("model tfsimple2", f"step {name}.outputs"),
+        (f"step {name}.outputs", "outputs"),
+        ("errors", f"step {name}.errors"),
+        (f"step {name}.errors", "outputs"),
+    }
+
+
+EDGES_JS = """() => [...document.querySelectorAll('#graph path.edge')].map((e) => {
+    const label = (id) => document.querySelector(`#graph g.node[data-id="${CSS.escape(id)}"]`)
+        .getAttribute('data-label');
+    return [label(e.getAttribute('data-from')), label(e.getAttribute('data-to')), e.classList[1]];
+})"""
+
+SPARK = '#graph g.step[data-step="tfsimple2"] polyline.spark-in'
+
+
+async def keep_sending(bootstrap: str, name: str) -> None:
+    """Traffic until cancelled: 20 requests every half second."""
+    n = 0
+    while True:
+        await send(bootstrap, name, 20, start=n)
+        n += 20
+        await asyncio.sleep(0.5)
+
+
 @pytest.mark.kafka
 @needs_chromium
-async def test_the_page_shows_the_steps_and_rates_that_change(
+async def test_the_page_shows_the_flow_with_sparklines_that_move(
     running: tuple[Proxy, str], browser: object, bootstrap: str, tmp_path: Path
 ) -> None:
     proxy, name = running
-    page = await browser.new_page(viewport={"width": 1280, "height": 760})  # type: ignore[attr-defined]
+    page = await browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
     await page.goto(proxy.url + "/")
     item = page.locator(f'.pipeline-item[data-name="{name}"]')
     await item.wait_for(timeout=15_000)
@@ -73,35 +110,109 @@ async def test_the_page_shows_the_steps_and_rates_that_change(
     await item.click()
     for step in ("tfsimple1", "tfsimple2", f"{name}.outputs", f"{name}.errors"):
         await page.locator(f'#graph g.step[data-step="{step}"]').wait_for(timeout=15_000)
-    # Topics are nodes too, and the rename is on the edge into tfsimple2.
-    await page.locator(
-        f'#graph g.topic[data-topic="seldon.{name}.model.tfsimple1.outputs"]'
-    ).wait_for()
+    edges = {(a, b) for a, b, _ in await page.evaluate(EDGES_JS)}
+    assert chain_flow(name) <= edges, edges
+    kinds = {(a, b): kind for a, b, kind in await page.evaluate(EDGES_JS)}
+    assert kinds[("errors", f"step {name}.errors")] == "error"
+    # The tensor map is on the edge into tfsimple2; the error path is below the main lane.
     assert "OUTPUT0→INPUT0" in await page.locator("#graph").inner_text()
+    assert await page.locator("#graph line.lane").count() == 1
     rate = page.locator('#figures tr[data-step="tfsimple2"] td.rate-in')
-    before = await rate.inner_text()
-    assert before == "0.0/s"
+    assert await rate.inner_text() == "0.0/s"
 
-    await send(bootstrap, name, 200)
-    await produce_bad(bootstrap, name)
-    await page.wait_for_function(
-        """() => {
-            const cell = document.querySelector('#figures tr[data-step="tfsimple2"] td.rate-in');
-            return cell && cell.textContent !== "0.0/s";
-        }""",
-        timeout=30_000,
-    )
-    after = await rate.inner_text()
-    assert after != before and float(after.removesuffix("/s")) > 0
-    errors = page.locator("#errors li", has_text="tfsimple2:")
-    await errors.wait_for(timeout=15_000)
-    await page.locator('#graph g.step.errors[data-step="tfsimple2"]').wait_for(timeout=15_000)
+    traffic = asyncio.create_task(keep_sending(bootstrap, name))
+    try:
+        # The sparkline gets a point above its base line once the proxy sampled traffic
+        # (every 5 s), then keeps moving while records flow.
+        await page.wait_for_function(
+            f"""() => {{
+                const line = document.querySelector('{SPARK}');
+                return line && line.getAttribute('points').split(' ')
+                    .some((p) => p && parseFloat(p.split(',')[1]) < 18);
+            }}""",
+            timeout=40_000,
+        )
+        first = await page.locator(SPARK).get_attribute("points")
+        await page.wait_for_function(
+            f"""(first) => {{
+                const line = document.querySelector('{SPARK}');
+                return line && line.getAttribute('points') !== first;
+            }}""",
+            arg=first,
+            timeout=20_000,
+        )
+        assert float((await rate.inner_text()).removesuffix("/s")) > 0
+        # A bad record once the proxy samples the step (an error it saw happen).
+        await produce_bad(bootstrap, name)
+        # The bad record: an error, and the trouble signal on the step, the list and the CLI.
+        await page.locator("#errors li", has_text="tfsimple2:").wait_for(timeout=15_000)
+        await page.locator('#graph g.step.trouble[data-step="tfsimple2"]').wait_for(timeout=20_000)
+        assert "error in the last minute" in await item.inner_text()
+        status = dataflow_cli("status", "--url", proxy.url)
+        assert "  trouble: tfsimple2: 1 error in the last minute" in status, status
+        described = dataflow_cli("describe", name, "--url", proxy.url)
+        assert "  trouble:  1 error in the last minute" in described, described
+        # The selected step's details.
+        await page.locator('#graph g.step[data-step="tfsimple2"]').click()
+        detail = page.locator("#step-detail")
+        await detail.wait_for(timeout=5_000)
+        text = await detail.inner_text()
+        assert f"seldon.{name}.model.tfsimple1.outputs" in text and "OUTPUT0→INPUT0" in text
+        assert f"seldon.{name}.model.tfsimple2.inputs" in text
+    finally:
+        traffic.cancel()
+        await asyncio.wait([traffic])
     shot = tmp_path / "live-page.png"
     await page.screenshot(path=str(shot), full_page=True)
     assert shot.stat().st_size > 0
     if os.environ.get("UPDATE_SCREENSHOT") == "1":
         SCREENSHOT.parent.mkdir(exist_ok=True)
         shutil.copyfile(shot, SCREENSHOT)
+
+
+def dataflow_cli(*args: str) -> str:
+    """The output of `dataflow ARGS` (both streams)."""
+    result = subprocess.run(
+        [sys.executable, "-c", "from dataflow.cli import main; main()", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return result.stdout + result.stderr
+
+
+@needs_chromium
+async def test_fifty_pipelines_are_filtered_and_the_troubled_one_comes_first(
+    browser: object,
+) -> None:
+    """No broker needed: the list of 50 pipelines, one with errors in the last minute."""
+    proxy = ProxyServer(port=0, control_port=0)
+    await proxy.start()
+    try:
+        for i in range(50):
+            text = CHAIN.read_text().replace("  name: tfsimples", f"  name: pipe-{i:02d}")
+            proxy.load_text(text, f"pipe-{i:02d}.yaml")
+        described = await proxy.describe("pipe-37")
+        proxy.history.add(0.0, described)
+        described["steps"][1]["live"]["totals"]["errors"] = 3
+        proxy.history.add(5.0, described)
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
+        await page.goto(f"http://127.0.0.1:{proxy.control_port}/")
+        items = page.locator(".pipeline-item")
+        await page.wait_for_function(
+            "() => document.querySelectorAll('.pipeline-item').length === 50", timeout=15_000
+        )
+        assert await items.first.get_attribute("data-name") == "pipe-37"
+        assert "3 errors in the last minute" in await items.first.inner_text()
+        await page.fill("#filter", "pipe-4")
+        names = [await i.get_attribute("data-name") for i in await items.all()]
+        assert names == [f"pipe-4{i}" for i in range(10)]
+        assert await page.locator("#count").inner_text() == "10 of 50"
+        await items.first.click()
+        await page.locator('#graph g.node.model[data-model="tfsimple2"]').wait_for(timeout=5_000)
+    finally:
+        await proxy.stop()
 
 
 async def produce_bad(bootstrap: str, name: str) -> None:
