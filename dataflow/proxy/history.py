@@ -77,14 +77,14 @@ def trouble_of(samples: Sequence[Sample], live: Mapping[str, Any] | None) -> lis
     if not samples:
         return out
     last = samples[-1]
-    base = _at_or_before(samples, last.t - STALL_S)
-    if (
-        not out
-        and last.lag > 0
-        and last.t - base.t >= STALL_S
-        and _delta(last.records_in, base.records_in) == 0
-    ):
-        out.append(f"stalled: lag {last.lag}, nothing read for {last.t - base.t:.0f}s")
+    since = last  # the oldest sample of the run that read nothing up to the last one
+    for sample in reversed(samples):
+        if sample.records_in != last.records_in:
+            break
+        since = sample
+    idle = last.t - since.t
+    if not out and last.lag > 0 and idle >= STALL_S:
+        out.append(f"stalled: lag {last.lag}, nothing read for {idle:.0f}s")
     base = _at_or_before(samples, last.t - GROWING_S)
     recent = samples[-4:]
     if (
