@@ -7,10 +7,12 @@ if [ "${DATAFLOW_RUNTIME:-0}" = 1 ]; then
 else
   venv="$repo/.venv"; target="$repo[dev]"; what="dataflow[dev] (runtime, test and lint tools)"
 fi
-py="${PYTHON:-python3}"
+# The interpreter itself, not a link to it: the venv's python points at this path for good.
+py="$(command -v "${PYTHON:-python3}" || echo "${PYTHON:-python3}")"
+py="$(readlink -f "$py" || echo "$py")"
 if [ ! -x "$venv/bin/python" ]; then
   echo "env: creating virtual environment $venv"
-  "$py" -m venv "$venv"
+  "$py" -m venv --clear "$venv"  # --clear: a venv whose interpreter went away is made anew
 fi
 stamp="$venv/.installed-$(sha1sum "$repo/pyproject.toml" | cut -c1-12)"
 if [ ! -f "$stamp" ]; then

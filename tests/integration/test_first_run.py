@@ -17,19 +17,22 @@ HIDDEN = {"kcat", "kafkacat", "mvn"}
 
 
 def bare_path(tmp: Path, hide: set[str]) -> str:
-    """PATH with the same commands as now but those of `hide`: each folder of PATH is replaced
-    by a folder of links to its commands."""
+    """PATH with the same commands as now but those of `hide`: each folder of PATH holding one
+    of them is replaced by a folder of links to its other commands."""
     folders = []
     for i, folder in enumerate(p for p in os.environ["PATH"].split(os.pathsep) if p):
-        mirror = tmp / f"path{i}"
-        mirror.mkdir(parents=True)
         try:
             entries = list(Path(folder).iterdir())
         except OSError:
             continue
+        if not any(entry.name in hide for entry in entries):
+            folders.append(folder)
+            continue
+        mirror = tmp / f"path{i}"
+        mirror.mkdir(parents=True)
         for entry in entries:
             if entry.name not in hide and os.access(entry, os.X_OK) and not entry.is_dir():
-                (mirror / entry.name).symlink_to(entry)
+                (mirror / entry.name).symlink_to(entry.resolve())
         folders.append(str(mirror))
     return os.pathsep.join(folders)
 
