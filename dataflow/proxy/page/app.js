@@ -257,7 +257,10 @@ function renderGraph(d) {
   }
   for (const e of g.edges) {
     const a = pos.get(e.from), b = pos.get(e.to);
-    const x1 = a.x + a.w, y1 = a.y + a.h / 2, x2 = b.x, y2 = b.y + b.h / 2, mx = (x1 + x2) / 2;
+    // A trigger enters lower than the sources, so that a trigger and a source from the same
+    // node stay two lines.
+    const low = e.kind === "trigger" ? 14 : 0;
+    const x1 = a.x + a.w, y1 = a.y + a.h / 2 + low / 3, x2 = b.x, y2 = b.y + b.h / 2 + low, mx = (x1 + x2) / 2;
     const d = x2 > x1 ? `M${x1},${y1} C${mx},${y1} ${mx},${y2} ${x2},${y2}` : `M${x1},${y1} C${x1 + 40},${y1 + 60} ${x2 - 40},${y2 + 60} ${x2},${y2}`;
     const path = svg("path", { class: `edge ${e.kind}`, d, "data-from": e.from, "data-to": e.to, "marker-end": e.kind === "error" ? "url(#arrow-error)" : "url(#arrow)" });
     path.append(svg("title", {}, e.topic + (e.label ? ` (${e.label})` : "")));
@@ -374,6 +377,10 @@ async function refresh() {
   }
 }
 
+window.addEventListener("hashchange", () => {
+  const name = decodeURIComponent(location.hash.slice(1)) || null;
+  if (name !== selected) { selected = name; selectedStep = null; refresh(); }
+});
 document.getElementById("filter").addEventListener("input", (e) => {
   filter = e.target.value.trim().toLowerCase();
   renderList(lastList);
