@@ -54,6 +54,9 @@ SLICE_RECORDS = 256
 PACE_SLACK_MS = 1000
 #: Longest a step waits for the end offsets of partitions that may lag (a broker failing over).
 END_OFFSETS_TIMEOUT = 5.0
+#: A caught-up source partition whose last fetch response is older than this counts as lagging
+#: (aiokafka long-polls every partition with nothing buffered every 0.5 s).
+UNHEARD_MS = 3000
 
 
 @dataclass(frozen=True)
@@ -482,11 +485,19 @@ class Step:
         return ends
 
     def _lagging(self, ends: dict[TopicPartition, int | None]) -> list[TopicPartition]:
-        """Partitions with records left to read (or not known yet)."""
+        """Partitions with records left to read (or not known yet), and partitions no fetch
+        answered for `UNHEARD_MS`: their leader is down or moving, and records may be waiting
+        to be written there (a producer retrying toward the new leader), so they must hold
+        stream time back and keep windows from closing on the wall clock."""
         lagging = []
+        now = _now_ms()
         for tp, end in ends.items():
             position = self._positions.get(tp)
             if end is None or position is None or position < end:
+                lagging.append(tp)
+                continue
+            heard = self.consumer.last_poll_timestamp(tp)
+            if heard is not None and now - heard > UNHEARD_MS:
                 lagging.append(tp)
         return lagging
 
