@@ -48,7 +48,9 @@ def finished(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
 def test_off_unless_an_exporter_is_named() -> None:
     assert not config_from_env({}).enabled
     assert not config_from_env({"OTEL_TRACES_EXPORTER": "none"}).enabled
-    assert not config_from_env({"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}).enabled
+    assert not config_from_env(
+        {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_SDK_DISABLED": "true"}
+    ).enabled
     assert not config_from_env(
         {"OTEL_TRACES_EXPORTER": "otlp", "OTEL_TRACES_SAMPLER": "always_off"}
     ).enabled
@@ -147,7 +149,9 @@ def test_the_input_ratio_starts_new_traces_only_at_inputs(spans: InMemorySpanExp
     span.end()
     [made] = finished(spans)
     assert made.parent is None
-    assert out == [("traceparent", tracing.traceparent(made.context.trace_id, made.context.span_id))]
+    assert out == [
+        ("traceparent", tracing.traceparent(made.context.trace_id, made.context.span_id))
+    ]
     with tracer.span("dataflow.pipeline.create", pipeline="p"):  # engine spans are roots
         span = tracer.record_span("s", {}, [], [], time.perf_counter(), at_input=True)
         assert span is not None
