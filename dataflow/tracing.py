@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Iterator, Mapping, MutableSequence, Sequence
+from collections.abc import Callable, Iterator, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -206,7 +206,9 @@ class Tracer:
             {"service.name": config.service_name, "service.version": __version__}
         )
         # Sampling is decided before the SDK is called (see the module's docstring).
-        self.provider: TracerProvider = TracerProvider(resource=resource, sampler=ALWAYS_ON)
+        self.provider: TracerProvider = TracerProvider(
+            resource=resource, sampler=ALWAYS_ON, shutdown_on_exit=False
+        )  # shut down by the engine (`shutdown`), bounded
         for p in [processor] if processor is not None else _processors(config):
             self.provider.add_span_processor(p)
         self._tracer = self.provider.get_tracer("dataflow", __version__)
@@ -253,14 +255,18 @@ class Tracer:
         out_headers: MutableSequence[tuple[str, bytes]],
         received: float,
         at_input: bool,
+        more: Callable[[], dict[str, Any]] | None = None,
     ) -> Span | None:
         """The span of one record through a stateless step, or None if it is not traced.
 
-        `out_headers` (the output's) get the span's `traceparent`. The caller ends the span.
+        `out_headers` (the output's) get the span's `traceparent`; `more()` gives attributes
+        of the record (called only for a traced record). The caller ends the span.
         """
         parent = self._parent(headers, at_input)
         if parent is None:
             return None
+        if more is not None:
+            attributes = {**attributes, **more()}
         now_perf, now_ns = time.perf_counter(), time.time_ns()
         span = self._tracer.start_span(
             name,
@@ -415,19 +421,22 @@ class StepTrace:
         received: float,
     ) -> Span | None:
         """The span of `record` through a stateless step (None: not traced)."""
-        span = self.tracer.record_span(
-            self.name, self.attributes, record.headers, out_headers, received,
-            tp.topic in self.inputs,
-        )  # fmt: skip
-        if span is not None:
-            span.set_attribute("messaging.source.name", tp.topic)
-            span.set_attribute("messaging.kafka.source.partition", tp.partition)
-            span.set_attribute("messaging.kafka.message.offset", record.offset)
+
+        def more() -> dict[str, Any]:
+            attributes = {
+                "messaging.source.name": tp.topic,
+                "messaging.kafka.source.partition": tp.partition,
+                "messaging.kafka.message.offset": record.offset,
+            }
             if record.timestamp >= 0:
                 # Since the record was written: the time it waited in the step's topic.
-                span.set_attribute("dataflow.queue_ms", time.time_ns() // 1_000_000
-                                   - record.timestamp)  # fmt: skip
-        return span
+                attributes["dataflow.queue_ms"] = time.time_ns() // 1_000_000 - record.timestamp
+            return attributes
+
+        return self.tracer.record_span(
+            self.name, self.attributes, record.headers, out_headers, received,
+            tp.topic in self.inputs, more,
+        )  # fmt: skip
 
     def output(
         self,

@@ -159,10 +159,29 @@ async def _close_extras(tracer: Tracer | None, registry: Registry | None) -> Non
     if registry is not None:
         await registry.close()
     if tracer is not None:
+        import threading
+
         from dataflow.tracing import SHUTDOWN_TIMEOUT
 
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(asyncio.to_thread(tracer.shutdown), SHUTDOWN_TIMEOUT + 1)
+        # A daemon thread, waited for at most the bound: an exporter retrying an unreachable
+        # collector must not keep the process from exiting (an executor thread would).
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+
+        def shutdown() -> None:
+            try:
+                tracer.shutdown()
+            finally:
+                with contextlib.suppress(RuntimeError):  # the loop closed after the bound
+                    loop.call_soon_threadsafe(done.set)
+
+        threading.Thread(target=shutdown, name="tracing-shutdown", daemon=True).start()
+        try:
+            await asyncio.wait_for(done.wait(), SHUTDOWN_TIMEOUT)
+        except TimeoutError:
+            from loguru import logger
+
+            logger.warning("tracing: the last spans were not exported in time")
 
 
 def run(settings: Settings) -> int:

@@ -8,7 +8,10 @@ own spans. Jaeger is the binary of `scripts/jaeger build`; without it the test i
 from __future__ import annotations
 
 import asyncio
+import signal
+import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +32,7 @@ from tests.integration.harness import (
     _env,
     consume,
     create_topics,
+    free_port,
     produce,
     wait_until,
 )
@@ -198,3 +202,37 @@ async def test_traced_requests_through_a_chain_and_a_join(
     assert error["name"] == f"{name}.b"
     assert spans_by_id[error["parentSpanId"]]["name"] == "model-a-bad"
     assert "malformed protobuf" in error["status"]["message"]
+
+
+def test_a_stuck_collector_does_not_hold_the_shutdown(tmp_path: Path, bootstrap: str) -> None:
+    """Spans that cannot be exported are dropped after the bound; the engine exits on SIGTERM.
+
+    The collector is a socket that accepts connections and never answers: every export waits
+    for its 10 s deadline."""
+    stuck = socket.socket()
+    stuck.bind(("127.0.0.1", 0))
+    stuck.listen(16)
+    env = {
+        "SELDON_KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "SELDON_UPSTREAM_HOST": "127.0.0.1",
+        "SELDON_UPSTREAM_PORT": str(free_port()),  # no scheduler: the engine just waits
+        "SELDON_HEALTH_SERVER_PORT": "0",
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{stuck.getsockname()[1]}",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    engine = Process("engine", [sys.executable, "-m", "dataflow"], _env(env), tmp_path / "e.log")
+    engine.start()
+    try:
+        wait_until(lambda: "started: kafka" in engine.output(), 60, "the engine's start")
+        time.sleep(1)  # the start-up span's export is waiting for the collector
+        t0 = time.monotonic()
+        engine.signal(signal.SIGTERM)
+        code = engine.wait(30)
+        took = time.monotonic() - t0
+    finally:
+        engine.stop()
+        stuck.close()
+    assert code == 0, engine.output()[-2000:]
+    assert took < 9, f"took {took:.1f}s"
+    assert "tracing on: otlp (grpc)" in engine.output()
