@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterator, Mapping, MutableSequence, Sequence
+from collections.abc import Iterator, Mapping, MutableSequence, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,8 @@ DEFAULT_SERVICE = "seldon-dataflow-engine"
 SHUTDOWN_TIMEOUT = 5.0
 
 _EXPORTERS = frozenset({"otlp", "console"})
+# Hex digits of a sampled `traceparent` flags byte's low half (bit 0 set).
+_ODD = frozenset(b"13579bdfBDF")
 _PROTOCOLS = frozenset({"grpc", "http/protobuf"})
 # OTEL_TRACES_SAMPLER value -> the ratio of traces started at the inputs (None: from the ARG).
 _SAMPLERS: dict[str, float | None] = {
@@ -255,18 +257,18 @@ class Tracer:
         out_headers: MutableSequence[tuple[str, bytes]],
         received: float,
         at_input: bool,
-        more: Callable[[], dict[str, Any]] | None = None,
+        more: dict[str, Any] | None = None,
     ) -> Span | None:
         """The span of one record through a stateless step, or None if it is not traced.
 
-        `out_headers` (the output's) get the span's `traceparent`; `more()` gives attributes
-        of the record (called only for a traced record). The caller ends the span.
+        `out_headers` (the output's) get the span's `traceparent`; `more` adds attributes of
+        the record. The caller ends the span.
         """
         parent = self._parent(headers, at_input)
         if parent is None:
             return None
         if more is not None:
-            attributes = {**attributes, **more()}
+            attributes = {**attributes, **more}
         now_perf, now_ns = time.perf_counter(), time.time_ns()
         span = self._tracer.start_span(
             name,
@@ -384,13 +386,14 @@ class StepTrace:
         stages: the step's stages (`dataflow.stages.StepStages`): names the span's stage.
     """
 
-    __slots__ = ("attributes", "inputs", "name", "tracer")
+    __slots__ = ("attributes", "inputs", "name", "roots", "tracer")
 
     def __init__(self, tracer: Tracer, topology: Any, spec: Any, stages: Any) -> None:
         from dataflow.describe import step_names
 
         step = step_names(topology)[spec.index]
         self.tracer = tracer
+        self.roots = tracer.config.input_ratio > 0.0  # traces may start at the inputs
         self.name = step if step.startswith(f"{topology.name}.") else f"{topology.name}.{step}"
         stage = "step"
         if stages.joiner is not None:
@@ -420,22 +423,30 @@ class StepTrace:
         out_headers: MutableSequence[tuple[str, bytes]],
         received: float,
     ) -> Span | None:
-        """The span of `record` through a stateless step (None: not traced)."""
+        """The span of `record` through a stateless step (None: not traced).
 
-        def more() -> dict[str, Any]:
-            attributes = {
-                "messaging.source.name": tp.topic,
-                "messaging.kafka.source.partition": tp.partition,
-                "messaging.kafka.message.offset": record.offset,
-            }
-            if record.timestamp >= 0:
-                # Since the record was written: the time it waited in the step's topic.
-                attributes["dataflow.queue_ms"] = time.time_ns() // 1_000_000 - record.timestamp
-            return attributes
-
+        Called for every record of a stateless step while tracing is on: a record whose
+        `traceparent` is not sampled (or that has none and cannot start a trace) costs one scan
+        of its headers and one look at the flag's last hex digit."""
+        for key, value in record.headers:
+            if key == TRACEPARENT:
+                if len(value) < 55 or value[54] not in _ODD:
+                    return None
+                break
+        else:
+            if not self.roots or tp.topic not in self.inputs:
+                return None
+        attributes = {
+            "messaging.source.name": tp.topic,
+            "messaging.kafka.source.partition": tp.partition,
+            "messaging.kafka.message.offset": record.offset,
+        }
+        if record.timestamp >= 0:
+            # Since the record was written: the time it waited in the step's topic.
+            attributes["dataflow.queue_ms"] = time.time_ns() // 1_000_000 - record.timestamp
         return self.tracer.record_span(
             self.name, self.attributes, record.headers, out_headers, received,
-            tp.topic in self.inputs, more,
+            tp.topic in self.inputs, attributes,
         )  # fmt: skip
 
     def output(

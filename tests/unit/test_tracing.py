@@ -207,3 +207,51 @@ def test_span_helper_is_nothing_without_a_tracer(spans: InMemorySpanExporter) ->
     assert made.name == "dataflow.engine.start"
     assert made.status.status_code is StatusCode.ERROR
     tracer.shutdown()
+
+
+# -- a step's spans ---------------------------------------------------------------------------
+
+
+def step_trace(tracer: Tracer) -> tracing.StepTrace:
+    from dataflow.stages import StepStages
+    from dataflow.topology import Source, StepSpec, Topology
+    from dataflow.wire import ChainType
+
+    ns = "seldon.ns"
+    source = Source(f"{ns}.pipeline.p.inputs", "p", None, {}, ChainType.INPUT_INPUT)
+    spec = StepSpec(0, (source,), (), f"{ns}.model.m.inputs", "inner", "inner", 0)
+    topology = Topology("p", 2, "uid", (spec,), output_topic=f"{ns}.pipeline.p.outputs")
+    return tracing.StepTrace(tracer, topology, spec, StepStages(spec, topology.output_topic, None))
+
+
+class _Record:
+    def __init__(self, headers: list[tuple[str, bytes]]) -> None:
+        self.headers, self.offset, self.timestamp = headers, 12, int(time.time() * 1000) - 250
+
+
+def test_a_step_span_is_named_for_pipeline_and_step(spans: InMemorySpanExporter) -> None:
+    from aiokafka import TopicPartition
+
+    trace = step_trace(make_tracer(spans))
+    assert trace.inputs == {"seldon.ns.pipeline.p.inputs"}
+    tp = TopicPartition("seldon.ns.pipeline.p.inputs", 3)
+    for flags in (b"00", b"02", b"10"):  # not sampled: no span, headers untouched
+        headers = [("traceparent", SAMPLED[:-2] + flags)]
+        out = list(headers)
+        assert trace.record(tp, _Record(headers), out, time.perf_counter()) is None
+        assert out == headers
+    assert trace.record(tp, _Record([]), [], time.perf_counter()) is None  # no root sampling
+    for flags in (b"01", b"03", b"ff"):
+        span = trace.record(tp, _Record([("traceparent", SAMPLED[:-2] + flags)]), [], 0.0)
+        assert span is not None
+        span.end()
+    made = finished(spans)
+    assert [s.name for s in made] == ["p.m"] * 3
+    attributes = made[0].attributes
+    assert attributes is not None
+    assert attributes["seldon.pipeline"] == "p" and attributes["seldon.step"] == "m"
+    assert attributes["messaging.kafka.message.offset"] == 12
+    assert attributes["messaging.kafka.source.partition"] == 3
+    assert 250 <= attributes["dataflow.queue_ms"] < 60_000  # type: ignore[operator]
+    rooted = step_trace(make_tracer(spans, ratio=1.0))
+    assert rooted.record(tp, _Record([]), [], time.perf_counter()) is not None
