@@ -428,7 +428,7 @@ class StepTrace:
         Called for every record of a stateless step while tracing is on: a record whose
         `traceparent` is not sampled (or that has none and cannot start a trace) costs one scan
         of its headers and one look at the flag's last hex digit."""
-        for key, value in record.headers:
+        for key, value in record.headers:  # `_may_trace` inline: this runs for every record
             if key == TRACEPARENT:
                 if len(value) < 55 or value[54] not in _ODD:
                     return None
@@ -449,6 +449,14 @@ class StepTrace:
             tp.topic in self.inputs, attributes,
         )  # fmt: skip
 
+    def _may_trace(self, headers: Sequence[tuple[str, bytes]], topic: str) -> bool:
+        """False when a record surely gets no span: its `traceparent` is not sampled, or it
+        has none and cannot start a trace (a cheap look, before any parsing)."""
+        for key, value in headers:
+            if key == TRACEPARENT:
+                return len(value) >= 55 and value[54] in _ODD
+        return self.roots and topic in self.inputs
+
     def output(
         self,
         output: Any,
@@ -460,6 +468,8 @@ class StepTrace:
         """The span of an output of a join, batch, trigger gate or per-record step (None: no
         part of it is traced); an output to the error topic is an error span."""
         refs = output.contributors or (output.origin,)
+        if not any(self._may_trace(r.headers, r.tp.topic) for r in refs):
+            return None
         parts = [(r.headers, r.received, r.tp.topic in self.inputs) for r in refs]
         origin = next((n for n, r in enumerate(refs) if r is output.origin), 0)
         error = None
