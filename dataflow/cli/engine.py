@@ -201,6 +201,14 @@ def run(settings: Settings) -> int:
         settings.health_server_port,
     )
     logger.debug("settings: {}", settings.masked())
+    try:  # checked before workers start too: each reads the same OTEL_* variables
+        import os
+
+        tracing.config_from_env(os.environ)
+    except tracing.TracingConfigError as exc:
+        logger.remove()
+        print(f"{NAME}: {exc}", file=sys.stderr)
+        return 1
     main: Callable[[Settings], Coroutine[Any, Any, None]] = serve
     errors: tuple[type[Exception], ...] = (StartupError,)
     if (settings.num_cores or 1) > 1:  # a supervisor of N engine processes
