@@ -2,8 +2,8 @@
 
 Off unless the standard environment asks for it (`OTEL_TRACES_EXPORTER=otlp`, or `console`);
 `config_from_env` reads it once at start-up (the CLI passes `os.environ`) and `Tracer` is built
-from that. With tracing off the engine holds no `Tracer` (None) and nothing here is imported
-by the hot path.
+from that. With tracing off the engine holds no `Tracer` (None): the steps test for None
+and take the path they take without tracing, and the SDK is never imported.
 
 Sampling is parent-based, decided by whoever started the trace (the gateway): a record gets a
 span only when it carries a `traceparent` header whose sampled flag is set. Records without a
