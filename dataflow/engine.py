@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
@@ -17,6 +18,7 @@ from aiokafka.errors import KafkaConnectionError
 from aiokafka.protocol.metadata import MetadataRequest
 from loguru import logger
 
+from dataflow import tracing
 from dataflow.handover import Handover, plan
 from dataflow.kafka import (
     delete_groups,
@@ -36,8 +38,12 @@ from dataflow.reachability import BrokerWatch, leaderless
 from dataflow.settings import Settings
 from dataflow.store import CHANGELOG_CONFIG, changelog_topic
 from dataflow.subscriber import Subscriber
-from dataflow.topology import TopologyError, check_state_bounds, group_id, topology_from
+from dataflow.topology import Topology, TopologyError, check_state_bounds, group_id, topology_from
 from dataflow.watchdog import Watchdog
+
+if TYPE_CHECKING:
+    from dataflow.confluent import Registry
+    from dataflow.tracing import Tracer
 
 #: Seconds before a pipeline that failed at run time is rebuilt.
 RESTART_DELAY = 5.0
@@ -48,8 +54,12 @@ GC_YOUNG_THRESHOLD = 10_000
 class Engine:
     """The data-flow engine of one replica."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self, settings: Settings, tracer: Tracer | None = None, registry: Registry | None = None
+    ) -> None:
         self.settings = settings
+        self.tracer = tracer  # dataflow.tracing; None: off
+        self.registry = registry  # dataflow.confluent; None: raw values
         self.producer: AIOKafkaProducer = make_producer(settings)
         self.admin: AIOKafkaAdminClient = make_admin(settings)
         self.subscriber = Subscriber.from_settings(settings, self._on_update, self._on_malformed)
@@ -123,6 +133,8 @@ class Engine:
         except Exception as exc:  # an admin client that never started
             logger.debug("admin close: {}", exc)
         self.subscriber.close()
+        if self.registry is not None:
+            await self.registry.close()
         logger.info("engine stopped")
 
     # -- commands ---------------------------------------------------------------------------
@@ -256,10 +268,13 @@ class Engine:
             self._on_failure,
             self._on_status,
             self.ensure_changelog,
+            self.tracer,
+            self.registry,
         )
         self.pipelines[uid] = pipeline
         try:
-            await pipeline.start(timeout=self.settings.topic_create_timeout_millis / 1000)
+            with tracing.span(self.tracer, "dataflow.pipeline.create", **_attributes(topology)):
+                await pipeline.start(timeout=self.settings.topic_create_timeout_millis / 1000)
         except Exception as exc:
             await pipeline.stop(self.settings.shutdown_timeout_seconds)
             self.pipelines.pop(uid, None)
@@ -436,6 +451,16 @@ class Engine:
             if topic not in self._created_topics:
                 await ensure_topics(self.admin, self.settings, [topic])
                 self._created_topics.add(topic)
+
+
+def _attributes(topology: Topology) -> dict[str, object]:
+    """The attributes of a pipeline's creation span."""
+    return {
+        "seldon.pipeline": topology.name,
+        "seldon.pipeline.version": topology.version,
+        "seldon.pipeline.uid": topology.uid,
+        "seldon.pipeline.steps": len(topology.steps),
+    }
 
 
 def _settle_garbage_collector() -> None:

@@ -159,6 +159,10 @@ def make_consumer(
     from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 
     fetch_max = min(settings.kafka_max_message_size_bytes, 2**31 - 1)
+    if settings.kafka_schema_registry_config_path:  # values lose their Confluent framing
+        from dataflow.confluent import unframe
+
+        extra.setdefault("value_deserializer", unframe)
     return AIOKafkaConsumer(
         **_common(settings),
         group_id=group_id,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer
 from loguru import logger
@@ -16,6 +17,10 @@ from dataflow.step import StateOptions, Step, StepFailed
 from dataflow.store import changelog_topic
 from dataflow.topology import Topology, group_id
 from dataflow.transactions import Transactions
+
+if TYPE_CHECKING:
+    from dataflow.confluent import Registry
+    from dataflow.tracing import Tracer
 
 READY = "pipeline data streams: ready"
 
@@ -32,6 +37,8 @@ class Pipeline:
         on_failure: called once with the reason when a step can no longer deliver.
         on_status: called with False when a rebalance starts after creation, True when every
             step owns its partitions again.
+        tracer: the engine's tracer (None: tracing off).
+        registry: the schema registry (None: raw values).
     """
 
     def __init__(
@@ -43,6 +50,8 @@ class Pipeline:
         on_failure: Callable[[Pipeline, str], None],
         on_status: Callable[[Pipeline, bool], None] | None = None,
         ensure_changelog: Callable[[str, int], Awaitable[None]] | None = None,
+        tracer: Tracer | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.topology = topology
         self.settings = settings
@@ -84,6 +93,8 @@ class Pipeline:
                     self._rebalanced,
                     state,
                     transactions,
+                    tracer=tracer,
+                    registry=registry,
                 )
             )
         self._tasks: list[asyncio.Task[None]] = []

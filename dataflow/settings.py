@@ -203,6 +203,13 @@ class Settings(BaseSettings):
         20.0, gt=0, le=120, description="bound on a graceful shutdown"
     )
 
+    # Schema registry (dataflow.confluent, spec 4.12). Tracing reads the standard OTEL_* env.
+    kafka_schema_registry_config_path: str = Field(
+        "",
+        description="directory holding .confluent-schema.yaml (schemaRegistry.client.URL, "
+        "username, password): read and write the Confluent wire format; empty: raw values",
+    )
+
     # Worker processes (the 2022 demo's flag): above 1, a supervisor of that many engines.
     num_cores: int | None = Field(
         None,

@@ -14,7 +14,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -22,7 +22,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from loguru import logger
 
 from dataflow import headers as hdr
-from dataflow import membership, store
+from dataflow import membership, store, tracing
 from dataflow.cycles import RevisitGuard
 from dataflow.joins import Entry, Output
 from dataflow.kafka import read_latest
@@ -34,6 +34,10 @@ from dataflow.streamtime import StreamTime
 from dataflow.topology import Source, StepSpec, Topology, Trigger
 from dataflow.transactions import Transactions
 from dataflow.wire import ChainType, WireError, convert
+
+if TYPE_CHECKING:
+    from dataflow.confluent import Registry
+    from dataflow.tracing import Tracer
 
 # Trigger records parse as responses whatever their topic (spec 4.7).
 _TRIGGER_CHAIN = ChainType.OUTPUT_INPUT
@@ -118,6 +122,9 @@ class Step:
         state: where a stateful step (join, trigger gate, batch) keeps its state.
         transactions: exactly-once mode (`dataflow.transactions`): the step sends through its
             tasks' transactional producers, and commits its offsets in their transactions.
+        tracer: makes the spans of traced records (`dataflow.tracing`); None: tracing is off.
+        registry: the schema registry whose framing the step's sink values get
+            (`dataflow.confluent`); None: values are written raw.
     """
 
     def __init__(
@@ -132,6 +139,8 @@ class Step:
         on_rebalance: Callable[[], None] | None = None,
         state: StateOptions | None = None,
         transactions: Transactions | None = None,
+        tracer: Tracer | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.topology = topology
         self.spec = spec
@@ -187,6 +196,11 @@ class Step:
         # Held while a fetched batch is processed and while partitions are revoked, never
         # around getmany() (the rebalance it waits for runs the revoke handler).
         self._batch_lock = asyncio.Lock()
+        # -- tracing and the schema registry's framing (issue 24) --
+        self._tracer = tracer
+        self._trace = tracing.StepTrace(tracer, topology, spec, self.stages) if tracer else None
+        self._registry = registry
+        self._frame = b""  # the sink's Confluent framing (start()), prepended to its values
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -200,6 +214,8 @@ class Step:
         self.consumer.subscribe(list(self.spec.topics), listener=_Listener(self))
         partitions = await self.producer.partitions_for(self.spec.sink)
         self._sink_partitions = max(1, len(partitions or ()))
+        if self._registry is not None:
+            self._frame = await _framing(self._registry, self.spec.sink, self.log)
 
     def stop_soon(self) -> None:
         """Ask the loop to finish: stop fetching, deliver what is in flight, commit."""
@@ -269,6 +285,7 @@ class Step:
         per record), hold each partition's offsets once until every batch is acknowledged."""
         stats = self.stats
         sink_partitions = self._sink_partitions
+        trace, frame = self._trace, self._frame
         pipeline, version = self._header_values
         replaced = hdr.REPLACED
         # Per producer (exactly-once: one per task), one open record batch (and what is in it)
@@ -316,19 +333,23 @@ class Step:
                     kept = [(k, v) for k, v in headers if k not in replaced]
                     kept.append((hdr.PIPELINE, pipeline))
                     kept.append((hdr.PIPELINE_VERSION, version))
+                    span = None if trace is None else trace.record(tp, record, kept, received)
+                    out = frame + value if frame else value
                     key = record.key
                     partition = partition_for(key, sink_partitions) if sink_partitions > 1 else 0
                     current = open_batches.get(partition)
                     if current is None:
                         current = open_batches[partition] = (create(), [])
                     ts = record.timestamp if record.timestamp >= 0 else None
-                    if current[0].append(key=key, value=value, timestamp=ts, headers=kept) is None:
+                    if current[0].append(key=key, value=out, timestamp=ts, headers=kept) is None:
                         await self._send_built(
                             producer, current[0], partition, current[1], hold, received
                         )
                         current = open_batches[partition] = (create(), [])
-                        current[0].append(key=key, value=value, timestamp=ts, headers=kept)
+                        current[0].append(key=key, value=out, timestamp=ts, headers=kept)
                     current[1].append((value, tp, record))
+                    if span is not None:
+                        span.end()
                 if not matched:
                     stats.filtered += 1
         stats.records_in += fetched
@@ -870,10 +891,16 @@ class Step:
     async def _deliver(self, topic: str, output: Output[Ref], extra: Headers, attempt: int) -> None:
         partition, headers = self._record_parts(topic, output, extra)
         producer = await self._producer_for(output.origin.tp.partition)
+        value = output.value
+        if self._frame and topic == self.spec.sink:
+            value = self._frame + value
+        span = None
+        if self._trace is not None and attempt == 1:
+            span = self._trace.output(output, headers, topic, topic == self.error_topic, extra)
         try:
             future = await producer.send(
                 topic,
-                output.value,
+                value,
                 key=output.key,
                 partition=partition,
                 headers=headers,
@@ -885,6 +912,9 @@ class Step:
             reason = f"output of {len(output.value)} bytes to {topic} is too large: {exc}"
             await self._send_error(output.origin, reason, output.contributors)
             return
+        finally:
+            if span is not None:
+                span.end()
         self.stats.records_out += 1
         future.add_done_callback(partial(self._on_ack, topic, output, extra, attempt))
 
@@ -945,7 +975,9 @@ class Step:
             await self.producer.flush()
             await self.producer.send_and_wait(
                 topic,
-                output.value,
+                self._frame + output.value
+                if self._frame and topic == self.spec.sink
+                else output.value,
                 key=output.key,
                 partition=partition,
                 headers=headers,
@@ -1223,10 +1255,25 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         self.step = step
 
     async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.step.on_revoked(set(revoked))
+        with tracing.span(self.step._tracer, "dataflow.rebalance.revoked",
+                          **tracing.rebalance_attributes(self.step, revoked)):  # fmt: skip
+            await self.step.on_revoked(set(revoked))
 
     async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.step.on_assigned(set(assigned))
+        with tracing.span(self.step._tracer, "dataflow.rebalance.assigned",
+                          **tracing.rebalance_attributes(self.step, assigned)):  # fmt: skip
+            await self.step.on_assigned(set(assigned))
+
+
+async def _framing(registry: Registry, topic: str, log: Any) -> bytes:
+    """The framing of `topic`'s values; raw (empty) when the registry refuses (spec 4.12)."""
+    from dataflow.confluent import RegistryError
+
+    try:
+        return await registry.prefix(topic)
+    except RegistryError as exc:
+        log.warning("values to {} written without framing: {}", topic, exc)
+        return b""
 
 
 def _tp_name(tp: TopicPartition) -> str:

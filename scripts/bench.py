@@ -5,6 +5,7 @@
     scripts/bench --quick                           # a short smoke of every part
     scripts/bench --parts wire                      # the wire-conversion micro-benchmark
     scripts/bench --parts guarantees                # at-least-once vs exactly-once vs raw
+    scripts/bench --parts tracing                   # tracing off / on, 0, 1, 100 % sampled
 
 Both contenders run as child processes on the same broker, alternated (raw, engine, raw,
 engine, ...), each run on its own fresh topic pair, pre-loaded once before the run:
@@ -48,6 +49,12 @@ running through the raw and the engine run; the raw loop copies a pre-loaded bac
 rate x down records on as many partitions under the same hogs. A catch-up that does not finish
 within --catchup-timeout (or makes no progress for --idle-timeout) is a row "did not catch up
 within X s: Y of Z outputs", never a hang.
+
+tracing (not in the default parts): the throughput part's 1-partition chain, alternated: the raw
+loop, the engine with tracing off, and with tracing on (OTLP/gRPC to a Jaeger of
+`scripts/jaeger build`, started by the bench on free ports) with 0 %, 1 % and 100 % of the
+records sampled. Every record of every run carries a `traceparent` with a trace id of its own;
+its sampled flag is set on every 100th record (1 %), every record (100 %), none otherwise.
 """
 
 from __future__ import annotations
@@ -93,7 +100,7 @@ STATEFUL_PARTS = (
     "trigger-partitions",
 )
 PARTS = ("throughput", "partitions", "latency", "rss", "large", *STATEFUL_PARTS, "catchup")
-EXTRA_PARTS = ("wire", "guarantees")
+EXTRA_PARTS = ("wire", "guarantees", "tracing")
 LOG_APPEND = {"message.timestamp.type": "LogAppendTime"}
 BIG = 64 * 2**20
 MIB = 2**20
@@ -758,18 +765,23 @@ async def throughput_run(
     value: bytes,
     partitions: int,
     large: bool = False,
+    filler: Callable[[str, int, str], Awaitable[float]] | None = None,
     **settings: str,
 ) -> dict[str, Any]:
-    """One pre-loaded run of the raw loop or the engine: rate from output append times."""
+    """One pre-loaded run of the raw loop or the engine: rate from output append times.
+    `filler(topic, partitions, pipeline)` writes the records instead of `fill`."""
     topics = Topics.fresh(kind[0])
     result: dict[str, Any] = {"kind": kind, "records": n, "partitions": partitions}
     proc: Any = None
     try:
         await create_topics(bench.bootstrap, [topics.source], partitions)
         await create_topics(bench.bootstrap, [topics.sink], partitions, LOG_APPEND)
-        result["fill_s"] = await fill(
-            bench.bootstrap, topics.source, n, value, partitions, topics.pipeline
-        )
+        if filler is not None:
+            result["fill_s"] = await filler(topics.source, partitions, topics.pipeline)
+        else:
+            result["fill_s"] = await fill(
+                bench.bootstrap, topics.source, n, value, partitions, topics.pipeline
+            )
         proc = await _contender(bench, kind, topics, n, large, **settings)
         result["load_before"] = load1()
         before = sample(proc.pid)
@@ -1028,6 +1040,130 @@ async def part_guarantees(bench: Bench) -> dict[str, Any]:
         for label, _, _ in GUARANTEES
     }
     return part
+
+
+#: The contenders of the tracing part: (label, contender kind, tracing on, sampled 1 in N).
+TRACING: tuple[tuple[str, str, bool, int], ...] = (
+    ("raw", "raw", False, 0),
+    ("off", "engine", False, 0),
+    ("on, 0 %", "engine", True, 0),
+    ("on, 1 %", "engine", True, 100),
+    ("on, 100 %", "engine", True, 1),
+)
+
+
+async def fill_traced(
+    bootstrap: str, topic: str, n: int, value: bytes, pipeline: str, every: int
+) -> float:
+    """Write `n` records to partition 0, each with a `traceparent` of a trace of its own,
+    sampled on every `every`th record (0: none); returns the seconds it took."""
+    t0 = time.perf_counter()
+    producer = AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks=1, linger_ms=5, max_batch_size=512 * 1024
+    )
+    await producer.start()
+    pending: list[asyncio.Future[Any]] = []
+    try:
+        builder = producer.create_batch()
+        for i in range(n):
+            flag = "01" if every and i % every == 0 else "00"
+            parent = f"00-{os.urandom(16).hex()}-{os.urandom(8).hex()}-{flag}".encode()
+            headers = [("pipeline", pipeline.encode()), ("traceparent", parent)]
+            if builder.append(key=None, value=value, timestamp=None, headers=headers) is None:
+                pending.append(await producer.send_batch(builder, topic, partition=0))
+                builder = producer.create_batch()
+                builder.append(key=None, value=value, timestamp=None, headers=headers)
+                if len(pending) >= 32:
+                    await asyncio.gather(*pending)
+                    pending.clear()
+        if builder.record_count():
+            pending.append(await producer.send_batch(builder, topic, partition=0))
+        await asyncio.gather(*pending)
+    finally:
+        await producer.stop()
+    return time.perf_counter() - t0
+
+
+@contextlib.contextmanager
+def _environ(values: dict[str, str]) -> Iterator[None]:
+    """Set environment variables for the processes started inside (the engine's OTEL_*)."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+async def part_tracing(bench: Bench) -> dict[str, Any]:
+    """Throughput with tracing off and on (0, 1, 100 % sampled), alternated with the raw loop."""
+    from tests.integration.jaeger import Jaeger, binary
+
+    path = binary()
+    if path is None:
+        raise RuntimeError("no Jaeger binary: run scripts/jaeger build (needs Go)")
+    part: dict[str, Any] = {"records": bench.records, "load_before": load1()}
+    value = demo_response(1)
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _, _ in TRACING}
+    bench.logs.mkdir(parents=True, exist_ok=True)
+    jaeger = await asyncio.to_thread(Jaeger(bench.logs, path).start)
+    try:
+        for i in range(bench.runs):
+            for label, kind, on, every in TRACING:
+                env = {"OTEL_TRACES_EXPORTER": "otlp" if on else "none"}
+                env["OTEL_EXPORTER_OTLP_ENDPOINT"] = jaeger.otlp_endpoint
+
+                async def filler(
+                    topic: str, partitions: int, pipeline: str, every: int = every
+                ) -> float:
+                    return await fill_traced(
+                        bench.bootstrap, topic, bench.records, value, pipeline, every
+                    )
+
+                with _environ(env):
+                    r = await throughput_run(bench, kind, bench.records, value, 1, False, filler)
+                runs[label].append(r)
+                bench.say(
+                    f"  tracing run {i + 1}/{bench.runs} {label:<10}: "
+                    f"{r['rate']:>10,.0f} records/s, {r['count']:,} out, "
+                    f"cpu {r['cpu_us_per_record']:.1f} us/record, "
+                    f"load {r['load_before']:.2f}->{r['load_after']:.2f}"
+                )
+    finally:
+        await asyncio.to_thread(jaeger.stop)
+    part["load_after"] = load1()
+    part["runs"] = runs
+    part["median"] = {
+        label: {
+            "rate": _median(runs[label], "rate"),
+            "cpu_us_per_record": _median(runs[label], "cpu_us_per_record"),
+        }
+        for label, _, _, _ in TRACING
+    }
+    return part
+
+
+def tracing_table(part: dict[str, Any], runs: int) -> str:
+    """The tracing part: each mode's rate and its ratio to the raw loop of the same runs."""
+    med = part["median"]
+    raw = med["raw"]
+    lines = [
+        f"| tracing ({part['records']:,} records of 77 B, 1 partition, {_of(runs)}) "
+        "| records/s | / raw loop | / tracing off | CPU per record |",
+        "|---|---|---|---|---|",
+    ]
+    for label, _, _, _ in TRACING:
+        m = med[label]
+        lines.append(
+            f"| {label} | {m['rate']:,.0f}/s | {_ratio(m['rate'], raw['rate'])} "
+            f"| {_ratio(m['rate'], med['off']['rate'])} | {m['cpu_us_per_record']:.1f} us |"
+        )
+    lines.append(f"\nload {_load(part)}")
+    return "\n".join(lines)
 
 
 def guarantees_table(part: dict[str, Any], runs: int) -> str:
@@ -2055,7 +2191,7 @@ def parser() -> argparse.ArgumentParser:
         "--parts",
         type=_parts,
         default=list(PARTS),
-        help=f"comma-separated, of {', '.join(PARTS)} (default all), wire and guarantees",
+        help=f"comma-separated, of {', '.join(PARTS)} (default all), wire, guarantees, tracing",
     )
     p.add_argument("--records", type=int, help="records per throughput run (1,000,000)")
     p.add_argument("--runs", type=int, help="runs of each contender per part (3)")
@@ -2171,6 +2307,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "rss": part_rss,
         "large": part_large,
         "guarantees": part_guarantees,
+        "tracing": part_tracing,
         "catchup": part_catchup,
     }
     for name in STATEFUL_PARTS:
@@ -2188,10 +2325,12 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             bench.say(f"  {name} failed: {out['errors'][name]}")
     out["seconds"] = time.monotonic() - t0
     out["engine_revisions"] = sorted(REVISIONS)
-    main_parts = {k: v for k, v in out["parts"].items() if k != "guarantees"}
+    main_parts = {k: v for k, v in out["parts"].items() if k not in ("guarantees", "tracing")}
     out["table"] = table(main_parts, bench.runs) if main_parts else ""
     if "guarantees" in out["parts"]:
         out["guarantees_table"] = guarantees_table(out["parts"]["guarantees"], bench.runs)
+    if "tracing" in out["parts"]:
+        out["tracing_table"] = tracing_table(out["parts"]["tracing"], bench.runs)
     return out
 
 
@@ -2215,6 +2354,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{out['table']}\n")
     if out.get("guarantees_table"):
         print(f"\nprocessing guarantees:\n\n{out['guarantees_table']}\n")
+    if out.get("tracing_table"):
+        print(f"\ntracing:\n\n{out['tracing_table']}\n")
     if "seconds" in out:
         print(f"took {out['seconds']:.0f} s; logs in {out['logs']}")
     if "wire" in args.parts:
