@@ -2166,6 +2166,7 @@ def count(
         "outputs_not_sent": sum(c for rid, c in delivered.items() if rid not in sent),
         "partial_join_outputs": partial_outputs,
         "one_sided": one_sided,
+        "duplicated_ids": {rid for rid, c in delivered.items() if c > 1},
         "one_sided_ids_also_joined": len(one_sided & joined),
         "undecodable_outputs": undecodable,
     }
@@ -2560,7 +2561,11 @@ async def _run_one(cfg: Config, bootstrap: str | None, logs: Path, tag: str | No
             counted["one_sided_ranges_at_s"] = lost_at(
                 counted["one_sided"], inputs, input_times, cfg.partitions, run.t0_wall
             )[:40]
-        del counted["missing"], counted["one_sided"]
+        if counted["duplicated_ids"]:  # which ids came out more than once, written when
+            counted["duplicated_ranges_at_s"] = lost_at(
+                counted["duplicated_ids"], inputs, input_times, cfg.partitions, run.t0_wall
+            )[:40]
+        del counted["missing"], counted["one_sided"], counted["duplicated_ids"]
         replication: dict[str, Any] = {}
         if cluster is not None:
             replication = await topic_replication(cluster)

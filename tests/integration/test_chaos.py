@@ -369,3 +369,4 @@ def test_one_sided_outer_join_outputs_are_named() -> None:
     assert (counted["lost"], counted["duplicated"], counted["partial_join_outputs"]) == (0, 1, 2)
     assert counted["one_sided"] == {"c-0000001", "c-0000002"}
     assert counted["one_sided_ids_also_joined"] == 1
+    assert counted["duplicated_ids"] == {"c-0000001"}
