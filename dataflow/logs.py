@@ -25,6 +25,7 @@ _RETRIED = (
     ("Group Coordinator Request failed", "NodeNotReadyError"),
     ("FindCoordinator Request failed", "CoordinatorNotAvailable"),
     ("Marking the coordinator dead", ""),
+    ("Heartbeat failed for group", "because it is rebalancing"),
     ("Unable connect to node with id", ""),
     ("Failed fetch messages from", "NodeNotReadyError"),
     ("Failed fetch messages from", "KafkaConnectionError"),

@@ -124,9 +124,19 @@ class Pipeline:
             )
             task.add_done_callback(self._step_done)
             self._tasks.append(task)
-        await asyncio.wait_for(
-            asyncio.gather(*(step.assigned.wait() for step in self.steps)), timeout
-        )
+        # Tasks, not a gather: cancelled with the command that creates the pipeline (an engine
+        # stopping meanwhile), a gather of the waits was left with an unretrieved exception.
+        waits = [
+            asyncio.create_task(step.assigned.wait(), name=f"assigned:{step.spec.index}")
+            for step in self.steps
+        ]
+        try:
+            _, pending = await asyncio.wait(waits, timeout=timeout)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if pending:
+            raise TimeoutError(f"{len(pending)} of {len(waits)} steps got no partitions in time")
         self._started = True
 
     def _rebalanced(self) -> None:
