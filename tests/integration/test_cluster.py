@@ -111,10 +111,14 @@ async def test_a_producer_whose_leader_is_paused_stops_within_its_bound_and_leak
     topic = f"stop-{unique}"
     await create_topics(cluster.bootstrap, topic)
     producer = AIOKafkaProducer(bootstrap_servers=cluster.bootstrap, acks="all")
-    await producer.start()
-    await producer.send_and_wait(topic, b"before")
-    leader = await cluster.leader(topic, 0)
-    assert leader is not None
+    try:
+        await producer.start()
+        await producer.send_and_wait(topic, b"before")
+        leader = await cluster.leader(topic, 0)
+        assert leader is not None
+    except BaseException:
+        await producer.stop()
+        raise
     before = asyncio.all_tasks()
     cluster.pause(leader)
     try:

@@ -50,8 +50,8 @@ async def test_partners_written_late_within_the_grace_all_join(
     body = join_body(run, "inner", WINDOW_MS).replace("steps:", f"errorTopic: {errors}\nsteps:")
     await run.start(body, a, b, join_grace_ms=str(GRACE_MS))
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
-    await producer.start()
     try:
+        await producer.start()
         t0 = int(time.time() * 1000)
         skewed = [(f"skew-{i}", t0 + i) for i in range(50)]
         await _send(producer, a, run.name, skewed)
