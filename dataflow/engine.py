@@ -245,6 +245,7 @@ class Engine:
             self._created_topics.update(topology.topics)
         except Exception as exc:
             self._ack(message, Op.Create, False, f"kafka topic creation error: {exc}")
+            self._create_again(message)
             return
         await self._log_replication(topology.name, list(topology.topics))
         if previous is not None and self.settings.version_handover == "offsets":
@@ -280,6 +281,7 @@ class Engine:
             self.pipelines.pop(uid, None)
             reason = f"failed to start pipeline steps: {type(exc).__name__}: {exc}"
             self._ack(message, Op.Create, False, reason)
+            self._create_again(message)
             return
         logger.info("pipeline {} v{} (uid {}) ready", topology.name, topology.version, uid)
         self._ack(message, Op.Create, True, READY)
@@ -360,6 +362,25 @@ class Engine:
         logger.warning("pipeline {} failed; restarting in {}s", pipeline.topology.name, delay)
         loop = asyncio.get_running_loop()
         self._restarts[uid] = loop.call_later(delay, self._restart, uid, pipeline)
+
+    def _create_again(self, message: PipelineUpdateMessage) -> None:
+        """A Create that failed on Kafka (a broker failing over, a coordinator moving) is tried
+        again after `RESTART_DELAY`, as long as it is still the latest command for its uid:
+        the scheduler sends it once, and the pipeline's records wait meanwhile."""
+        uid = message.uid
+        logger.warning(
+            "pipeline {} v{} not created; trying again in {}s", message.pipeline,
+            message.version, RESTART_DELAY,
+        )  # fmt: skip
+
+        def again() -> None:
+            self._restarts.pop(uid, None)
+            if self._stopping or uid in self._pending or uid in self.pipelines:
+                return
+            if self._latest.get(uid) is message:
+                self._on_update(message)
+
+        self._restarts[uid] = asyncio.get_running_loop().call_later(RESTART_DELAY, again)
 
     def _restart(self, uid: str, pipeline: Pipeline) -> None:
         self._restarts.pop(uid, None)
