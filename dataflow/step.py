@@ -1191,6 +1191,15 @@ class Step:
             starts.append(f"{tp.topic}[{tp.partition}] from {where}")
         if starts:
             self.log.info("reads {}", "; ".join(starts))
+        if committed and self._entries and all(o is None for o in committed.values()):
+            # State restored for these partitions, so offsets were committed: an answer of
+            # "none" is the group coordinator failing over (seen after a leader kill), and
+            # taking it would read the topics again from the reset policy. Rebuilt instead.
+            self._failure = StepFailed(
+                f"no committed offset readable for {len(committed)} partitions that have "
+                f"{len(self._entries)} state entries: the group coordinator is moving"
+            )
+            return
         if self._txn is None or self._failure is not None:
             return
         missing = [tp for tp, offset in committed.items() if offset is None]
