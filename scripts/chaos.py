@@ -2034,6 +2034,10 @@ def _notes(counted: dict[str, Any], producer: Producer, lag: dict[str, int] | No
         notes.append(f"{counted['lost_on_error_topic']} lost ids on the error topic")
     if counted["partial_join_outputs"]:
         notes.append(f"{counted['partial_join_outputs']} one-sided join outputs")
+    if counted["one_sided_ids_also_joined"]:
+        notes.append(
+            f"{counted['one_sided_ids_also_joined']} ids answered alone, then joined within the grace"
+        )
     if counted["input_duplicates"]:
         notes.append(f"{counted['input_duplicates']} duplicated input records")
     if producer.failed:
@@ -2128,6 +2132,9 @@ def count(
         sent &= set(counts)
     input_dups = sum(c - 1 for counts in per_source for c in counts.values() if c > 1)
     delivered: Counter[str] = Counter()
+    # an outer join answers an id alone at its window's close and again joined when the partner
+    # comes within the grace: one output of each shape is not a duplicate, a second of one is
+    shapes: Counter[tuple[str, bool]] = Counter()
     partial_outputs = 0
     one_sided: set[str] = set()  # ids with a one-sided join output
     joined: set[str] = set()  # ids with an output of both sides
@@ -2140,8 +2147,10 @@ def count(
             continue
         if cfg.case == "batch":
             delivered.update(ID_FORMAT.format(n) for n in numbers)
+            shapes.update((ID_FORMAT.format(n), False) for n in numbers)
         else:
             delivered[rid] += 1
+            shapes[rid, cfg.case == "outer" and ntensors >= 2] += 1
             if cfg.case in ("join", "outer") and ntensors < 2:
                 partial_outputs += 1
                 one_sided.add(rid)
@@ -2149,7 +2158,8 @@ def count(
                 joined.add(rid)
     missing = sent - set(delivered)
     lost = len(missing)
-    duplicated = sum(c - 1 for c in delivered.values() if c > 1)
+    duplicated = sum(c - 1 for c in shapes.values() if c > 1)
+    duplicated_ids = {rid for (rid, _), c in shapes.items() if c > 1}
     return {
         "missing": missing,
         "sent": len(sent),
@@ -2159,14 +2169,14 @@ def count(
         ),
         "lost_ranges": id_ranges(missing, cfg.partitions)[:40],
         "duplicated": duplicated,
-        "ids_duplicated": sum(1 for c in delivered.values() if c > 1),
+        "ids_duplicated": len(duplicated_ids),
         "input_records": [len(r) for r in inputs],
         "input_duplicates": input_dups,
         "output_records": len(outputs),
         "outputs_not_sent": sum(c for rid, c in delivered.items() if rid not in sent),
         "partial_join_outputs": partial_outputs,
         "one_sided": one_sided,
-        "duplicated_ids": {rid for rid, c in delivered.items() if c > 1},
+        "duplicated_ids": duplicated_ids,
         "one_sided_ids_also_joined": len(one_sided & joined),
         "undecodable_outputs": undecodable,
     }

@@ -366,7 +366,15 @@ def test_one_sided_outer_join_outputs_are_named() -> None:
     inputs = [[(chaos.record_key(n, 1).encode(), b"") for n in range(3)]] * 2
     outputs = [output(0, "x", "y"), output(1, "x"), output(1, "x", "y"), output(2, "y")]
     counted = chaos.count(chaos.Config(case="outer", fault="kill9"), inputs, outputs)
-    assert (counted["lost"], counted["duplicated"], counted["partial_join_outputs"]) == (0, 1, 2)
+    # id 1 answered alone, then joined: a completed answer, not a duplicate
+    assert (counted["lost"], counted["duplicated"], counted["partial_join_outputs"]) == (0, 0, 2)
     assert counted["one_sided"] == {"c-0000001", "c-0000002"}
     assert counted["one_sided_ids_also_joined"] == 1
-    assert counted["duplicated_ids"] == {"c-0000001"}
+    assert counted["duplicated_ids"] == set()
+    # the same shape twice is a duplicate
+    counted = chaos.count(
+        chaos.Config(case="outer", fault="kill9"), inputs, [*outputs, output(1, "x", "y")]
+    )
+    assert (counted["duplicated"], counted["duplicated_ids"]) == (1, {"c-0000001"})
+    counted = chaos.count(chaos.Config(case="join", fault="kill9"), inputs, outputs)
+    assert (counted["duplicated"], counted["duplicated_ids"]) == (1, {"c-0000001"})
