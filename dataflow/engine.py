@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from aiokafka import AIOKafkaProducer
@@ -358,10 +359,10 @@ class Engine:
         self._ack(latest, Op.Ready, False, reason)
         # Unlike the reference, a pipeline that failed at run time is rebuilt after a pause;
         # its uncommitted records replay. A newer command for the uid wins over the restart.
-        delay = RESTART_DELAY
-        logger.warning("pipeline {} failed; restarting in {}s", pipeline.topology.name, delay)
-        loop = asyncio.get_running_loop()
-        self._restarts[uid] = loop.call_later(delay, self._restart, uid, pipeline)
+        logger.warning(
+            "pipeline {} failed; restarting in {}s", pipeline.topology.name, RESTART_DELAY
+        )
+        self._create_later(uid, lambda latest: self.pipelines.get(uid) is pipeline)
 
     def _create_again(self, message: PipelineUpdateMessage) -> None:
         """A Create that failed on Kafka (a broker failing over, a coordinator moving) is tried
@@ -372,23 +373,24 @@ class Engine:
             "pipeline {} v{} not created; trying again in {}s", message.pipeline,
             message.version, RESTART_DELAY,
         )  # fmt: skip
+        self._create_later(uid, lambda latest: latest is message and uid not in self.pipelines)
 
-        def again() -> None:
+    def _create_later(self, uid: str, wanted: Callable[[PipelineUpdateMessage], bool]) -> None:
+        """The one timer of a uid: after `RESTART_DELAY`, its latest command goes to
+        `_on_update` again if it is a Create, no other command for the uid is being carried
+        out, and `wanted(latest)` still holds. A newer timer replaces an older one."""
+        if (earlier := self._restarts.pop(uid, None)) is not None:
+            earlier.cancel()
+
+        def fire() -> None:
             self._restarts.pop(uid, None)
-            if self._stopping or uid in self._pending or uid in self.pipelines:
+            latest = self._latest.get(uid)
+            if self._stopping or uid in self._pending or latest is None:
                 return
-            if self._latest.get(uid) is message:
-                self._on_update(message)
+            if latest.op == Op.Create and wanted(latest):
+                self._on_update(latest)
 
-        self._restarts[uid] = asyncio.get_running_loop().call_later(RESTART_DELAY, again)
-
-    def _restart(self, uid: str, pipeline: Pipeline) -> None:
-        self._restarts.pop(uid, None)
-        latest = self._latest.get(uid)
-        if self.pipelines.get(uid) is not pipeline or latest is None or uid in self._pending:
-            return
-        if latest.op == Op.Create:
-            self._on_update(latest)
+        self._restarts[uid] = asyncio.get_running_loop().call_later(RESTART_DELAY, fire)
 
     def _on_status(self, pipeline: Pipeline, ready: bool) -> None:
         latest = self._latest.get(pipeline.topology.uid)
