@@ -107,6 +107,7 @@ class Watchdog:
             while True:
                 asked = loop.time()
                 in_gc = self.lag.gc_seconds
+                ran = time.thread_time()  # the loop's own CPU: busy loop or waiting for a core
                 await asyncio.sleep(self.interval)
                 now = loop.time()
                 lag = max(0.0, now - asked - self.interval)
@@ -114,10 +115,11 @@ class Watchdog:
                 if lag >= SLOW and now - logged >= SLOW_LOG_EVERY:
                     logged = now
                     logger.warning(
-                        "event loop lag {:.2f}s ({:.2f}s of it in a full garbage collection):"
-                        " something held the loop, or the process got no CPU",
+                        "event loop lag {:.2f}s: {}",
                         lag,
-                        self.lag.gc_seconds - in_gc,
+                        _lag_cause(
+                            now - asked, time.thread_time() - ran, self.lag.gc_seconds - in_gc
+                        ),
                     )
                 if now - checked >= self.watch_every:
                     checked = now
@@ -132,3 +134,15 @@ class Watchdog:
                 step.watch(now)
             except Exception as exc:  # a step being torn down: the next check asks again
                 logger.debug("watch {}: {!r}", step, exc)
+
+
+def _lag_cause(wall: float, cpu: float, in_gc: float) -> str:
+    """Why the loop woke late, from the CPU its thread used over `wall` seconds: a loop that
+    ran most of the time was held by work (or a full collection); one that barely ran waited
+    for a core the machine gave to others."""
+    ran = f"the loop's thread ran {cpu:.2f}s of CPU in {wall:.2f}s"
+    if in_gc >= 0.5 * wall:
+        return f"{ran}, {in_gc:.2f}s of it in a full garbage collection"
+    if cpu >= 0.5 * wall:
+        return f"{ran}: something in the engine held the loop ({in_gc:.2f}s in full collections)"
+    return f"{ran}: the process waited for a CPU (the machine is busy)"

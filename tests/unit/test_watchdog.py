@@ -15,7 +15,7 @@ from dataflow.proto.seldon.mlops.chainer import (
 )
 from dataflow.step import StateOptions, Step
 from dataflow.topology import topology_from
-from dataflow.watchdog import LoopLag, Watchdog
+from dataflow.watchdog import LoopLag, Watchdog, _lag_cause
 
 
 def test_loop_lag_keeps_the_maximum_of_the_last_minute() -> None:
@@ -138,3 +138,14 @@ async def test_a_stuck_join_says_which_partition_holds_stream_time_and_which_wai
     finally:
         await step.producer.stop()
         await step.consumer.stop()
+
+
+def test_a_slow_loop_says_whether_it_worked_or_waited_for_a_core() -> None:
+    assert _lag_cause(1.6, 1.5, 0.0).endswith(
+        "something in the engine held the loop (0.00s in full collections)"
+    )
+    assert _lag_cause(1.6, 0.1, 0.0) == (
+        "the loop's thread ran 0.10s of CPU in 1.60s: "
+        "the process waited for a CPU (the machine is busy)"
+    )
+    assert _lag_cause(1.6, 1.5, 1.2).endswith("1.20s of it in a full garbage collection")
