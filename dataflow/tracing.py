@@ -180,9 +180,54 @@ def _set_traceparent(headers: MutableSequence[tuple[str, bytes]], value: bytes) 
     headers.append((TRACEPARENT, value))
 
 
-def _wall_ns(perf: float, now_perf: float, now_ns: int) -> int:
-    """The wall-clock time (ns) of a `time.perf_counter()` reading."""
-    return now_ns - int((now_perf - perf) * 1e9)
+#: `Tracer._parent` of a record that starts a trace of its own (no parent).
+ROOT: Any = False
+
+
+class RecordSpan:
+    """The span of a record through a step, made without the SDK's `Span`.
+
+    A traced record is handled in the step's hot loop: the SDK's span (a lock, its attributes
+    checked one by one, the sampler, the context API, the processors' `on_start`) cost about
+    as much as the rest of the step's work on a hundred records. This keeps the span's data
+    until `end`, which hands one finished SDK `ReadableSpan` to the span processors (the
+    batch processor exports it as it would an SDK span); sampling was decided before
+    (parent-based, see the module's docstring). The content is the same as an SDK span's.
+    """
+
+    __slots__ = ("_tracer", "attributes", "context", "links", "name", "parent", "start_time",
+                 "status")  # fmt: skip
+
+    def __init__(
+        self,
+        tracer: Tracer,
+        name: str,
+        context: Any,
+        parent: Any,
+        attributes: dict[str, Any],
+        links: Sequence[Any],
+        start_time: int,
+    ) -> None:
+        self._tracer = tracer
+        self.name = name
+        self.context = context
+        self.parent = parent
+        self.attributes = attributes
+        self.links = links
+        self.start_time = start_time
+        self.status: Any = None
+
+    def get_span_context(self) -> Any:
+        """The span's `SpanContext` (as the SDK span's)."""
+        return self.context
+
+    def set_attribute(self, key: str, value: Any) -> None:
+        """Set one attribute before the span ends."""
+        self.attributes[key] = value
+
+    def end(self, end_time: int | None = None) -> None:
+        """End the span (now, or at `end_time` ns) and hand it to the span processors."""
+        self._tracer._finish(self, time.time_ns() if end_time is None else end_time)
 
 
 class Tracer:
@@ -196,10 +241,11 @@ class Tracer:
 
     def __init__(self, config: TracingConfig, processor: SpanProcessor | None = None) -> None:
         from opentelemetry import trace
-        from opentelemetry.context import Context
         from opentelemetry.sdk.resources import Resource
-        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
         from opentelemetry.sdk.trace.sampling import ALWAYS_ON
+        from opentelemetry.sdk.util.instrumentation import InstrumentationScope
+        from opentelemetry.trace import Status, StatusCode
 
         from dataflow import __version__
 
@@ -211,15 +257,27 @@ class Tracer:
         self.provider: TracerProvider = TracerProvider(
             resource=resource, sampler=ALWAYS_ON, shutdown_on_exit=False
         )  # shut down by the engine (`shutdown`), bounded
-        for p in [processor] if processor is not None else _processors(config):
+        processors = [processor] if processor is not None else _processors(config)
+        for p in processors:
             self.provider.add_span_processor(p)
         self._tracer = self.provider.get_tracer("dataflow", __version__)
         self._trace = trace
+        # Record spans skip the SDK's `Span` (see `RecordSpan`): what it would add is built
+        # once here and the finished spans go straight to the processors.
+        self._processors = tuple(processors)
+        self._resource = self.provider.resource
+        self._scope = InstrumentationScope("dataflow", __version__)
+        self._readable = ReadableSpan
+        self._consumer = trace.SpanKind.CONSUMER
+        self._unset = Status(StatusCode.UNSET)
+        self._sampled = trace.TraceFlags(trace.TraceFlags.SAMPLED)
+        self._span_context = trace.SpanContext
+        self._status = Status
+        self._error_code = StatusCode.ERROR
+        self._link = trace.Link
         self._ratio = config.input_ratio
         self._random = random.random
-        # Record spans never take the task's current context (a step task started inside the
-        # `pipeline.create` span would otherwise hang every trace under it).
-        self._empty = Context()
+        self._bits = random.getrandbits
 
     # -- the engine's own spans ---------------------------------------------------------------
 
@@ -232,22 +290,59 @@ class Tracer:
 
     # -- records ----------------------------------------------------------------------------
 
-    def _parent(
-        self, headers: Sequence[tuple[str, bytes]], at_input: bool
-    ) -> tuple[Any, bool] | None:
-        """(parent context, True) when `headers` carry a sampled context, (empty context,
-        False) when a new trace starts at the input, None when the record is not traced."""
+    def _parent(self, headers: Sequence[tuple[str, bytes]], at_input: bool) -> Any:
+        """The (remote) span context of a sampled `traceparent` in `headers`; `ROOT` when a
+        new trace starts at the input; None when the record is not traced.
+
+        Record spans never take the task's current context (a step task started inside the
+        `pipeline.create` span would otherwise hang every trace under it)."""
         parsed = sampled_parent(headers)
         if parsed is None:
             if at_input and self._ratio > 0.0 and self._random() < self._ratio:
-                return self._empty, False
+                return ROOT
             return None
         trace_id, span_id, sampled = parsed
         if not sampled:
             return None
-        trace = self._trace
-        ctx = trace.SpanContext(trace_id, span_id, True, trace.TraceFlags(1))
-        return trace.set_span_in_context(trace.NonRecordingSpan(ctx), self._empty), True
+        return self._span_context(trace_id, span_id, True, self._sampled)
+
+    def _start(
+        self,
+        name: str,
+        parent: Any,
+        attributes: dict[str, Any],
+        start: float,
+        out_headers: MutableSequence[tuple[str, bytes]],
+        links: Sequence[Any] = (),
+    ) -> RecordSpan:
+        """A record span, child of `parent` (or the root of a new trace: `ROOT`), started at
+        perf_counter() `start`; `out_headers` get its `traceparent`."""
+        span_id = self._bits(64) or 1
+        trace_id = parent.trace_id if parent is not ROOT else self._bits(128) or 1
+        span = RecordSpan(
+            self, name, self._span_context(trace_id, span_id, False, self._sampled),
+            None if parent is ROOT else parent, attributes, links,
+            time.time_ns() - int((time.perf_counter() - start) * 1e9),
+        )  # fmt: skip
+        _set_traceparent(out_headers, traceparent(trace_id, span_id))
+        return span
+
+    def _finish(self, span: RecordSpan, end_time: int) -> None:
+        finished = self._readable(
+            span.name,
+            context=span.context,
+            parent=span.parent,
+            resource=self._resource,
+            attributes=span.attributes,
+            links=span.links,
+            kind=self._consumer,
+            status=span.status or self._unset,
+            start_time=span.start_time,
+            end_time=end_time,
+            instrumentation_scope=self._scope,
+        )
+        for processor in self._processors:
+            processor.on_end(finished)
 
     def record_span(
         self,
@@ -258,7 +353,7 @@ class Tracer:
         received: float,
         at_input: bool,
         more: dict[str, Any] | None = None,
-    ) -> Span | None:
+    ) -> RecordSpan | None:
         """The span of one record through a stateless step, or None if it is not traced.
 
         `out_headers` (the output's) get the span's `traceparent`; `more` adds attributes of
@@ -267,19 +362,8 @@ class Tracer:
         parent = self._parent(headers, at_input)
         if parent is None:
             return None
-        if more is not None:
-            attributes = {**attributes, **more}
-        now_perf, now_ns = time.perf_counter(), time.time_ns()
-        span = self._tracer.start_span(
-            name,
-            context=parent[0],
-            kind=self._trace.SpanKind.CONSUMER,
-            attributes=attributes,
-            start_time=_wall_ns(received, now_perf, now_ns),
-        )
-        ctx = span.get_span_context()
-        _set_traceparent(out_headers, traceparent(ctx.trace_id, ctx.span_id))
-        return span
+        attributes = {**attributes, **more} if more is not None else dict(attributes)
+        return self._start(name, parent, attributes, received, out_headers)
 
     def output_span(
         self,
@@ -289,7 +373,7 @@ class Tracer:
         origin: int,
         out_headers: MutableSequence[tuple[str, bytes]],
         error: str | None = None,
-    ) -> Span | None:
+    ) -> RecordSpan | None:
         """The span of an output made from `parts` (each: headers, perf_counter() when
         consumed, read from an input topic), or None when no part is traced.
 
@@ -299,43 +383,29 @@ class Tracer:
         the waits of all parts in `dataflow.parts.wait_ms`. `error` marks the span as an
         error with that reason. `out_headers` get the span's `traceparent`.
         """
-        now_perf, now_ns = time.perf_counter(), time.time_ns()
+        now_perf = time.perf_counter()
         contexts = [self._parent(headers, at_input) for headers, _, at_input in parts]
         traced = [n for n, c in enumerate(contexts) if c is not None]
         if not traced:
             return None
-        first = origin if contexts[origin] is not None else traced[0]
-        parent = contexts[first]
-        assert parent is not None
-        waits = [round((now_perf - received) * 1000, 3) for _, received, _ in parts]
+        parent = contexts[origin if contexts[origin] is not None else traced[0]]
+        waits = tuple(round((now_perf - received) * 1000, 3) for _, received, _ in parts)
         links = []
-        trace = self._trace
         if len(parts) > 1:
             for n in traced:
                 context = contexts[n]
-                assert context is not None
-                if not context[1]:
+                if context is ROOT:
                     continue  # a part starting a trace of its own has nothing to link
-                span_ctx = trace.get_current_span(context[0]).get_span_context()
-                links.append(trace.Link(span_ctx, {"dataflow.wait_ms": waits[n], "part": n}))
+                links.append(self._link(context, {"dataflow.wait_ms": waits[n], "part": n}))
             attributes = {**attributes, "dataflow.parts": len(parts),
                           "dataflow.parts.wait_ms": waits}  # fmt: skip
         else:
             attributes = {**attributes, "dataflow.wait_ms": waits[0]}
         start = min(received for _, received, _ in parts)
-        span = self._tracer.start_span(
-            name,
-            context=parent[0],
-            kind=trace.SpanKind.CONSUMER,
-            attributes=attributes,
-            links=links,
-            start_time=_wall_ns(start, now_perf, now_ns),
-        )
+        span = self._start(name, parent, attributes, start, out_headers, links)
         if error is not None:
-            span.set_status(trace.Status(trace.StatusCode.ERROR, error))
-            span.set_attribute("error.type", "dataflow.error_topic")
-        ctx = span.get_span_context()
-        _set_traceparent(out_headers, traceparent(ctx.trace_id, ctx.span_id))
+            span.status = self._status(self._error_code, error)
+            attributes["error.type"] = "dataflow.error_topic"
         return span
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -422,7 +492,7 @@ class StepTrace:
         record: Any,
         out_headers: MutableSequence[tuple[str, bytes]],
         received: float,
-    ) -> Span | None:
+    ) -> RecordSpan | None:
         """The span of `record` through a stateless step (None: not traced).
 
         Called for every record of a stateless step while tracing is on: a record whose
@@ -464,7 +534,7 @@ class StepTrace:
         topic: str,
         to_errors: bool,
         extra: Sequence[tuple[str, bytes]],
-    ) -> Span | None:
+    ) -> RecordSpan | None:
         """The span of an output of a join, batch, trigger gate or per-record step (None: no
         part of it is traced); an output to the error topic is an error span."""
         refs = output.contributors or (output.origin,)
