@@ -17,6 +17,11 @@ A step's span is a child of its input's context and the output carries the span'
 handed to the producer: for a join or a batch it covers the wait in the window or batch, and
 its links name every part with how long each waited (`dataflow.wait_ms`). Spans go to the
 SDK's batch span processor, which exports them (OTLP) from its own thread.
+
+A record's span is kept cheap: it is not an SDK `Span` but a `RecordSpan` that hands one
+finished SDK `ReadableSpan` to the processors when it ends, and the OTLP/gRPC exporter's request
+is written by `SpanEncoder` (the same message as the SDK's encoder makes, several times faster).
+The engine's own spans are the SDK's.
 """
 
 from __future__ import annotations
