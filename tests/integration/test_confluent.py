@@ -1,8 +1,10 @@
 """The Confluent wire format through an engine process (issue 24).
 
-No schema registry can be run here, so a stand-in of its REST API (the two calls the engine
-makes: `GET /subjects`, `POST /subjects/{subject}/versions`) plays it; the framing is checked
-byte for byte against spec 4.12.
+Against a real registry: Apicurio Registry's Confluent-compatible API (`scripts/registry build`
+makes it from Maven Central; without it that test is skipped, saying so). A stand-in of the REST
+API (the two calls the engine makes: `GET /subjects`, `POST /subjects/{subject}/versions`)
+checks the credentials and the calls themselves; the framing is checked byte for byte against
+spec 4.12.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from dataflow.confluent import frame, unframe
+from dataflow.confluent import RESPONSE_SCHEMA, frame, unframe
 from dataflow.proto.inference import (
     InferTensorContents,
     ModelInferRequest,
@@ -25,6 +27,7 @@ from dataflow.proto.inference import (
     ModelInferResponseInferOutputTensor,
 )
 from tests.integration.harness import Proxy, consume, create_topics, engine, free_port, produce
+from tests.integration.registry import Apicurio, jar
 from tests.integration.test_one_line_errors import clean_env, last_line
 
 
@@ -119,6 +122,65 @@ async def test_framed_records_go_through_a_chain_and_come_out_framed(
         for r in records:
             assert r.value[:6] == frame(schema_id)  # magic 0, the registry's id, index [0]
             assert unframe(r.value) == request(r.key.decode())
+
+
+@pytest.mark.kafka
+async def test_records_framed_with_a_real_registry_come_out_framed_with_its_ids(
+    tmp_path: Path, bootstrap: str, unique: str
+) -> None:
+    """Apicurio Registry: a producer registers its schema and frames with the id it got; the
+    engine reads that, registers the outputs' schemas itself and frames with the registry's
+    ids; an unframed record is read as it is and written framed."""
+    path = jar()
+    if path is None:
+        pytest.skip("no schema registry: `scripts/registry build` (needs Maven) makes it")
+    apicurio = Apicurio(tmp_path, path).start()
+    try:
+        ns, name = f"ap{unique}", f"ap-{unique}"
+        a, b, c = (f"seldon.{ns}.model.{m}" for m in "abc")
+        pipeline = tmp_path / f"{name}.yaml"
+        pipeline.write_text(
+            f"kind: PipelineUpdate\nname: {name}\nversion: 1\nuid: {name}\nsteps:\n"
+            f"  - sources: [{a}.outputs]\n    sink: {b}.inputs\n"
+            f"  - sources: [{b}.inputs]\n    sink: {c}.inputs\n"
+        )
+        config = tmp_path / "registry"
+        config.mkdir()
+        (config / ".confluent-schema.yaml").write_text(
+            f"schemaRegistry:\n  client:\n    URL: {apicurio.url}\n"
+        )
+        id_a = apicurio.register(f"{a}.outputs-value", RESPONSE_SCHEMA)
+        await create_topics(bootstrap, f"{a}.outputs")
+        head = [("pipeline", name.encode())]
+        await produce(bootstrap, f"{a}.outputs", [
+            (b"framed", frame(id_a) + response("framed"), head),
+            (b"raw", response("raw"), head),
+        ])  # fmt: skip
+        proxy = Proxy(tmp_path).start(pipeline)
+        eng = engine(tmp_path, bootstrap, proxy, kafka_schema_registry_config_path=str(config))
+        try:
+            to_b = await consume(bootstrap, f"{b}.inputs", 2, settle=0.5)
+            to_c = await consume(bootstrap, f"{c}.inputs", 2, settle=0.5)
+        finally:
+            code = eng.stop()
+            proxy.stop()
+        assert code == 0, eng.output()[-3000:]
+        subjects = set(apicurio.call("GET", "/subjects"))
+        assert {f"{a}.outputs-value", f"{b}.inputs-value", f"{c}.inputs-value"} <= subjects
+        ids = []
+        for topic, records in ((f"{b}.inputs", to_b), (f"{c}.inputs", to_c)):
+            latest = apicurio.latest(f"{topic}-value")
+            assert latest.get("schemaType") == "PROTOBUF"
+            assert "message ModelInferRequest {" in latest["schema"]
+            ids.append(latest["id"])
+            assert sorted(r.key for r in records) == [b"framed", b"raw"]
+            for r in records:
+                assert r.value[:6] == frame(latest["id"])  # magic 0, the registry's id, [0]
+                assert unframe(r.value) == request(r.key.decode())
+        # One id per schema, across subjects (as Confluent's registry gives them).
+        assert ids[0] == ids[1] != id_a
+    finally:
+        apicurio.stop()
 
 
 def test_an_unreachable_registry_stops_start_up_with_one_line(tmp_path: Path) -> None:

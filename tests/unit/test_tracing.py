@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from opentelemetry.sdk.trace import ReadableSpan
@@ -255,3 +256,43 @@ def test_a_step_span_is_named_for_pipeline_and_step(spans: InMemorySpanExporter)
     assert 250 <= attributes["dataflow.queue_ms"] < 60_000  # type: ignore[operator]
     rooted = step_trace(make_tracer(spans, ratio=1.0))
     assert rooted.record(tp, _Record([]), [], time.perf_counter()) is not None
+
+
+# -- the OTLP encoding --------------------------------------------------------------------------
+
+
+def test_the_span_encoder_makes_the_sdks_request(spans: InMemorySpanExporter) -> None:
+    from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
+
+    tracer = make_tracer(spans, ratio=1.0)
+    now = time.perf_counter()
+    other = b"00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-01"
+    attributes = {"s": "x", "i": 7, "neg": -3, "f": 0.25, "b": True, "t": (1.5, 2.0), "u": "é"}
+    tracer.record_span("p.a", attributes, [("traceparent", SAMPLED)], [], now, False).end()  # type: ignore[union-attr]
+    tracer.record_span("p.root", {}, [], [], now, True).end()  # type: ignore[union-attr]
+    parts = [([("traceparent", SAMPLED)], now - 0.5, False), ([("traceparent", other)], now, False),
+             ([], now - 0.1, True)]  # fmt: skip
+    tracer.output_span("p.join", {"k": "v"}, parts, 1, []).end()  # type: ignore[union-attr]
+    tracer.output_span("p.e", {}, parts[:1], 0, [], error="bad").end()  # type: ignore[union-attr]
+    with tracer.span("dataflow.pipeline.create", pipeline="p"):  # the SDK's own span
+        pass
+    with pytest.raises(RuntimeError), tracer.span("dataflow.start"):  # with an event
+        raise RuntimeError("boom")
+    made = finished(spans)
+    assert len(made) == 6
+    encoder = tracing.SpanEncoder()
+    # The span with an event is left to the SDK's encoder, in a ResourceSpans of its own.
+    for batch, same in ((made[:4], True), (made[:1] * 3, True), (made, False), (made[4:], False)):
+        ours, sdk = encoder(batch), encode_spans(batch)
+        assert _flat(ours) == _flat(sdk)
+        assert (ours == sdk) is same
+    assert encoder([]) == encode_spans([])
+
+
+def _flat(request: Any) -> list[tuple[bytes, bytes, bytes]]:
+    """(resource, scope, span) of every span of an OTLP request, serialized, in order."""
+    return [
+        (rs.resource.SerializeToString(deterministic=True),
+         ss.scope.SerializeToString(deterministic=True), span.SerializeToString(deterministic=True))
+        for rs in request.resource_spans for ss in rs.scope_spans for span in ss.spans
+    ]  # fmt: skip
