@@ -13,6 +13,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import StatusCode
 
 from dataflow import tracing
+from dataflow.otlp import SpanEncoder
 from dataflow.tracing import (
     Tracer,
     TracingConfig,
@@ -280,7 +281,7 @@ def test_the_span_encoder_makes_the_sdks_request(spans: InMemorySpanExporter) ->
         raise RuntimeError("boom")
     made = finished(spans)
     assert len(made) == 6
-    encoder = tracing.SpanEncoder()
+    encoder = SpanEncoder()
     # The span with an event is left to the SDK's encoder, in a ResourceSpans of its own.
     for batch, same in ((made[:4], True), (made[:1] * 3, True), (made, False), (made[4:], False)):
         ours, sdk = encoder(batch), encode_spans(batch)
