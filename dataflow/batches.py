@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Generic, TypeVar
 
-from dataflow.joins import Entry, Output, Step
+from dataflow.joins import Entry, EntryKind, Output, Step
 
 __all__ = ["Batcher", "PartitionBatcher"]
 
@@ -111,7 +111,7 @@ class Batcher(Generic[T]):
             The emitted batch, if any, and the tokens released with it.
         """
         step = self.expire(now_ms)
-        entry = Entry("b", -1, key or b"", value, timestamp_ms, token, ident)
+        entry = Entry(EntryKind.BATCH, -1, key or b"", value, timestamp_ms, token, ident)
         self._append(entry, key, now_ms)
         step.stored.append(entry)
         if self._size is not None and self._row_count >= self._size:

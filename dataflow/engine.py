@@ -19,6 +19,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from loguru import logger
 
 from dataflow import tracing
+from dataflow.changelog import CHANGELOG_CONFIG, changelog_topic
 from dataflow.handover import Handover, plan
 from dataflow.kafka import (
     delete_groups,
@@ -36,7 +37,6 @@ from dataflow.proto.seldon.mlops.chainer import (
 )
 from dataflow.reachability import BrokerWatch, leaderless
 from dataflow.settings import Settings
-from dataflow.store import CHANGELOG_CONFIG, changelog_topic
 from dataflow.subscriber import Subscriber
 from dataflow.topology import Topology, TopologyError, check_state_bounds, group_id, topology_from
 from dataflow.watchdog import Watchdog

@@ -57,12 +57,14 @@ import heapq
 import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import reduce
 from typing import Generic, Literal, TypeVar
 
 __all__ = [
     "ANY_WINDOW_MS",
     "Entry",
+    "EntryKind",
     "JoinType",
     "Joiner",
     "Output",
@@ -112,13 +114,22 @@ class Output(Generic[T]):
     error: str = ""
 
 
+class EntryKind(StrEnum):
+    """What a state entry holds; the value is its one-letter code in the changelog."""
+
+    JOIN = "j"  # a join source record
+    TRIGGER = "t"  # a trigger record at a gate
+    GATE_DATA = "d"  # data waiting at a trigger gate
+    BATCH = "b"  # a batched request
+
+
 @dataclass(eq=False, slots=True)
 class Entry(Generic[T]):
     """A record kept in a state machine (a join window, a trigger gate, a batch).
 
     Attributes:
-        kind: `"j"` a join source record, `"t"` a trigger, `"d"` data waiting at a gate,
-            `"b"` a batched request.
+        kind: What the entry holds (`EntryKind`): a join source record, a trigger, data
+            waiting at a gate, a batched request.
         source: The source or trigger index (-1 for gate data and batch items).
         key: The record key.
         value: The record value (empty for triggers).
@@ -133,7 +144,7 @@ class Entry(Generic[T]):
         grace: Its window closed; it is kept for the grace period, for a late partner.
     """
 
-    kind: str
+    kind: EntryKind
     source: int
     key: bytes
     value: bytes
@@ -457,7 +468,9 @@ class Joiner(Generic[T]):
                 step.outputs.append(Output(key, value, timestamp_ms, token, (token,)))
             step.released.append(token)
             return step
-        record = Entry("j", source_index, key, value, timestamp_ms, token, ident, deadline)
+        record = Entry(
+            EntryKind.JOIN, source_index, key, value, timestamp_ms, token, ident, deadline
+        )
         sides = self._by_key.get(key)
         if sides is None:
             sides = [[] for _ in range(self._n)]
@@ -504,7 +517,9 @@ class Joiner(Generic[T]):
             return
         window = self._window
         deadline = window.deadline(timestamp_ms, now_ms)
-        record = Entry("j", source_index, key, value, timestamp_ms, token, ident, deadline)
+        record = Entry(
+            EntryKind.JOIN, source_index, key, value, timestamp_ms, token, ident, deadline
+        )
         if ident:  # the same record read again (a seek back): the new copy replaces the old
             bucket = self._near.get((key, source_index, timestamp_ms))
             for old in bucket or ():
@@ -784,7 +799,9 @@ class TriggerGate(Generic[T]):
         if key is None or (late and window.window_from != "stream"):
             step.released.extend(held)
             return step
-        record = Entry("d", _DATA, key, value, timestamp_ms, token, ident, deadline, None, held)
+        record = Entry(
+            EntryKind.GATE_DATA, _DATA, key, value, timestamp_ms, token, ident, deadline, None, held
+        )
         triggers = self._find(record)
         if triggers is not None:
             self._pass(record, triggers, step)
@@ -862,7 +879,9 @@ class TriggerGate(Generic[T]):
         if key is None or (late and window.window_from != "stream"):
             step.released.append(token)
             return step
-        trigger = Entry("t", trigger_index, key, b"", timestamp_ms, token, ident, deadline)
+        trigger = Entry(
+            EntryKind.TRIGGER, trigger_index, key, b"", timestamp_ms, token, ident, deadline
+        )
         sides = self._triggers.get(key)
         if sides is None:
             sides = [[] for _ in range(self._n)]
@@ -915,7 +934,7 @@ class TriggerGate(Generic[T]):
         window = self._window
         entry.alive = True
         entry.deadline_ms = window.deadline(entry.timestamp_ms, entry.timestamp_ms)
-        if entry.kind == "d":
+        if entry.kind == EntryKind.GATE_DATA:
             if not entry.contributors:
                 entry.contributors = (entry.token,)
             self._waiting.setdefault(entry.key, []).append(entry)

@@ -7,7 +7,7 @@ trigger gate. Pure: no I/O, the clock is passed in.
 
 State contract (see `joins`): what a stage keeps is an `Entry`, listed in `stored` when it
 enters (or changes) and in `removed` when it leaves. The step writes those to the changelog
-(`dataflow.store`), holding the offset of the record being processed until the writes are
+(`dataflow.changelog`), holding the offset of the record being processed until the writes are
 acknowledged; so no stage holds an offset, and `released` only says a token left the stages.
 A final output's contributors are held by the step until the broker acknowledges it.
 """
@@ -21,7 +21,7 @@ from typing import Any
 
 from dataflow.batches import PartitionBatcher
 from dataflow.cycles import RevisitGuard
-from dataflow.joins import Entry, Joiner, Output, Step, TriggerGate
+from dataflow.joins import Entry, EntryKind, Joiner, Output, Step, TriggerGate
 from dataflow.topology import StepSpec, Topology
 from dataflow.wire import batch_rows, merge_batch, merge_join
 
@@ -184,11 +184,11 @@ class StepStages:
 
     def load(self, entry: Entry[Ref], wall_ms: int) -> None:
         """Put back an entry restored from the changelog."""
-        if entry.kind == "j" and self.joiner is not None:
+        if entry.kind == EntryKind.JOIN and self.joiner is not None:
             self.joiner.load(entry, wall_ms)
-        elif entry.kind in ("t", "d") and self.gate is not None:
+        elif entry.kind in (EntryKind.TRIGGER, EntryKind.GATE_DATA) and self.gate is not None:
             self.gate.load(entry, wall_ms)
-        elif entry.kind == "b" and self.batcher is not None:
+        elif entry.kind == EntryKind.BATCH and self.batcher is not None:
             self.batcher.load(entry, entry.token.key, wall_ms)
 
     def next_deadline(self, caught_up: bool = True) -> int | None:

@@ -21,8 +21,8 @@ from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from loguru import logger
 
+from dataflow import changelog, membership, tracing
 from dataflow import headers as hdr
-from dataflow import membership, store, tracing
 from dataflow.cycles import RevisitGuard
 from dataflow.joins import Entry, Output
 from dataflow.kafka import read_latest
@@ -623,7 +623,9 @@ class Step:
                         matched = True
                         fired = convert(record.value, _TRIGGER_CHAIN, trigger.tensors) is not None
                         if fired:
-                            name = store.ident("t", index, tp.topic, tp.partition, record.offset)
+                            name = changelog.trigger_ident(
+                                index, tp.topic, tp.partition, record.offset
+                            )
                             result = self.stages.add_trigger(index, ref, now, wall, name)
                             await self._send_all(result, wall, ref)
         except WireError as exc:
@@ -652,7 +654,7 @@ class Step:
             )
             return
         name = (
-            store.ident("s", index, ref.tp.topic, ref.tp.partition, ref.offset)
+            changelog.source_ident(index, ref.tp.topic, ref.tp.partition, ref.offset)
             if self.state is not None
             else b""
         )
@@ -714,7 +716,7 @@ class Step:
         """Write `entry` to the changelog; `cause`'s offset is held until it is acknowledged."""
         assert self.state is not None
         token = entry.token
-        value = store.encode(
+        value = changelog.encode(
             entry.kind,
             entry.source,
             token.key,
@@ -822,7 +824,7 @@ class Step:
             if value is None:
                 continue
             try:
-                restored = store.decode(value)
+                restored = changelog.decode(value)
             except ValueError as exc:
                 self.log.warning("skipping changelog entry {!r}: {}", name, exc)
                 continue
