@@ -38,14 +38,16 @@ class Ref:
     headers: Headers
     timestamp: int
     received: float = 0.0  # perf_counter() when consumed, for the latency histogram
-    generation: int = 0  # the step's partition generation when consumed (-1: restored)
+    generation: int = 0  # the step's partition generation when consumed (not if restored)
+    #: read back from the changelog: its offset is long committed, it holds none
+    restored: bool = False
     pending: int = 0  # deliveries in flight that carry this record's data
     deferred: list[Entry[Ref]] | None = None  # state removals waiting for those deliveries
 
-    @property
-    def restored(self) -> bool:
-        """True for a record read back from the changelog (its offset is long committed)."""
-        return self.generation < 0
+    def holds_offset(self, generation: int) -> bool:
+        """True when the record's offset is held in the step's current `generation`: it was
+        consumed since its partition was last assigned (not restored, not revoked since)."""
+        return self.generation == generation and not self.restored
 
 
 Result = Step[Ref]
