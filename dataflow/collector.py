@@ -31,11 +31,10 @@ from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from dataflow import headers as hdr
+from dataflow.context import StepContext
 from dataflow.errors import StepFailed
 from dataflow.joins import Entry, Output
-from dataflow.offsets import OffsetTracker
 from dataflow.stages import Headers, Ref
-from dataflow.stats import StepStats
 
 if TYPE_CHECKING:
     from dataflow.tracing import StepTrace
@@ -90,55 +89,40 @@ class Collector:
     """Sends one step's outputs (module docstring).
 
     Args:
+        context: what the collector shares with its step (producers, holds, counters).
         sink: the step's output topic.
         error_topic: the pipeline's error topic.
         rewrite: the pipeline version's header rewrite.
-        producer: the engine's shared producer (retries of too-large records go through it).
-        producer_for: the producer of an input partition's task (exactly-once: inside its open
-            transaction); else the shared producer.
-        tracker: the step's offset tracker.
-        stats: the step's counters.
-        log: the step's logger.
-        generation: the step's current partition generation (bumped by each revocation).
-        fail: reports the step failed (the loop raises it).
         ensure_topic: creates a topic on demand (the default error topic).
         on_released: takes the state removals deferred by a record whose last delivery was
             acknowledged (their tombstones may now be written).
-        exactly_once: the step sends in transactions (a failed send fails the step).
         trace: makes the spans of traced records, or None.
     """
 
     def __init__(
         self,
+        context: StepContext,
         *,
         sink: str,
         error_topic: str,
         rewrite: hdr.Rewrite,
-        producer: AIOKafkaProducer,
-        producer_for: Callable[[int], Awaitable[AIOKafkaProducer]],
-        tracker: OffsetTracker[TopicPartition],
-        stats: StepStats,
-        log: Any,
-        generation: Callable[[], int],
-        fail: Callable[[StepFailed], None],
         ensure_topic: Callable[[str], Awaitable[None]],
         on_released: Callable[[list[Entry[Ref]]], None],
-        exactly_once: bool = False,
         trace: StepTrace | None = None,
     ) -> None:
         self.sink = sink
         self.error_topic = error_topic
         self.rewrite = rewrite
-        self.producer = producer
-        self.producer_for = producer_for
-        self.tracker = tracker
-        self.stats = stats
-        self.log = log
-        self.generation = generation
-        self.fail = fail
+        self.producer = context.producer
+        self.producer_for = context.producer_for
+        self.tracker = context.tracker
+        self.stats = context.stats
+        self.log = context.log
+        self.generation = context.generation
+        self.fail = context.fail
         self.ensure_topic = ensure_topic
         self.on_released = on_released
-        self.exactly_once = exactly_once
+        self.exactly_once = context.exactly_once
         self.trace = trace
         self.sink_partitions = 1
         self.frame = b""  # the sink's Confluent framing, prepended to its values

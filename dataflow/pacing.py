@@ -13,8 +13,9 @@ Reads the consumer's positions and watermarks; sends nothing.
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -22,6 +23,9 @@ from aiokafka.errors import KafkaError
 
 from dataflow.streamtime import StreamTime
 
+#: Records worked through between two yields to the event loop (a fetched batch holds up to
+#: 2,000): the health server, the other steps and the acks' callbacks run in between.
+SLICE_RECORDS = 256
 #: Least a source may be read ahead of stream time while another lags (ms), so that pausing
 #: and resuming does not happen at every batch when the window is tiny.
 PACE_SLACK_MS = 1000
@@ -32,6 +36,8 @@ END_OFFSETS_TIMEOUT = 5.0
 UNHEARD_MS = 3000
 
 Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
+#: Takes one record: (partition, record, stream time, wall clock ms).
+OnRecord = Callable[[TopicPartition, ConsumerRecord[Any, Any], int | None, int], Awaitable[None]]
 
 
 def now_ms() -> int:
@@ -58,6 +64,57 @@ class Pacing:
         self.paused: set[TopicPartition] = set()  # held back by pacing (not drained)
         self.readable: list[TopicPartition] = []  # what to drain while some are held back
         self.caught_up = True  # every source partition read to its end (timed steps)
+
+    # -- fetching ---------------------------------------------------------------------------
+
+    async def fetch(
+        self, timeout_ms: int, assigned: asyncio.Event, stopping: asyncio.Event
+    ) -> Batch:
+        """Fetch a batch from the partitions not held back. During a rebalance getmany() waits
+        for the new assignment whatever the timeout, so there a stop request is raced against
+        it."""
+        if self.paused and not self.readable:  # never so by pacing; be safe
+            await asyncio.sleep(timeout_ms / 1000)
+            return {}
+        fetch = self.consumer.getmany(*self.readable, timeout_ms=timeout_ms, max_records=2000)
+        if assigned.is_set():
+            result: Batch = await fetch
+            return result
+        getter: asyncio.Future[Any] = asyncio.ensure_future(fetch)
+        stopper: asyncio.Future[Any] = asyncio.ensure_future(stopping.wait())
+        try:
+            await asyncio.wait([getter, stopper], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopper.cancel()
+            if not getter.done():
+                getter.cancel()
+                await asyncio.gather(getter, return_exceptions=True)
+        if getter.cancelled():
+            return {}
+        fetched: Batch = getter.result()
+        return fetched
+
+    async def in_time_order(self, batch: Batch, on_record: OnRecord) -> None:
+        """Hand `batch`'s records to `on_record` across partitions in timestamp order, on
+        stream time (the path of joins and gates).
+
+        Which partitions lag is worked out once for the batch; per record only the record's
+        partition is looked at (it stops lagging when it reaches its end offset), so a record
+        costs the same whatever the number of partitions, the backlog or the state held."""
+        ends = await self.begin(batch)
+        clock, positions = self.clock, self.positions
+        parts = [[(r.timestamp, tp, r) for r in records] for tp, records in batch.items()]
+        merged = heapq.merge(*parts, key=lambda item: item[0])
+        for n, (timestamp, tp, record) in enumerate(merged, 1):
+            if not n % SLICE_RECORDS:
+                await asyncio.sleep(0)
+            position = record.offset + 1
+            positions[tp] = position
+            clock.observe(tp, timestamp)
+            end = ends.get(tp)
+            if end is not None and position >= end:
+                clock.caught_up(tp)
+            await on_record(tp, record, clock.now(), now_ms())
 
     # -- positions and ends -----------------------------------------------------------------
 
@@ -135,6 +192,48 @@ class Pacing:
         await self.refresh_positions()
         lagging = self.lagging(await self.checked_ends())
         return self.clock.now(lagging), lagging
+
+    async def read_committed(
+        self, assigned: set[TopicPartition], exactly_once: bool
+    ) -> tuple[dict[TopicPartition, int | None], str]:
+        """The committed offset of each assigned partition that could be read, logged as
+        where it starts; and (exactly-once) why one could not be read, else ''."""
+        starts = []
+        reset = getattr(self.consumer, "_auto_offset_reset", "reset")
+        committed: dict[TopicPartition, int | None] = {}
+        unreadable = ""
+        for tp in sorted(assigned):
+            try:
+                committed[tp] = await self.consumer.committed(tp)
+            except KafkaError as exc:
+                starts.append(f"{tp.topic}[{tp.partition}] (committed offset unknown: {exc})")
+                if exactly_once:
+                    unreadable = f"cannot read the committed offset of {tp}: {exc}"
+                continue
+            offset = committed[tp]
+            where = (
+                f"the {reset} offset (none committed)"
+                if offset is None
+                else f"committed offset {offset}"
+            )
+            starts.append(f"{tp.topic}[{tp.partition}] from {where}")
+        if starts:
+            self.log.info("reads {}", "; ".join(starts))
+        return committed, unreadable
+
+    async def seek_to(self, committed: dict[TopicPartition, int | None]) -> None:
+        """Seek to the committed offsets; where none is, to the reset policy's end."""
+        reset = getattr(self.consumer, "_auto_offset_reset", "reset")
+        missing = [tp for tp, offset in committed.items() if offset is None]
+        ends: dict[TopicPartition, int] = {}
+        if missing:
+            ends = await (
+                self.consumer.end_offsets(missing)
+                if reset == "latest"
+                else self.consumer.beginning_offsets(missing)
+            )
+        for tp, offset in committed.items():
+            self.consumer.seek(tp, ends[tp] if offset is None else offset)
 
     # -- holding sources back ---------------------------------------------------------------
 

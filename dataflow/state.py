@@ -24,16 +24,15 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Any, NamedTuple
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.errors import KafkaError
 
 from dataflow import changelog
+from dataflow.context import StepContext
 from dataflow.errors import StepFailed
 from dataflow.joins import Entry
 from dataflow.kafka import read_latest
-from dataflow.offsets import OffsetTracker
 from dataflow.stages import Ref, StepStages
-from dataflow.stats import StepStats
 
 #: Longest a changelog restore may take before the step is reported failed.
 RESTORE_TIMEOUT = 120.0
@@ -74,43 +73,22 @@ class StepState:
     """A stateful step's state bookkeeping and changelog (module docstring).
 
     Args:
+        context: what the state shares with its step (producers, holds, counters).
         options: the changelog and the bounds.
         stages: the step's stages (they hold the entries themselves).
-        producer: the engine's shared producer (tombstones outside transactions).
-        producer_for: the producer of an input partition's task (exactly-once: inside its open
-            transaction); else the shared producer.
-        tracker: the step's offset tracker.
-        stats: the step's counters.
-        log: the step's logger.
-        generation: the step's current partition generation.
-        fail: reports the step failed (the loop raises it).
-        exactly_once: tombstones go into the tasks' transactions.
     """
 
-    def __init__(
-        self,
-        *,
-        options: StateOptions,
-        stages: StepStages,
-        producer: AIOKafkaProducer,
-        producer_for: Callable[[int], Awaitable[AIOKafkaProducer]],
-        tracker: OffsetTracker[TopicPartition],
-        stats: StepStats,
-        log: Any,
-        generation: Callable[[], int],
-        fail: Callable[[StepFailed], None],
-        exactly_once: bool = False,
-    ) -> None:
+    def __init__(self, context: StepContext, options: StateOptions, stages: StepStages) -> None:
         self.options = options
         self.stages = stages
-        self.producer = producer
-        self.producer_for = producer_for
-        self.tracker = tracker
-        self.stats = stats
-        self.log = log
-        self.generation = generation
-        self.fail = fail
-        self.exactly_once = exactly_once
+        self.producer = context.producer
+        self.producer_for = context.producer_for
+        self.tracker = context.tracker
+        self.stats = context.stats
+        self.log = context.log
+        self.generation = context.generation
+        self.fail = context.fail
+        self.exactly_once = context.exactly_once
         self.entries: dict[bytes, Held] = {}  # ident -> what it holds, of every entry
         self.owned: set[int] = set()  # input partition numbers whose state is loaded
         self.tombstones: list[Entry[Ref]] = []  # removals whose deliveries were acked

@@ -19,11 +19,9 @@ flush-and-commit procedure, and the rebalance handlers. Its parts:
 from __future__ import annotations
 
 import asyncio
-import heapq
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
@@ -33,15 +31,18 @@ from loguru import logger
 from dataflow import changelog, membership, tracing
 from dataflow import headers as hdr
 from dataflow.collector import Collector, partition_for
+from dataflow.commits import Committer
+from dataflow.confluent import framing
+from dataflow.context import StepContext
 from dataflow.cycles import RevisitGuard
 from dataflow.errors import StepFailed
 from dataflow.offsets import OffsetTracker
-from dataflow.pacing import Batch, Pacing, now_ms
+from dataflow.pacing import SLICE_RECORDS, Batch, Pacing, now_ms
 from dataflow.progress import Progress
 from dataflow.stages import Ref, Result, StepStages
 from dataflow.state import StateOptions, StepState
 from dataflow.stats import StepStats
-from dataflow.topology import Source, StepSpec, Topology, Trigger
+from dataflow.topology import Source, StepSpec, Topology, routes_of
 from dataflow.transactions import Transactions
 from dataflow.wire import ChainType, WireError, convert
 
@@ -53,32 +54,6 @@ __all__ = ["StateOptions", "Step", "StepFailed", "partition_for"]
 
 # Trigger records parse as responses whatever their topic (spec 4.7).
 _TRIGGER_CHAIN = ChainType.OUTPUT_INPUT
-
-#: Seconds between commits while records keep arriving.
-COMMIT_INTERVAL = 0.2
-#: Records worked through between two yields to the event loop (a fetched batch holds up to
-#: 2,000): the health server, the other steps and the acks' callbacks run in between.
-SLICE_RECORDS = 256
-
-
-_S = TypeVar("_S", Source, Trigger)
-
-
-@dataclass(frozen=True, slots=True)
-class _Feed(Generic[_S]):
-    """A source or trigger a record of some topic may feed, and the pipeline header naming it."""
-
-    index: int
-    spec: _S
-    pipeline: bytes
-
-
-@dataclass
-class _Routing:
-    """What a record of one topic feeds."""
-
-    sources: list[_Feed[Source]] = field(default_factory=list)
-    triggers: list[_Feed[Trigger]] = field(default_factory=list)
 
 
 class Step:
@@ -134,17 +109,10 @@ class Step:
         self._fast = not self.stages.stateful and guard is None
         self.assigned = asyncio.Event()
         self.log = logger.bind(pipeline=topology.name, step=spec.index)
-        self._routing: dict[str, _Routing] = {}
-        for i, source in enumerate(spec.sources):
-            fed = _Feed(i, source, source.pipeline.encode())
-            self._routing.setdefault(source.topic, _Routing()).sources.append(fed)
-        for i, trigger in enumerate(spec.triggers):
-            gate = _Feed(i, trigger, trigger.pipeline.encode())
-            self._routing.setdefault(trigger.topic, _Routing()).triggers.append(gate)
+        self._routing = routes_of(spec)
         self._progress = Progress()
         self._stopping = asyncio.Event()
         self._failure: StepFailed | None = None
-        self._last_commit = 0.0
         # Bumped when partitions are revoked: outputs of older records no longer count.
         self._generation = 0
         # Held while a fetched batch is processed and while partitions are revoked, never
@@ -159,40 +127,38 @@ class Step:
         # window of the step's stages (an `any` join's is 1 ms), at least PACE_SLACK_MS.
         windows = [s.window_ms for s in (self.stages.joiner, self.stages.gate) if s is not None]
         self.pacing = Pacing(consumer, windows, self.log)
-        self.state: StepState | None = None
-        if self.stages.stateful:
-            assert state is not None
-            self.state = StepState(
-                options=state,
-                stages=self.stages,
-                producer=producer,
-                producer_for=self._producer_for,
-                tracker=self.tracker,
-                stats=self.stats,
-                log=self.log,
-                generation=self._current_generation,
-                fail=self._fail,
-                exactly_once=transactions is not None,
-            )
+        context = StepContext(
+            producer,
+            self._producer_for,
+            transactions is not None,
+            self.tracker,
+            self.stats,
+            self.log,
+            lambda: self._generation,
+            self._fail,
+        )
+        self.state = (
+            StepState(context, state, self.stages) if state and self.stages.stateful else None
+        )
         self.collector = Collector(
+            context,
             sink=spec.sink,
             error_topic=error_topic,
             rewrite=hdr.Rewrite(topology.name, topology.version),
-            producer=producer,
-            producer_for=self._producer_for,
-            tracker=self.tracker,
-            stats=self.stats,
-            log=self.log,
-            generation=self._current_generation,
-            fail=self._fail,
             ensure_topic=ensure_topic,
             on_released=self.state.released if self.state is not None else _nothing_deferred,
-            exactly_once=transactions is not None,
             trace=self._trace,
         )
-
-    def _current_generation(self) -> int:
-        return self._generation
+        self.committer = Committer(
+            consumer,
+            self.tracker,
+            self.pacing.positions,
+            transactions,
+            self.log,
+            lambda: self._failure,
+            lambda: self.state is not None and bool(self.state.tombstones),
+            self.state.flush_tombstones if self.state is not None else _no_tombstones,
+        )
 
     def _fail(self, failure: StepFailed) -> None:
         """The step can no longer deliver: the loop raises `failure`."""
@@ -220,7 +186,7 @@ class Step:
         partitions = await self.producer.partitions_for(self.spec.sink)
         self.collector.sink_partitions = max(1, len(partitions or ()))
         if self._registry is not None:
-            self.collector.frame = await _framing(self._registry, self.spec.sink, self.log)
+            self.collector.frame = await framing(self._registry, self.spec.sink, self.log)
 
     def stop_soon(self) -> None:
         """Ask the loop to finish: stop fetching, deliver what is in flight, commit."""
@@ -238,7 +204,7 @@ class Step:
                 await asyncio.sleep(0)
                 await self.collector.resend()
                 timeout_ms = self._poll_timeout_ms()
-                batch = await self._poll(timeout_ms)
+                batch = await self.pacing.fetch(timeout_ms, self.assigned, self._stopping)
                 generation = self._generation  # no await since getmany() returned
                 # Partitions are revoked only between batches (on_revoked takes the lock).
                 async with self._batch_lock:
@@ -249,39 +215,14 @@ class Step:
                     if self._fast:
                         await self._process_batch(batch)
                     elif self._timed:
-                        await self._process_in_time_order(batch)
+                        await self.pacing.in_time_order(batch, self._on_record)
                     else:
                         await self._process_records(batch)
                     await self._after_batch()
-                    await self._commit(force=False)
+                    await self.committer.commit(force=False)
             await self._drain()
         finally:
             await self._close()
-
-    async def _poll(self, timeout_ms: int) -> Batch:
-        """Fetch a batch. During a rebalance getmany() waits for the new assignment whatever
-        the timeout, so there a stop request is raced against it."""
-        pacing = self.pacing
-        if pacing.paused and not pacing.readable:  # never so by pacing; be safe
-            await asyncio.sleep(timeout_ms / 1000)
-            return {}
-        fetch = self.consumer.getmany(*pacing.readable, timeout_ms=timeout_ms, max_records=2000)
-        if self.assigned.is_set():
-            result: Batch = await fetch
-            return result
-        getter: asyncio.Future[Any] = asyncio.ensure_future(fetch)
-        stopper: asyncio.Future[Any] = asyncio.ensure_future(self._stopping.wait())
-        try:
-            await asyncio.wait([getter, stopper], return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            stopper.cancel()
-            if not getter.done():
-                getter.cancel()
-                await asyncio.gather(getter, return_exceptions=True)
-        if getter.cancelled():
-            return {}
-        fetched: Batch = getter.result()
-        return fetched
 
     def _poll_timeout_ms(self) -> int:
         """Until the next window or batch closes on the wall clock (at most 100 ms). Join and
@@ -376,28 +317,6 @@ class Step:
                     wall = now_ms()
                 await self._on_record(tp, record, wall, wall)
                 positions[tp] = record.offset + 1
-
-    async def _process_in_time_order(self, batch: Batch) -> None:
-        """Records of a join or gate, across partitions in timestamp order, on stream time.
-
-        Which partitions lag is worked out once for the batch; per record only the record's
-        partition is looked at (it stops lagging when it reaches its end offset), so a record
-        costs the same whatever the number of partitions, the backlog or the state held."""
-        pacing = self.pacing
-        ends = await pacing.begin(batch)
-        clock, positions = pacing.clock, pacing.positions
-        parts = [[(r.timestamp, tp, r) for r in records] for tp, records in batch.items()]
-        merged = heapq.merge(*parts, key=lambda item: item[0])
-        for n, (timestamp, tp, record) in enumerate(merged, 1):
-            if not n % SLICE_RECORDS:
-                await asyncio.sleep(0)
-            position = record.offset + 1
-            positions[tp] = position
-            clock.observe(tp, timestamp)
-            end = ends.get(tp)
-            if end is not None and position >= end:
-                clock.caught_up(tp)
-            await self._on_record(tp, record, clock.now(), now_ms())
 
     async def _on_record(
         self, tp: TopicPartition, record: ConsumerRecord[Any, Any], stream: int | None, wall: int
@@ -508,20 +427,17 @@ class Step:
         """The one flush-then-commit procedure (the final drain, a revocation): deliver what
         is in flight and let the acks' callbacks run (they release holds and deferred
         tombstones); with `resend`, send the pending retries and deliver them too; write the
-        tombstones; commit (exactly-once: each task's transaction, `_commit_transactions`)."""
+        tombstones; commit (`dataflow.commits`: exactly-once, each task's transaction)."""
         await self.producer.flush()
         await asyncio.sleep(0)  # let the acks' callbacks run
         if resend:
             await self.collector.resend()
-        await self._flush_tombstones()
+        if self.state is not None:
+            await self.state.flush_tombstones()
         if resend:
             await self.producer.flush()
             await asyncio.sleep(0)
-        await self._commit(force=True)
-
-    async def _flush_tombstones(self) -> None:
-        if self.state is not None:
-            await self.state.flush_tombstones()
+        await self.committer.commit(force=True)
 
     async def _drain(self) -> None:
         """Wait for in-flight sends, then commit what is safe."""
@@ -530,77 +446,10 @@ class Step:
         except (KafkaError, StepFailed) as exc:
             self.log.warning("final commit failed: {}", exc)
 
-    async def _commit(self, force: bool) -> None:
-        if self._txn is not None:
-            await self._commit_transactions(force)
-            return
-        now = time.monotonic()
-        if not force and now - self._last_commit < COMMIT_INTERVAL:
-            return
-        self._last_commit = now
-        offsets = self.tracker.committable()
-        if not offsets:
-            return
-        assigned = self.consumer.assignment()
-        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
-        if not offsets:
-            return
-        try:
-            await self.consumer.commit(offsets)
-        except KafkaError as exc:
-            # A rebalance is under way: the revoke handler commits, or the records replay.
-            self.log.warning("commit failed, will retry: {}", exc)
-            return
-        self.tracker.mark_committed(offsets)
-
-    async def _commit_transactions(self, force: bool) -> None:
-        """Exactly-once: commit each task's transaction with its consumed positions.
-
-        Everything sent is acknowledged first, so that the tombstones of entries whose outputs
-        were delivered go into the same transaction as those outputs.
-        """
-        assert self._txn is not None
-        if not force and not self._txn.due():
-            return
-        try:
-            await self._txn.flush()
-            await asyncio.sleep(0)  # the acks' callbacks run: deferred tombstones are released
-            if self._failure is None and self.state is not None and self.state.tombstones:
-                await self.state.flush_tombstones()
-                await self._txn.flush()
-                await asyncio.sleep(0)
-            if self._failure is not None:
-                raise self._failure
-            assigned = self.consumer.assignment()
-            positions = self.pacing.positions
-            await self._txn.commit({tp: o for tp, o in positions.items() if tp in assigned})
-        except Exception as exc:
-            await self._txn.abort()
-            if isinstance(exc, StepFailed):
-                raise
-            raise StepFailed(f"exactly-once: {exc}") from exc
-
     async def _close(self) -> None:
         if self._txn is not None:
             await self._txn.close()  # aborts what is still open
-        instance = self.consumer._group_instance_id
-        group = self.consumer._group_id
-        member = membership.member_of(self.consumer)
-        try:
-            await self.consumer.stop()
-        except Exception as exc:
-            self.log.warning("consumer stop: {}", exc)
-        if instance and group and member is not None:
-            # A static member leaves explicitly, so that the others take its partitions now.
-            node, member_id = member
-            try:
-                code = await asyncio.wait_for(
-                    membership.leave(self.producer.client, node, group, member_id, instance), 5
-                )
-                if code:
-                    self.log.debug("leave group {}: error code {}", group, code)
-            except (KafkaError, TimeoutError, OSError) as exc:
-                self.log.debug("leave group {}: {}", group, exc)
+        await membership.stop_member(self.consumer, self.producer.client, self.log)
 
     # -- watching ---------------------------------------------------------------------------
 
@@ -700,26 +549,10 @@ class Step:
         fenced (their last transactions committed or aborted), and the consumer seeks to them
         (or to the reset policy's end). A batch fetched before the seeks is dropped (the
         generation changes with them, with no await in between), and fetched again."""
-        starts = []
-        reset = getattr(self.consumer, "_auto_offset_reset", "reset")
-        committed: dict[TopicPartition, int | None] = {}
-        for tp in sorted(assigned):
-            try:
-                committed[tp] = await self.consumer.committed(tp)
-            except KafkaError as exc:
-                starts.append(f"{tp.topic}[{tp.partition}] (committed offset unknown: {exc})")
-                if self._txn is not None:
-                    self._failure = StepFailed(f"cannot read the committed offset of {tp}: {exc}")
-                continue
-            offset = committed[tp]
-            where = (
-                f"the {reset} offset (none committed)"
-                if offset is None
-                else f"committed offset {offset}"
-            )
-            starts.append(f"{tp.topic}[{tp.partition}] from {where}")
-        if starts:
-            self.log.info("reads {}", "; ".join(starts))
+        exactly_once = self._txn is not None
+        committed, unreadable = await self.pacing.read_committed(assigned, exactly_once)
+        if unreadable:
+            self._failure = StepFailed(unreadable)
         entries = len(self.state.entries) if self.state is not None else 0
         if committed and entries and all(o is None for o in committed.values()):
             # State restored for these partitions, so offsets were committed: an answer of
@@ -730,18 +563,9 @@ class Step:
                 f"{entries} state entries: the group coordinator is moving"
             )
             return
-        if self._txn is None or self._failure is not None:
+        if not exactly_once or self._failure is not None:
             return
-        missing = [tp for tp, offset in committed.items() if offset is None]
-        ends: dict[TopicPartition, int] = {}
-        if missing:
-            ends = await (
-                self.consumer.end_offsets(missing)
-                if reset == "latest"
-                else self.consumer.beginning_offsets(missing)
-            )
-        for tp, offset in committed.items():
-            self.consumer.seek(tp, ends[tp] if offset is None else offset)
+        await self.pacing.seek_to(committed)
         self._generation += 1
 
 
@@ -760,16 +584,9 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
             await self.step.on_assigned(set(assigned))
 
 
-async def _framing(registry: Registry, topic: str, log: Any) -> bytes:
-    """The framing of `topic`'s values; raw (empty) when the registry refuses (spec 4.12)."""
-    from dataflow.confluent import RegistryError
-
-    try:
-        return await registry.prefix(topic)
-    except RegistryError as exc:
-        log.warning("values to {} written without framing: {}", topic, exc)
-        return b""
-
-
 def _nothing_deferred(entries: list[Any]) -> None:
     """A stateless step defers no tombstones."""
+
+
+async def _no_tombstones() -> None:
+    """A stateless step writes no tombstones."""
