@@ -157,7 +157,7 @@ class Collector:
 
     def record_parts(self, topic: str, output: Output[Ref], extra: Headers) -> tuple[int, Headers]:
         """The partition and headers of `output` sent to `topic`."""
-        headers = self.rewrite(output.origin.headers)
+        headers = self.rewrite.apply(output.origin.headers)
         headers.extend(extra)
         partition = 0
         if topic == self.sink:

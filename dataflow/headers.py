@@ -41,7 +41,8 @@ class Rewrite:
         self.pipeline = pipeline.encode()
         self.version = str(version).encode()
 
-    def __call__(self, headers: Headers) -> list[tuple[str, bytes]]:
+    def apply(self, headers: Headers) -> list[tuple[str, bytes]]:
+        """`headers` rewritten (a new list)."""
         kept = [(k, v) for k, v in headers if k not in REPLACED]
         kept.append((PIPELINE, self.pipeline))
         kept.append((PIPELINE_VERSION, self.version))
@@ -50,7 +51,7 @@ class Rewrite:
 
 def rewrite(headers: Headers, pipeline: str, version: int) -> list[tuple[str, bytes]]:
     """`headers` rewritten for `pipeline` at `version` (see `Rewrite`)."""
-    return Rewrite(pipeline, version)(headers)
+    return Rewrite(pipeline, version).apply(headers)
 
 
 def value_of(headers: Headers, name: str) -> bytes | None:

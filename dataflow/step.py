@@ -242,7 +242,7 @@ class Step:
         stats = self.stats
         collector = self.collector
         sink_partitions = collector.sink_partitions
-        trace, frame, rewrite = self._trace, collector.frame, collector.rewrite
+        trace, frame, rewrite = self._trace, collector.frame, collector.rewrite.apply
         positions = self.pacing.positions
         pipeline_header = hdr.PIPELINE
         t0 = time.perf_counter()
