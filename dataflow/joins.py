@@ -1,8 +1,9 @@
 """Windowed joins and trigger gates as pure, clock-injected state machines.
 
 Records are opaque bytes; merging is injected. No I/O, no clock: every method that needs the time
-takes `now_ms` (wall-clock milliseconds), and the step calls `expire(now_ms)` on a timer set from
-`next_deadline()`.
+takes `now_ms`, the step's stream time (see "Window clock" below), and optionally `wall_ms`, the
+wall clock; the step calls `expire` after every batch and on a timer set from
+`next_wall_deadline()`.
 
 Token and release contract (at-least-once):
 
@@ -22,25 +23,13 @@ later lists each of those contributors exactly once in a `released` list, which 
 and its own outputs carry them as contributors again (plus the triggers' tokens).
 
 Window clock: records match when their record timestamps are within `window_ms`
-(`|t1 - t2| <= W`; for n-ary sets, max - min <= W). How long a record is kept is measured on the
-wall clock, chosen by `window_from`:
-
-* `"timestamp"` (default): the window closes at `min(timestamp_ms, arrival now_ms) + W`; a record
-  whose window has already closed when it arrives is late and released at once with no output
-  (Kafka Streams drops late records too). The `min` keeps a producer clock running ahead from
-  holding state for longer than W after arrival. Caveat: after a consumer lag of more than W
-  (restart, backlog) every record is late, and a record emitted by an upstream outer join at
-  window close arrives already late downstream.
-* `"arrival"`: the window closes at arrival `now_ms + W` and nothing is late: records are kept W
-  of wall clock after they are seen and match by timestamp, so backlogs and delayed outer-join
-  outputs still join.
-* `"stream"` (what the engine uses): `now_ms` is the step's *stream time*, not the wall clock
-  (see `dataflow.streamtime`); a record's window closes when stream time passes
-  `timestamp_ms + W`, so a backlog joins as it did live, however long ago it was written. A
-  record already behind stream time by more than W is late: it still matches what is held (an
-  outer join emits it alone if nothing matches) but is not kept. When the caller passes
-  `wall_ms` (every source is caught up), windows also close W of wall clock after arrival, so an
-  outer join's lone record goes out with no further traffic.
+(`|t1 - t2| <= W`; for n-ary sets, max - min <= W). `now_ms` is the step's *stream time*, not
+the wall clock (see `dataflow.streamtime`); a record's window closes when stream time passes
+`timestamp_ms + W`, so a backlog joins as it did live, however long ago it was written. A record
+already behind stream time by more than W is late: it still matches what is held (an outer join
+emits it alone if nothing matches) but is not kept. When the caller passes `wall_ms` (every
+source is caught up), windows also close W of wall clock after arrival, so an outer join's lone
+record goes out with no further traffic.
 
 Durable state: every record a joiner, gate or batcher keeps is an `Entry` with an `ident` chosen
 by the caller. Each `Step` lists the entries it `stored` (new, or changed: an outer join's
@@ -70,7 +59,6 @@ __all__ = [
     "Output",
     "Step",
     "TriggerGate",
-    "WindowFrom",
 ]
 
 T = TypeVar("T")
@@ -78,11 +66,7 @@ T = TypeVar("T")
 JoinType = Literal["inner", "outer", "any"]
 """How sources (or triggers) combine: all needed, emit partial sets at window close, or forward."""
 
-WindowFrom = Literal["timestamp", "arrival", "stream"]
-"""What a record's window is measured from on the wall clock (see the module docstring)."""
-
 _JOIN_TYPES: frozenset[str] = frozenset(("inner", "outer", "any"))
-_WINDOW_FROM: frozenset[str] = frozenset(("timestamp", "arrival", "stream"))
 _DATA = -1  # source index of trigger-gate data records
 
 ANY_WINDOW_MS = 1
@@ -187,11 +171,9 @@ class Step(Generic[T]):
         self.removed.extend(other.removed)
 
 
-def _check_window(window_ms: int, window_from: str) -> None:
+def _check_window(window_ms: int) -> None:
     if window_ms <= 0:
         raise ValueError(f"window_ms must be > 0, got {window_ms}")
-    if window_from not in _WINDOW_FROM:
-        raise ValueError(f"window_from must be one of {sorted(_WINDOW_FROM)}, got {window_from!r}")
 
 
 def _span_ok(timestamps: Iterable[int], window_ms: int) -> bool:
@@ -234,25 +216,20 @@ class _Window(Generic[T]):
     record's window closed but it is kept for a late partner.
     """
 
-    def __init__(self, window_ms: int, window_from: WindowFrom, grace_ms: int = 0) -> None:
-        _check_window(window_ms, window_from)
+    def __init__(self, window_ms: int, grace_ms: int = 0) -> None:
+        _check_window(window_ms)
         if grace_ms < 0:
             raise ValueError(f"grace_ms must be >= 0, got {grace_ms}")
         self.window_ms = window_ms
-        self.window_from = window_from
         self.grace_ms = grace_ms
         self._heap: list[tuple[int, int, Entry[T]]] = []
         self._wall: list[tuple[int, int, Entry[T]]] = []
         self._seq = itertools.count()
         self.count = 0
 
-    def deadline(self, timestamp_ms: int, now_ms: int) -> int:
-        if self.window_from == "arrival":
-            return now_ms + self.window_ms
-        if self.window_from == "stream":
-            # Open while stream time <= timestamp + W: a partner W later still matches.
-            return timestamp_ms + self.window_ms + 1
-        return min(timestamp_ms, now_ms) + self.window_ms
+    def deadline(self, timestamp_ms: int) -> int:
+        # Open while stream time <= timestamp + W: a partner W later still matches.
+        return timestamp_ms + self.window_ms + 1
 
     def beyond_grace(self, deadline_ms: int, now_ms: int) -> bool:
         """True when a record whose window closes at `deadline_ms` arrives too late to be kept
@@ -375,7 +352,6 @@ class Joiner(Generic[T]):
         join_type: `"inner"`, `"outer"` or `"any"`.
         window_ms: The join window W (> 0).
         merge: Merges two values, left then right (e.g. `wire.merge_join` with `request` bound).
-        window_from: What the wall-clock window is measured from (module docstring).
 
     Raises:
         ValueError: On an invalid argument.
@@ -388,7 +364,6 @@ class Joiner(Generic[T]):
         window_ms: int,
         merge: Callable[[bytes, bytes], bytes],
         *,
-        window_from: WindowFrom = "timestamp",
         grace_ms: int = 0,
     ) -> None:
         """Create an empty joiner (see the class docstring for the arguments)."""
@@ -396,17 +371,17 @@ class Joiner(Generic[T]):
             raise ValueError(f"a join needs at least two sources, got {n_sources}")
         if join_type not in _JOIN_TYPES:
             raise ValueError(f"join_type must be one of {sorted(_JOIN_TYPES)}, got {join_type!r}")
-        _check_window(window_ms, window_from)
+        _check_window(window_ms)
         self._n = n_sources
         self._type = join_type
         self._merge = merge
         window = ANY_WINDOW_MS if join_type == "any" else window_ms
         grace = 0 if join_type == "any" else grace_ms
-        self._window: _Window[T] = _Window(window, window_from, grace)
+        self._window: _Window[T] = _Window(window, grace)
         self._by_key: dict[bytes, list[list[Entry[T]]]] = {}
         #: `any` only: the records held, by (key, source, timestamp).
         self._near: dict[tuple[bytes, int, int], list[Entry[T]]] = {}
-        #: Records that arrived behind stream time by more than W + grace (`"stream"` only).
+        #: Records that arrived behind stream time by more than W + grace.
         self.late = 0
 
     @property
@@ -437,7 +412,7 @@ class Joiner(Generic[T]):
             value: The record value (opaque).
             timestamp_ms: The record timestamp.
             token: The record's token.
-            now_ms: The window clock (the wall clock, or stream time for `"stream"`).
+            now_ms: Stream time.
             wall_ms: The wall clock at arrival; the record's window also closes W after it
                 when `expire` is given `wall_ms`.
             ident: The entry's name; an entry of the same name already held (the same record
@@ -458,11 +433,8 @@ class Joiner(Generic[T]):
             )
             return step
         window = self._window
-        deadline = window.deadline(timestamp_ms, now_ms)
+        deadline = window.deadline(timestamp_ms)
         closed = deadline <= now_ms
-        if closed and window.window_from != "stream":  # late: its window already closed
-            step.released.append(token)
-            return step
         if key is None:
             if self._type == "outer":
                 step.outputs.append(Output(key, value, timestamp_ms, token, (token,)))
@@ -516,7 +488,7 @@ class Joiner(Generic[T]):
             step.outputs.append(Output(key, value, timestamp_ms, token, (token,)))
             return
         window = self._window
-        deadline = window.deadline(timestamp_ms, now_ms)
+        deadline = window.deadline(timestamp_ms)
         record = Entry(
             EntryKind.JOIN, source_index, key, value, timestamp_ms, token, ident, deadline
         )
@@ -568,7 +540,7 @@ class Joiner(Generic[T]):
         """
         window = self._window
         entry.alive = True
-        entry.deadline_ms = window.deadline(entry.timestamp_ms, entry.timestamp_ms)
+        entry.deadline_ms = window.deadline(entry.timestamp_ms)
         sides = self._by_key.get(entry.key)
         if sides is None:
             sides = [[] for _ in range(self._n)]
@@ -727,7 +699,6 @@ class TriggerGate(Generic[T]):
         n_triggers: Number of trigger sources (>= 1).
         triggers_join_type: How triggers combine: `"inner"`, `"outer"` or `"any"`.
         window_ms: The window W (> 0), the step's join window.
-        window_from: What the wall-clock window is measured from (module docstring).
 
     Raises:
         ValueError: On an invalid argument.
@@ -739,7 +710,6 @@ class TriggerGate(Generic[T]):
         triggers_join_type: JoinType,
         window_ms: int,
         *,
-        window_from: WindowFrom = "timestamp",
         grace_ms: int = 0,
     ) -> None:
         """Create an empty gate (see the class docstring for the arguments)."""
@@ -752,10 +722,10 @@ class TriggerGate(Generic[T]):
             )
         self._n = n_triggers
         self._all_needed = triggers_join_type == "inner"
-        self._window: _Window[T] = _Window(window_ms, window_from, grace_ms)
+        self._window: _Window[T] = _Window(window_ms, grace_ms)
         self._triggers: dict[bytes, list[list[Entry[T]]]] = {}
         self._waiting: dict[bytes, list[Entry[T]]] = {}
-        #: Records that arrived behind stream time by more than W + grace (`"stream"` only).
+        #: Records that arrived behind stream time by more than W + grace.
         self.late = 0
 
     @property
@@ -794,9 +764,9 @@ class TriggerGate(Generic[T]):
         held = (token,) if contributors is None else tuple(contributors)
         step = self.expire(now_ms)
         window = self._window
-        deadline = window.deadline(timestamp_ms, now_ms)
+        deadline = window.deadline(timestamp_ms)
         late = deadline <= now_ms
-        if key is None or (late and window.window_from != "stream"):
+        if key is None:
             step.released.extend(held)
             return step
         record = Entry(
@@ -874,9 +844,9 @@ class TriggerGate(Generic[T]):
             raise IndexError(f"trigger_index {trigger_index} not in 0..{self._n - 1}")
         step = self.expire(now_ms)
         window = self._window
-        deadline = window.deadline(timestamp_ms, now_ms)
+        deadline = window.deadline(timestamp_ms)
         late = deadline <= now_ms
-        if key is None or (late and window.window_from != "stream"):
+        if key is None:
             step.released.append(token)
             return step
         trigger = Entry(
@@ -933,7 +903,7 @@ class TriggerGate(Generic[T]):
         """
         window = self._window
         entry.alive = True
-        entry.deadline_ms = window.deadline(entry.timestamp_ms, entry.timestamp_ms)
+        entry.deadline_ms = window.deadline(entry.timestamp_ms)
         if entry.kind == EntryKind.GATE_DATA:
             if not entry.contributors:
                 entry.contributors = (entry.token,)

@@ -88,7 +88,6 @@ class StepStages:
                 spec.join,
                 spec.window_ms,
                 partial(merge_join, request=request),
-                window_from="stream",
                 grace_ms=grace_ms,
             )
         elif request and (spec.batch_size or spec.batch_window_ms):
@@ -101,7 +100,6 @@ class StepStages:
                 len(spec.triggers),
                 spec.triggers_join,
                 spec.window_ms,
-                window_from="stream",
                 grace_ms=grace_ms,
             )
 
