@@ -2,7 +2,8 @@
 
 Kafka Streams keeps a stateful task's store in a compacted changelog topic and restores it
 before the task processes anything; so does a step here. The store itself is the state machines
-of `joins` and `batches` (in memory); this module is what goes to and comes from the changelog:
+of `joins`, `gates` and `batches` (in memory); this module is what goes to and comes from the
+changelog:
 
 * topic: `<step consumer group>-changelog`, compacted, one per stateful step, created with the
   pipeline's topics and deleted with them;
@@ -22,7 +23,7 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from dataflow.joins import EntryKind
+from dataflow.windows import EntryKind
 
 __all__ = [
     "CHANGELOG_CONFIG",

@@ -33,8 +33,8 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from dataflow import headers as hdr
 from dataflow.context import StepContext
 from dataflow.errors import StepFailed
-from dataflow.joins import Entry, Output
 from dataflow.stages import Headers, Ref
+from dataflow.windows import Entry, Output
 
 if TYPE_CHECKING:
     from dataflow.tracing import StepTrace

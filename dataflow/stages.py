@@ -1,11 +1,11 @@
 """What sits between a step's filter and its producer: join, batch, trigger gate, cycle guard.
 
-`StepStages` composes the pure state machines of `joins`, `batches` and `cycles` in the
+`StepStages` composes the pure state machines of `joins`, `gates`, `batches` and `cycles` in the
 reference's order (spec 4.4, 4.5): a join of the sources (or the record itself), then a batch
 (single-source steps into `...inputs` only; one open batch per input partition), then the
 trigger gate. Pure: no I/O, the clock is passed in.
 
-State contract (see `joins`): what a stage keeps is an `Entry`, listed in `stored` when it
+State contract (see `windows`): what a stage keeps is an `Entry`, listed in `stored` when it
 enters (or changes) and in `removed` when it leaves. The step writes those to the changelog
 (`dataflow.changelog`), holding the offset of the record being processed until the writes are
 acknowledged; so no stage holds an offset, and `released` only says a token left the stages.
@@ -21,8 +21,11 @@ from typing import Any
 
 from dataflow.batches import PartitionBatcher
 from dataflow.cycles import RevisitGuard
-from dataflow.joins import Entry, EntryKind, Joiner, Output, Step, TriggerGate
+from dataflow.gates import TriggerGate
+from dataflow.joins import Joiner
 from dataflow.topology import StepSpec, Topology
+from dataflow.windows import Entry, EntryKind, Output
+from dataflow.windows import Result as Changes
 from dataflow.wire import batch_rows, merge_batch, merge_join
 
 Headers = tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]]
@@ -50,7 +53,7 @@ class Ref:
         return self.generation == generation and not self.restored
 
 
-Result = Step[Ref]
+Result = Changes[Ref]
 
 
 class StepStages:
@@ -131,14 +134,14 @@ class StepStages:
         else:
             output = Output(ref.key, value, ref.timestamp, ref, (ref,))
             if self.gate is None:
-                return Step([output], [])
-            step = Step([output], [ref])
+                return Changes([output], [])
+            step = Changes([output], [ref])
         return self._through_gate(step, now_ms, wall_ms, ident)
 
     def add_trigger(self, index: int, ref: Ref, now_ms: int, wall_ms: int, ident: bytes) -> Result:
         """A record of trigger `index` that carries the trigger's tensors."""
         if self.gate is None:
-            return Step([], [ref])
+            return Changes([], [ref])
         return self.gate.add_trigger(
             index, ref.key, ref.timestamp, ref, now_ms, wall_ms=wall_ms, ident=ident
         )
@@ -151,7 +154,7 @@ class StepStages:
             wall_ms: the wall clock (batches; windows too when `caught_up`).
             caught_up: every source partition of the step is read to its end.
         """
-        step: Result = Step()
+        step: Result = Changes()
         stream = now_ms if now_ms is not None else -(2**62)
         wall = wall_ms if caught_up else None
         if self.joiner is not None:
@@ -167,13 +170,13 @@ class StepStages:
     def flush_batch(self, now_ms: int, wall_ms: int) -> Result:
         """Emit the open batch early (the step's state is full)."""
         if self.batcher is None:
-            return Step()
+            return Changes()
         return self._through_gate(self.batcher.full(), now_ms, wall_ms)
 
     def _through_gate(self, step: Result, now_ms: int, wall_ms: int, ident: bytes = b"") -> Result:
         if self.gate is None or not step.outputs:
             return step
-        gated: Result = Step([], list(step.released), list(step.stored), list(step.removed))
+        gated: Result = Changes([], list(step.released), list(step.stored), list(step.removed))
         for n, output in enumerate(step.outputs):
             if output.error:  # a failed merge goes straight to the error topic
                 gated.outputs.append(output)

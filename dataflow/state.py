@@ -30,9 +30,9 @@ from aiokafka.errors import KafkaError
 from dataflow import changelog
 from dataflow.context import StepContext
 from dataflow.errors import StepFailed
-from dataflow.joins import Entry
 from dataflow.kafka import read_latest
 from dataflow.stages import Ref, StepStages
+from dataflow.windows import Entry
 
 #: Longest a changelog restore may take before the step is reported failed.
 RESTORE_TIMEOUT = 120.0

@@ -12,10 +12,10 @@ from dataflow import headers as hdr
 from dataflow.collector import SEND_ATTEMPTS, Collector, RetryKind, partition_for
 from dataflow.context import StepContext
 from dataflow.errors import StepFailed
-from dataflow.joins import Entry, EntryKind, Output
 from dataflow.offsets import OffsetTracker
 from dataflow.stages import Ref
 from dataflow.stats import StepStats
+from dataflow.windows import Entry, EntryKind, Output
 from tests.unit.fakes import ERRORS, FakeProducer, record, settle
 
 SINK = "seldon.ns.model.c.inputs"

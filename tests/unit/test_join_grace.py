@@ -8,7 +8,9 @@ late: it matches what is held, and if nothing, goes to the error topic with a re
 
 from __future__ import annotations
 
-from dataflow.joins import Joiner, Output, TriggerGate
+from dataflow.gates import TriggerGate
+from dataflow.joins import Joiner
+from dataflow.windows import Output
 
 W = 1_000
 G = 10_000

@@ -12,8 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from dataflow.joins import Joiner, JoinType, Output, Step, TriggerGate
+from dataflow.gates import TriggerGate
+from dataflow.joins import Joiner
 from dataflow.offsets import OffsetTracker
+from dataflow.windows import JoinType, Output, Result
 
 W = 1_000
 T0 = 1_000_000  # wall clock and record timestamps start here
@@ -38,7 +40,7 @@ class Ledger(Generic[K]):
         self.released: Counter[K] = Counter()
         self.outputs: list[Output[K]] = []
 
-    def apply(self, step: Step[K]) -> Step[K]:
+    def apply(self, step: Result[K]) -> Result[K]:
         for output in step.outputs:
             assert output.origin in output.contributors
             for token in output.contributors:
@@ -68,13 +70,13 @@ class Harness:
 
     def add(
         self, source: int, token: str, key: bytes | None = b"k", ts: int | None = None
-    ) -> Step[str]:
+    ) -> Result[str]:
         self.ledger.added.append(token)
         value = token.encode()
         step = self.joiner.add(source, key, value, self.now if ts is None else ts, token, self.now)
         return self.ledger.apply(step)
 
-    def at(self, now: int) -> Step[str]:
+    def at(self, now: int) -> Result[str]:
         self.now = now
         return self.ledger.apply(self.joiner.expire(now))
 
@@ -92,7 +94,7 @@ class Harness:
 
 def test_inner_join_inside_window_emits_once_in_source_order() -> None:
     h = Harness(2, "inner")
-    assert h.add(1, "b") == Step()
+    assert h.add(1, "b") == Result()
     h.now += 300
     step = h.add(0, "a")
     assert step.outputs == [Output(b"k", b"a|b", T0 + 300, "a", ("a", "b"))]
@@ -101,9 +103,9 @@ def test_inner_join_inside_window_emits_once_in_source_order() -> None:
     # both stay in their windows (a duplicate could still match them), then are released
     # once stream time passes their timestamp + W
     assert h.joiner.next_deadline() == T0 + W + 1
-    assert h.at(T0 + W) == Step()
-    assert h.at(T0 + W + 1) == Step([], ["b"])
-    assert h.at(T0 + 300 + W + 1) == Step([], ["a"])
+    assert h.at(T0 + W) == Result()
+    assert h.at(T0 + W + 1) == Result([], ["b"])
+    assert h.at(T0 + 300 + W + 1) == Result([], ["a"])
     h.finish()
     assert len(h.ledger.outputs) == 1
 
@@ -113,7 +115,7 @@ def test_inner_join_outside_window_emits_nothing() -> None:
     h.add(0, "a", ts=T0)
     h.now = T0 + 500
     step = h.add(1, "b", ts=T0 + W + 1)  # timestamps too far apart, both still held
-    assert step == Step()
+    assert step == Result()
     assert h.joiner.held() == 2
     h.finish()
     assert h.ledger.outputs == []
@@ -133,7 +135,7 @@ def test_inner_join_after_the_window_closed_on_stream_time_emits_nothing() -> No
     h.add(0, "a")
     h.now = T0 + W + 1  # a's window closed: released by the add's own expiry
     step = h.add(1, "b")
-    assert step == Step([], ["a"])
+    assert step == Result([], ["a"])
     h.finish()
     assert h.ledger.outputs == []
 
@@ -141,7 +143,7 @@ def test_inner_join_after_the_window_closed_on_stream_time_emits_nothing() -> No
 def test_inner_join_different_keys_do_not_match() -> None:
     h = Harness(2, "inner")
     h.add(0, "a", key=b"k1")
-    assert h.add(1, "b", key=b"k2") == Step()
+    assert h.add(1, "b", key=b"k2") == Result()
     step = h.add(1, "c", key=b"k1")
     assert [(o.key, o.value) for o in step.outputs] == [(b"k1", b"a|c")]
     h.finish()
@@ -190,11 +192,11 @@ def test_three_sources_need_all_within_one_window() -> None:
 
 def test_outer_join_emits_lone_record_at_window_close_without_traffic() -> None:
     h = Harness(2, "outer")
-    assert h.add(0, "a", ts=T0 - 200) == Step()
+    assert h.add(0, "a", ts=T0 - 200) == Result()
     assert h.joiner.next_deadline() == T0 - 200 + W + 1
-    assert h.at(T0 - 200 + W) == Step()
+    assert h.at(T0 - 200 + W) == Result()
     step = h.at(T0 - 200 + W + 1)
-    assert step == Step([Output(b"k", b"a", T0 - 200, "a", ("a",))], ["a"])
+    assert step == Result([Output(b"k", b"a", T0 - 200, "a", ("a",))], ["a"])
     h.finish()
 
 
@@ -232,8 +234,8 @@ def test_outer_three_sources_emit_partial_set_in_source_order() -> None:
     h.now += 10
     h.add(0, "a")
     step = h.at(T0 + W + 1)
-    assert step == Step([Output(b"k", b"(a+c)", T0 + 10, "c", ("a", "c"))], ["c"])
-    assert h.at(T0 + 10 + W + 1) == Step([], ["a"])  # a was in the partial output
+    assert step == Result([Output(b"k", b"(a+c)", T0 + 10, "c", ("a", "c"))], ["c"])
+    assert h.at(T0 + 10 + W + 1) == Result([], ["a"])  # a was in the partial output
     h.finish()
     assert len(h.ledger.outputs) == 1
 
@@ -278,12 +280,12 @@ def test_any_pair_within_1ms_first_alone_second_joined_in_source_order() -> None
     once, the second (another source, same key, |t1 - t2| <= 1 ms) joined with it."""
     h = Harness(2, "any")
     first = h.add(1, "b", ts=T0)
-    assert first == Step([Output(b"k", b"b", T0, "b", ("b",))], ["b"])
+    assert first == Result([Output(b"k", b"b", T0, "b", ("b",))], ["b"])
     h.now = T0 + 1
     second = h.add(0, "a", ts=T0 + 1)
     # merged in source order; the earlier record was released already: only the arrival
     # is a contributor (its offset is the one still held)
-    assert second == Step([Output(b"k", b"a|b", T0 + 1, "a", ("a",))], ["a"])
+    assert second == Result([Output(b"k", b"a|b", T0 + 1, "a", ("a",))], ["a"])
     assert second.stored == [] and second.removed == []
     h.finish()
     assert [o.value for o in h.ledger.outputs] == [b"b", b"a|b"]
@@ -328,18 +330,18 @@ def test_any_holds_records_1ms_on_stream_time_and_on_the_wall_clock() -> None:
     assert j.held() == 1
     assert j.next_deadline() == T0 + 2  # open while stream time <= T0 + 1
     assert j.next_wall_deadline() == wall + 1
-    assert j.expire(T0 + 1) == Step()
+    assert j.expire(T0 + 1) == Result()
     assert j.held() == 1
     assert [o.value for o in j.add(1, b"k", b"b", T0 + 1, "b", T0 + 1).outputs] == [b"a|b"]
     # expiry releases nothing again and lists nothing for the changelog
     step = j.expire(T0 + 3)
-    assert step == Step() and step.removed == []
+    assert step == Result() and step.removed == []
     assert j.held() == 0 and j.next_deadline() is None
     # on the wall clock (sources caught up)
     j.add(0, b"k", b"c", T0 + 5, "c", T0 + 5, wall_ms=wall + 10)
-    assert j.expire(T0 + 5, wall + 10) == Step()
+    assert j.expire(T0 + 5, wall + 10) == Result()
     assert j.held() == 1
-    assert j.expire(T0 + 5, wall + 11) == Step() and j.held() == 0
+    assert j.expire(T0 + 5, wall + 11) == Result() and j.held() == 0
     assert [o.value for o in j.add(1, b"k", b"d", T0 + 5, "d", T0 + 5).outputs] == [b"d"]
 
 
@@ -347,7 +349,7 @@ def test_any_record_behind_stream_time_is_emitted_and_joined_but_not_kept() -> N
     j: Joiner[str] = Joiner(2, "any", W, bar)
     j.add(0, b"k", b"a", T0, "a", T0)
     step = j.add(1, b"k", b"b", T0 - 1, "b", T0 + 1)  # behind stream time by more than 1 ms
-    assert step == Step([Output(b"k", b"a|b", T0, "b", ("b",))], ["b"])
+    assert step == Result([Output(b"k", b"a|b", T0, "b", ("b",))], ["b"])
     assert j.held() == 1  # only a
     assert j.late == 0  # emitted as live: not a late drop
     assert [o.value for o in j.add(0, b"k", b"c", T0 - 1, "c", T0 + 1).outputs] == [b"c"]
@@ -369,11 +371,11 @@ def test_any_discard_and_reconsumed_records_release_nothing_twice() -> None:
 
 def test_null_key_never_matches() -> None:
     inner = Harness(2, "inner")
-    assert inner.add(0, "a", key=None) == Step([], ["a"])
-    assert inner.add(1, "b", key=None) == Step([], ["b"])
+    assert inner.add(0, "a", key=None) == Result([], ["a"])
+    assert inner.add(1, "b", key=None) == Result([], ["b"])
     inner.finish()
     outer = Harness(2, "outer")
-    assert outer.add(0, "a", key=None) == Step([Output(None, b"a", T0, "a", ("a",))], ["a"])
+    assert outer.add(0, "a", key=None) == Result([Output(None, b"a", T0, "a", ("a",))], ["a"])
     outer.finish()
     anyj = Harness(2, "any")
     assert anyj.add(0, "a", key=None).outputs[0].key is None
@@ -387,7 +389,7 @@ def test_discard_releases_selected_records_without_output() -> None:
     h.add(1, "p0-b", key=b"z")
     released = h.joiner.discard(lambda token: token.startswith("p0-"))
     assert sorted(released) == ["p0-a", "p0-b"]
-    h.ledger.apply(Step([], released))
+    h.ledger.apply(Result([], released))
     assert h.joiner.held() == 1
     # discarded records no longer match
     assert h.add(1, "p1-b", key=b"x").outputs == []
@@ -399,7 +401,7 @@ def test_discard_everything_resets() -> None:
     h = Harness(3, "inner")
     for i in range(3):
         h.add(i % 2, f"t{i}")
-    h.ledger.apply(Step([], h.joiner.discard(lambda token: True)))
+    h.ledger.apply(Result([], h.joiner.discard(lambda token: True)))
     assert h.joiner.held() == 0
     assert h.joiner.next_deadline() is None
     h.finish()
@@ -587,19 +589,19 @@ class Gate:
         self.gate: TriggerGate[str] = TriggerGate(n, join_type, W)
         self.ledger: Ledger[str] = Ledger()
 
-    def data(self, token: str, key: bytes | None = b"k", ts: int | None = None) -> Step[str]:
+    def data(self, token: str, key: bytes | None = b"k", ts: int | None = None) -> Result[str]:
         self.ledger.added.append(token)
         ts = self.now if ts is None else ts
         return self.ledger.apply(self.gate.add_data(key, token.encode(), ts, token, self.now))
 
     def trigger(
         self, token: str, index: int = 0, key: bytes | None = b"k", ts: int | None = None
-    ) -> Step[str]:
+    ) -> Result[str]:
         self.ledger.added.append(token)
         ts = self.now if ts is None else ts
         return self.ledger.apply(self.gate.add_trigger(index, key, ts, token, self.now))
 
-    def at(self, now: int) -> Step[str]:
+    def at(self, now: int) -> Result[str]:
         self.now = now
         return self.ledger.apply(self.gate.expire(now))
 
@@ -615,25 +617,25 @@ class Gate:
 
 def test_gate_without_trigger_passes_nothing_and_releases_data_at_expiry() -> None:
     g = Gate()
-    assert g.data("d") == Step()
+    assert g.data("d") == Result()
     assert g.gate.held() == 1
     assert g.gate.next_deadline() == T0 + W + 1
-    assert g.at(T0 + W) == Step()
-    assert g.at(T0 + W + 1) == Step([], ["d"])
+    assert g.at(T0 + W) == Result()
+    assert g.at(T0 + W + 1) == Result([], ["d"])
     g.finish()
     assert g.ledger.outputs == []
 
 
 def test_gate_trigger_first_data_passes_without_trigger_payload() -> None:
     g = Gate()
-    assert g.trigger("t") == Step()
+    assert g.trigger("t") == Result()
     g.now += 100
     step = g.data("d")
-    assert step == Step([Output(b"k", b"d", T0 + 100, "d", ("d", "t"))], ["d"])
+    assert step == Result([Output(b"k", b"d", T0 + 100, "d", ("d", "t"))], ["d"])
     assert g.gate.held() == 1  # the trigger stays for later data
     g.now += 100
     assert [o.value for o in g.data("d2").outputs] == [b"d2"]
-    assert g.at(T0 + W + 1) == Step([], ["t"])
+    assert g.at(T0 + W + 1) == Result([], ["t"])
     g.finish()
 
 
@@ -702,8 +704,8 @@ def test_gate_outer_or_any_triggers_one_suffices(join_type: JoinType) -> None:
 
 def test_gate_null_key_records_released_at_once() -> None:
     g = Gate()
-    assert g.trigger("null-t", key=None) == Step([], ["null-t"])
-    assert g.data("null-d", key=None) == Step([], ["null-d"])
+    assert g.trigger("null-t", key=None) == Result([], ["null-t"])
+    assert g.data("null-d", key=None) == Result([], ["null-d"])
     assert g.gate.held() == 0
     g.finish()
 
@@ -713,7 +715,7 @@ def test_gate_expiry_of_trigger_then_data_waits_again() -> None:
     g.trigger("t")
     g.now = T0 + W + 1
     step = g.data("d")  # the trigger's window closed first
-    assert step == Step([], ["t"])
+    assert step == Result([], ["t"])
     g.finish()
     assert g.ledger.outputs == []
 
@@ -722,11 +724,11 @@ def test_gate_discard_waiting_data_by_contributor() -> None:
     g = Gate()
     g.ledger.added += ["a", "b"]
     out = Output(b"k", b"ab", T0, "a", ("a", "b"))
-    assert g.gate.add_output(out, g.now) == Step()
+    assert g.gate.add_output(out, g.now) == Result()
     g.trigger("t", key=b"other")
     released = g.gate.discard(lambda token: token == "b")
     assert released == ["a", "b"]
-    g.ledger.apply(Step([], released))
+    g.ledger.apply(Result([], released))
     g.finish()
 
 
@@ -821,13 +823,13 @@ def test_joiner_into_gate_commits_only_after_everything_is_delivered() -> None:
         for p, offset in tokens:
             tracker.hold(p, offset)
 
-    def on_gate(step: Step[Tok]) -> None:
+    def on_gate(step: Result[Tok]) -> None:
         for output in step.outputs:
             hold(output.contributors)  # pending send
             sent.append(output)
         release(step.released)
 
-    def on_join(step: Step[Tok], now: int) -> None:
+    def on_join(step: Result[Tok], now: int) -> None:
         for output in step.outputs:
             hold(output.contributors)  # pending in the gate
             on_gate(gate.add_output(output, now))

@@ -12,11 +12,11 @@ from loguru import logger
 from dataflow import changelog
 from dataflow.context import StepContext
 from dataflow.errors import StepFailed
-from dataflow.joins import Entry, EntryKind
 from dataflow.offsets import OffsetTracker
 from dataflow.stages import Ref, StepStages
 from dataflow.state import Held, StateOptions, StepState
 from dataflow.stats import StepStats
+from dataflow.windows import Entry, EntryKind
 from tests.unit.fakes import FakeProducer, settle, topology
 
 A = "seldon.ns.model.a.outputs"

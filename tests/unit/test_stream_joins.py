@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataflow.batches import Batcher
-from dataflow.joins import Entry, Joiner, Output, TriggerGate
+from dataflow.gates import TriggerGate
+from dataflow.joins import Joiner
+from dataflow.windows import Entry, Output
 
 W = 1_000
 UNKNOWN = -(2**62)  # stream time not known yet (a source not read)
