@@ -50,8 +50,7 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
-from grpclib.const import Handler
-from grpclib.server import Server, Stream
+from grpclib.server import Server
 from loguru import logger
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -62,13 +61,11 @@ from pydantic import SecretStr
 
 from dataflow import describe
 from dataflow.acks import COMMANDS, AckBook, Summary
-from dataflow.chainer import StrictCodec, service_mapping
+from dataflow.chainer import ChainerService, StrictCodec
 from dataflow.membership import instance_id
 from dataflow.proto.seldon.mlops.chainer import (
-    PipelineSubscriptionRequest,
     PipelineUpdateMessage,
     PipelineUpdateStatusMessage,
-    PipelineUpdateStatusResponse,
 )
 from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessagePipelineOperation as Op,
@@ -197,32 +194,6 @@ class _Subscription:
         self.queue.put_nowait(None)
 
 
-class _LocalChainer:
-    """The Chainer service the workers subscribe to, backed by the supervisor."""
-
-    def __init__(self, supervisor: Supervisor) -> None:
-        self._supervisor = supervisor
-
-    def __mapping__(self) -> dict[str, Handler]:
-        return service_mapping(self._subscribe, self._event)
-
-    async def _subscribe(
-        self, stream: Stream[PipelineSubscriptionRequest, PipelineUpdateMessage]
-    ) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        async for message in self._supervisor.subscription(str(request.name)):
-            await stream.send_message(message)
-
-    async def _event(
-        self, stream: Stream[PipelineUpdateStatusMessage, PipelineUpdateStatusResponse]
-    ) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        self._supervisor.worker_ack(request)
-        await stream.send_message(PipelineUpdateStatusResponse())
-
-
 class _Families(Collector):
     """Yields metric families collected beforehand (one scrape)."""
 
@@ -312,7 +283,11 @@ class Supervisor:
         """
         sock = socket.create_server((LOCAL_HOST, 0))
         self.local_port = sock.getsockname()[1]
-        self._grpc = Server([_LocalChainer(self)], codec=StrictCodec())
+        chainer = ChainerService(
+            lambda request, _stream: self.subscription(str(request.name)),
+            lambda request, _stream: self.worker_ack(request),
+        )
+        self._grpc = Server([chainer], codec=StrictCodec())
         await self._grpc.start(sock=sock)
         await self._start_health()
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT))

@@ -64,18 +64,16 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 from grpclib.config import Configuration
-from grpclib.const import Handler, Status
+from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 from loguru import logger
 
 from dataflow import describe
-from dataflow.chainer import HEALTH_METADATA, INSTANCE_METADATA, StrictCodec, service_mapping
+from dataflow.chainer import HEALTH_METADATA, INSTANCE_METADATA, ChainerService, StrictCodec
 from dataflow.proto.seldon.mlops.chainer import (
-    PipelineSubscriptionRequest,
     PipelineUpdateMessage,
     PipelineUpdateStatusMessage,
-    PipelineUpdateStatusResponse,
 )
 from dataflow.proxy.database import StateDatabase, StateError
 from dataflow.proxy.history import SAMPLE_S, History
@@ -156,41 +154,6 @@ def health_url(advertised: str | None, peer: str) -> str | None:
 def _health(stream: Stream[Any, Any]) -> str | None:
     value = stream.metadata.get(HEALTH_METADATA) if stream.metadata else None
     return health_url(str(value) if value else None, _peer(stream))
-
-
-class ChainerService:
-    """`seldon.mlops.chainer.Chainer` backed by a `ProxyServer`.
-
-    Its handlers take grpclib streams (not only the decoded request) to read the engine's
-    instance id and address.
-    """
-
-    def __init__(self, proxy: ProxyServer) -> None:
-        self._proxy = proxy
-
-    def __mapping__(self) -> dict[str, Handler]:
-        return service_mapping(self._subscribe, self._event)
-
-    async def _subscribe(
-        self, stream: Stream[PipelineSubscriptionRequest, PipelineUpdateMessage]
-    ) -> None:
-        """Stream pipeline updates to one engine replica until it or the proxy goes away."""
-        request = await stream.recv_message()
-        assert request is not None
-        subscription = self._proxy.subscription(
-            str(request.name), _instance(stream), _peer(stream), _health(stream)
-        )
-        async for message in subscription:
-            await stream.send_message(message)
-
-    async def _event(
-        self, stream: Stream[PipelineUpdateStatusMessage, PipelineUpdateStatusResponse]
-    ) -> None:
-        """Record one ack."""
-        request = await stream.recv_message()
-        assert request is not None
-        self._proxy.record_ack(request, _instance(stream), _peer(stream))
-        await stream.send_message(PipelineUpdateStatusResponse())
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -679,7 +642,13 @@ class ProxyServer:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ENGINE_TIMEOUT_S))
         grpc_socket = _bind(self.host, self._port)
         self._port = grpc_socket.getsockname()[1]
-        self._grpc = Server([ChainerService(self)], codec=StrictCodec(), config=_GRPC_CONFIG)
+        chainer = ChainerService(
+            lambda request, stream: self.subscription(
+                str(request.name), _instance(stream), _peer(stream), _health(stream)
+            ),
+            lambda request, stream: self.record_ack(request, _instance(stream), _peer(stream)),
+        )
+        self._grpc = Server([chainer], codec=StrictCodec(), config=_GRPC_CONFIG)
         await self._grpc.start(sock=grpc_socket, ssl=self._tls)
         try:
             control_socket = _bind(self.host, self._control_port)
