@@ -62,6 +62,7 @@ from pydantic import SecretStr
 from dataflow import describe
 from dataflow.acks import COMMANDS, AckBook, Summary
 from dataflow.chainer import ChainerService, StrictCodec
+from dataflow.health import probe_response
 from dataflow.membership import instance_id
 from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessage,
@@ -228,16 +229,6 @@ def merge_metrics(texts: Mapping[str, str], own: list[Metric]) -> bytes:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(_Families(list(families.values())))
     return generate_latest(registry)
-
-
-def _body(checks: dict[str, tuple[bool, str]]) -> tuple[int, dict[str, Any]]:
-    healthy = all(ok for ok, _ in checks.values())
-    body = {
-        "status": "UP" if healthy else "DOWN",
-        "checks": {name: {"isHealthy": ok, "message": text} for name, (ok, text) in checks.items()},
-        "overallHealthy": healthy,
-    }
-    return (200 if healthy else 503), body
 
 
 class Supervisor:
@@ -584,13 +575,11 @@ class Supervisor:
         return False, "; ".join(waiting) or f"HTTP {status}"
 
     async def _live(self, request: web.Request) -> web.Response:
-        status, body = _body({"service": (True, "event loop responsive")})
-        return web.json_response(body, status=status)
+        return probe_response({"service": (True, "event loop responsive")})
 
     async def _startup(self, request: web.Request) -> web.Response:
         started = self._subscription_task is not None
-        status, body = _body({"engine": (started, "started" if started else "starting")})
-        return web.json_response(body, status=status)
+        return probe_response({"engine": (started, "started" if started else "starting")})
 
     async def _ready(self, request: web.Request) -> web.Response:
         connected = self.subscriber.connected
@@ -603,8 +592,7 @@ class Supervisor:
         answers = await asyncio.gather(*(self._worker_ready(w) for w in self.workers))
         for worker, answer in zip(self.workers, answers, strict=True):
             checks[f"worker-{worker.index}"] = answer
-        status, body = _body(checks)
-        return web.json_response(body, status=status)
+        return probe_response(checks)
 
     def _own_metrics(self) -> list[Metric]:
         connected = GaugeMetricFamily(
