@@ -16,8 +16,8 @@ over TLS or mutual TLS:
 
 Every change of the store is saved (`dataflow.proxy.database`) before its messages are sent.
 
-HTTP (aiohttp), JSON bodies; with a bearer token set every route but `GET /health` needs
-`Authorization: Bearer <token>` (401 `{"error"}` otherwise):
+HTTP (aiohttp, `dataflow.proxy.control`), JSON bodies; with a bearer token set every route but
+`GET /health` needs `Authorization: Bearer <token>` (401 `{"error"}` otherwise):
 
 * `GET /pipelines`: list of pipeline objects (`PipelineRecord.as_dict`), each with the
   `trouble` signals of its steps as of the last sample (`dataflow.proxy.history`).
@@ -53,11 +53,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import socket
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +74,7 @@ from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessage,
     PipelineUpdateStatusMessage,
 )
+from dataflow.proxy.control import ControlApi
 from dataflow.proxy.database import StateDatabase, StateError
 from dataflow.proxy.history import SAMPLE_S, History
 from dataflow.proxy.store import (
@@ -87,14 +87,11 @@ from dataflow.proxy.store import (
     UnloadResult,
     op_name,
 )
-from dataflow.specs import PipelineSpec, SpecError, load_spec, parse_spec, spec_files
+from dataflow.specs import PipelineSpec, load_spec, parse_spec, spec_files
 from dataflow.topics import DEFAULT_NAMESPACE, DEFAULT_PREFIX
 from dataflow.topology import TopologyError, topology_from
 
 SHUTDOWN_GRACE_S = 2.0
-UNAUTHORIZED = "unauthorized: missing or wrong bearer token"
-PAGE = Path(__file__).with_name("page")
-TOKEN_COOKIE = "dataflow_token"
 #: Seconds an engine's health server has to answer a describe.
 ENGINE_TIMEOUT_S = 2.0
 
@@ -159,10 +156,6 @@ def _health(stream: Stream[Any, Any]) -> str | None:
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return socket.create_server((host, port), family=family)
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status)
 
 
 class ProxyServer:
@@ -513,124 +506,6 @@ class ProxyServer:
         views = await asyncio.gather(*(self._engine_view(u, name) for u in engines.values()))
         return self.history.annotate(describe.merge(base, dict(zip(engines, views, strict=True))))
 
-    # HTTP control API.
-
-    def _authorized(self, request: web.Request) -> bool:
-        assert self._token is not None
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self._token):
-            return True
-        cookie = request.cookies.get(TOKEN_COOKIE, "")
-        return (
-            request.method in ("GET", "HEAD")
-            and bool(cookie)
-            and hmac.compare_digest(cookie.encode(), self._token)
-        )
-
-    @web.middleware
-    async def _auth(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if self._token is None or request.path == "/health":
-            return await handler(request)
-        if request.path == "/" and "token" in request.query:
-            given = request.query["token"].encode()
-            if hmac.compare_digest(given, self._token):
-                response = web.Response(status=302, headers={"Location": "/"})
-                response.set_cookie(
-                    TOKEN_COOKIE, given.decode(), httponly=True, samesite="Strict", path="/"
-                )
-                return response
-        if not self._authorized(request):
-            logger.warning(
-                "control API: {} {} from {} refused: {}",
-                request.method,
-                request.path,
-                request.remote,
-                UNAUTHORIZED,
-            )
-            if request.path == "/":
-                return web.Response(
-                    text=f"{UNAUTHORIZED}: open /?token=<token> once (it sets a cookie)\n",
-                    status=401,
-                )
-            return web.json_response(
-                {"error": UNAUTHORIZED},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="dataflow-proxy"'},
-            )
-        return await handler(request)
-
-    def _app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth])
-        app.router.add_get("/health", self._http_health)
-        app.router.add_get("/pipelines", self._http_list)
-        app.router.add_post("/pipelines", self._http_load)
-        app.router.add_get("/pipelines/{name}", self._http_get)
-        app.router.add_delete("/pipelines/{name}", self._http_unload)
-        app.router.add_get("/subscribers", self._http_subscribers)
-        app.router.add_get("/pipelines/{name}/describe", self._http_describe)
-        app.router.add_get("/", self._http_page)
-        app.router.add_static("/page/", PAGE)
-        return app
-
-    async def _http_page(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(PAGE / "index.html", headers={"Cache-Control": "no-store"})
-
-    async def _http_describe(self, request: web.Request) -> web.Response:
-        try:
-            return _json(await self.describe(request.match_info["name"]))
-        except UnknownPipelineError as e:
-            return _json({"error": str(e)}, 404)
-
-    async def _http_list(self, request: web.Request) -> web.Response:
-        return _json(
-            [
-                {**record.as_dict(), "trouble": self.history.trouble(record.name, record.uid)}
-                for record in self.store.records()
-            ]
-        )
-
-    async def _http_get(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        record = self.store.get(name)
-        if record is None:
-            return _json({"error": str(UnknownPipelineError(name))}, 404)
-        return _json({**record.as_dict(), "trouble": self.history.trouble(name, record.uid)})
-
-    async def _http_load(self, request: web.Request) -> web.Response:
-        source = request.query.get("source") or "request"
-        try:
-            text = await request.text()
-            result = self.load_text(text, source)
-        except SpecError as e:
-            logger.warning("load refused: {}", e)
-            return _json({"error": str(e)}, 400)
-        except StateError as e:
-            logger.error("load not sent: {}", e)
-            return _json({"error": str(e)}, 500)
-        except UnicodeDecodeError:
-            return _json({"error": f"{source}: body is not UTF-8 text"}, 400)
-        body = {
-            "outcome": result.outcome,
-            "pipeline": result.record.as_dict(),
-            "warning": result.warning,
-        }
-        return _json(body, 201 if result.outcome in ("created", "updated") else 200)
-
-    async def _http_unload(self, request: web.Request) -> web.Response:
-        try:
-            result = self.unload(request.match_info["name"])
-        except UnknownPipelineError as e:
-            return _json({"error": str(e)}, 404)
-        return _json({"outcome": result.outcome, "pipeline": result.record.as_dict()})
-
-    async def _http_subscribers(self, request: web.Request) -> web.Response:
-        return _json({"subscribers": list(self.store.subscribers)})
-
-    async def _http_health(self, request: web.Request) -> web.Response:
-        return _json({"status": "UP"})
-
     # Lifecycle.
 
     async def start(self) -> None:
@@ -654,7 +529,9 @@ class ProxyServer:
             control_socket = _bind(self.host, self._control_port)
             self._control_port = control_socket.getsockname()[1]
             self._runner = web.AppRunner(
-                self._app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S
+                ControlApi(self, self._token).app(),
+                access_log=None,
+                shutdown_timeout=SHUTDOWN_GRACE_S,
             )
             await self._runner.setup()
             await web.SockSite(self._runner, control_socket).start()
