@@ -15,7 +15,7 @@ from aiohttp import web
 from loguru import logger
 
 from dataflow.proxy.database import StateError
-from dataflow.proxy.store import UnknownPipelineError
+from dataflow.proxy.records import UnknownPipelineError
 from dataflow.specs import SpecError
 
 if TYPE_CHECKING:

@@ -77,16 +77,16 @@ from dataflow.proto.seldon.mlops.chainer import (
 from dataflow.proxy.control import ControlApi
 from dataflow.proxy.database import StateDatabase, StateError
 from dataflow.proxy.history import SAMPLE_S, History
-from dataflow.proxy.store import (
+from dataflow.proxy.records import (
     Ack,
     LoadResult,
     PipelineRecord,
-    PipelineStore,
     Send,
     UnknownPipelineError,
     UnloadResult,
     op_name,
 )
+from dataflow.proxy.store import PipelineStore
 from dataflow.specs import PipelineSpec, load_spec, parse_spec, spec_files
 from dataflow.topics import DEFAULT_NAMESPACE, DEFAULT_PREFIX
 from dataflow.topology import TopologyError, topology_from
