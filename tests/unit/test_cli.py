@@ -15,10 +15,10 @@ from pydantic_settings import get_subcommand
 
 import dataflow
 from dataflow.cli import COMMANDS, Dataflow, render, run
-from dataflow.cli.base import parse
 from dataflow.cli.engine import EngineCommand
 from dataflow.cli.proxy import ProxyCommand, StatusCommand
 from dataflow.cli.tools import InferCommand, KafkaCommand, ModelCommand
+from tests.cli import parse
 from tests.conftest import REPO
 
 EXPECTED = (

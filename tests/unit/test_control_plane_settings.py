@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from dataflow.cli.base import bad_value, parse
+from dataflow.cli.base import bad_value
 from dataflow.cli.engine import EngineCommand, check_files
 from dataflow.proxy.settings import ProxySettings
 from dataflow.settings import Settings
+from tests.cli import parse
 
 
 def engine(argv: list[str]) -> Settings:
