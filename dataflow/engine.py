@@ -29,6 +29,7 @@ from dataflow.kafka import (
     make_producer,
     replication,
     stop_producer,
+    topic_options,
 )
 from dataflow.pipeline import READY, Pipeline, state_topics
 from dataflow.proto.seldon.mlops.chainer import PipelineUpdateMessage
@@ -241,7 +242,7 @@ class Engine:
             return
         try:
             # Always asked of the broker: a topic deleted since an earlier create comes back.
-            await ensure_topics(self.admin, self.settings, topology.topics)
+            await ensure_topics(self.admin, topology.topics, **topic_options(self.settings))
             self._created_topics.update(topology.topics)
         except Exception as exc:
             self._ack(message, Op.Create, False, f"kafka topic creation error: {exc}")
@@ -460,9 +461,8 @@ class Engine:
     async def ensure_changelog(self, topic: str, partitions: int) -> None:
         """Create a step's compacted changelog topic unless it exists."""
         async with self._topic_lock:
-            await ensure_topics(
-                self.admin, self.settings, [topic], partitions=partitions, configs=CHANGELOG_CONFIG
-            )
+            options = topic_options(self.settings, partitions=partitions, configs=CHANGELOG_CONFIG)
+            await ensure_topics(self.admin, [topic], **options)
 
     async def ensure_topic(self, topic: str) -> None:
         """Create `topic` (an error topic) unless this engine already made sure it exists."""
@@ -470,7 +470,7 @@ class Engine:
             return
         async with self._topic_lock:
             if topic not in self._created_topics:
-                await ensure_topics(self.admin, self.settings, [topic])
+                await ensure_topics(self.admin, [topic], **topic_options(self.settings))
                 self._created_topics.add(topic)
 
 

@@ -34,7 +34,7 @@ from dataflow.proto.inference import (
     ModelInferResponse,
     ModelInferResponseInferOutputTensor,
 )
-from dataflow.tools import CONTENTS_FIELDS, RawError, decode_raw
+from dataflow.tensors import CONTENTS_FIELDS, RawError, decode_raw
 from dataflow.topics import (
     DEFAULT_NAMESPACE,
     DEFAULT_PREFIX,
