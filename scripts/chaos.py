@@ -2036,7 +2036,8 @@ def _notes(counted: dict[str, Any], producer: Producer, lag: dict[str, int] | No
         notes.append(f"{counted['partial_join_outputs']} one-sided join outputs")
     if counted["one_sided_ids_also_joined"]:
         notes.append(
-            f"{counted['one_sided_ids_also_joined']} ids answered alone, then joined within the grace"
+            f"{counted['one_sided_ids_also_joined']} ids answered alone, "
+            "then joined within the grace"
         )
     if counted["input_duplicates"]:
         notes.append(f"{counted['input_duplicates']} duplicated input records")
