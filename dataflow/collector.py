@@ -389,7 +389,8 @@ class FetchSend:
         """The open batches of `task` (made with `producer` the first time)."""
         batches = self._by_task.get(task)
         if batches is None:
-            batches = self._by_task[task] = SinkBatches(self, producer)
+            batches = SinkBatches(self.collector, producer, self.hold, self.received)
+            self._by_task[task] = batches
         return batches
 
     async def seal(self) -> None:
@@ -398,17 +399,23 @@ class FetchSend:
         for batches in self._by_task.values():
             for partition, (builder, items) in batches.open.items():
                 await send(batches.producer, builder, partition, items, self.hold, self.received)
+        self._by_task.clear()
         self.hold.sealed()
 
 
 class SinkBatches:
-    """One producer's open record batches, one per sink partition."""
+    """One producer's open record batches, one per sink partition (no reference back to its
+    `FetchSend`: a cycle would keep a whole fetch's records alive until the cyclic GC runs)."""
 
-    __slots__ = ("_create", "fetch", "open", "producer")
+    __slots__ = ("_create", "collector", "hold", "open", "producer", "received")
 
-    def __init__(self, fetch: FetchSend, producer: AIOKafkaProducer) -> None:
-        self.fetch = fetch
+    def __init__(
+        self, collector: Collector, producer: AIOKafkaProducer, hold: FetchHold, received: float
+    ) -> None:
+        self.collector = collector
         self.producer = producer
+        self.hold = hold
+        self.received = received
         self._create = producer.create_batch
         self.open: dict[int, tuple[Any, list[BatchItem]]] = {}
 
@@ -441,9 +448,8 @@ class SinkBatches:
     ) -> None:
         """`partition`'s open batch is full: send it, and open the next with this record."""
         builder, items = self.open[partition]
-        fetch = self.fetch
-        await fetch.collector.send_built(
-            self.producer, builder, partition, items, fetch.hold, fetch.received
+        await self.collector.send_built(
+            self.producer, builder, partition, items, self.hold, self.received
         )
         current = self.open[partition] = (self._create(), [])
         current[0].append(key=key, value=value, timestamp=timestamp, headers=headers)
