@@ -1,11 +1,11 @@
 """Request batching as a pure, clock-injected state machine (spec 4.8, with a window timer).
 
 Values are opaque bytes: merging and row counting are injected (`wire.merge_batch`,
-`wire.batch_rows`). Results use the same `Output`/`Step` types and token contract as
-`dataflow.joins`: every token handed in is released exactly once, in the `Step` that emits the
+`wire.batch_rows`). Results use the same `Output`/`Result` types and token contract as
+`dataflow.windows`: every token handed in is released exactly once, in the `Result` that emits the
 batch it is in (or by `discard`), and a batch output lists every token in it as a contributor.
-Each request held is an `Entry` (kind `"b"`) listed in `Step.stored` when added and in
-`Step.removed` when its batch is emitted, for the caller's changelog; `load` restores one.
+Each request held is an `Entry` (kind `"b"`) listed in `Result.stored` when added and in
+`Result.removed` when its batch is emitted, for the caller's changelog; `load` restores one.
 
 A step batches with a `PartitionBatcher`: one `Batcher` per input partition, as the reference
 keeps one batch store per stream task, so a batch never mixes records of two partitions.
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Generic, TypeVar
 
-from dataflow.joins import Entry, Output, Step
+from dataflow.windows import Entry, EntryKind, Output, Result
 
 __all__ = ["Batcher", "PartitionBatcher"]
 
@@ -94,7 +94,7 @@ class Batcher(Generic[T]):
         now_ms: int,
         *,
         ident: bytes = b"",
-    ) -> Step[T]:
+    ) -> Result[T]:
         """Add one request to the batch.
 
         A batch whose window ended by `now_ms` is emitted first; this record then starts a new one.
@@ -111,7 +111,7 @@ class Batcher(Generic[T]):
             The emitted batch, if any, and the tokens released with it.
         """
         step = self.expire(now_ms)
-        entry = Entry("b", -1, key or b"", value, timestamp_ms, token, ident)
+        entry = Entry(EntryKind.BATCH, -1, key or b"", value, timestamp_ms, token, ident)
         self._append(entry, key, now_ms)
         step.stored.append(entry)
         if self._size is not None and self._row_count >= self._size:
@@ -122,7 +122,7 @@ class Batcher(Generic[T]):
         """Put back a restored request (from a changelog); its batch's window starts now.
 
         Args:
-            entry: A `"b"` entry as listed in some `Step.stored`.
+            entry: A `"b"` entry as listed in some `Result.stored`.
             key: The record key (None when the record had none).
             now_ms: The wall clock.
         """
@@ -136,15 +136,15 @@ class Batcher(Generic[T]):
         self._items.append(item)
         self._row_count += item.rows
 
-    def full(self) -> Step[T]:
+    def full(self) -> Result[T]:
         """Emit the open batch now (the step's state is full: back-pressure, never a drop).
 
         Returns:
             The emitted batch, if any, and the tokens released with it.
         """
-        return self._emit() if self._items else Step()
+        return self._emit() if self._items else Result()
 
-    def expire(self, now_ms: int) -> Step[T]:
+    def expire(self, now_ms: int) -> Result[T]:
         """Emit the partial batch if its window ended at or before `now_ms`.
 
         Args:
@@ -155,9 +155,9 @@ class Batcher(Generic[T]):
         """
         if self._deadline is not None and self._deadline <= now_ms and self._items:
             return self._emit()
-        return Step()
+        return Result()
 
-    def _emit(self) -> Step[T]:
+    def _emit(self) -> Result[T]:
         items = self._items
         self._items = []
         self._row_count = 0
@@ -171,7 +171,7 @@ class Batcher(Generic[T]):
         # Timestamped as the latest of its parts (Kafka Streams' rule for derived records).
         latest = max(item.timestamp_ms for item in items)
         output = Output(last.key, merged, latest, last.token, tuple(tokens), error)
-        return Step([output], tokens, [], [item.entry for item in items])
+        return Result([output], tokens, [], [item.entry for item in items])
 
     def discard(self, predicate: Callable[[T], bool]) -> list[T]:
         """Drop held requests whose token satisfies `predicate`, with no output.
@@ -267,7 +267,7 @@ class PartitionBatcher(Generic[T]):
         now_ms: int,
         *,
         ident: bytes = b"",
-    ) -> Step[T]:
+    ) -> Result[T]:
         """Add one request to the batch of its partition (see `Batcher.add`).
 
         Only that partition's batch is looked at: a window of another partition that ended is
@@ -286,7 +286,7 @@ class PartitionBatcher(Generic[T]):
         """Put back a restored request in its partition's batch (see `Batcher.load`)."""
         self._batcher(entry.token)[1].load(entry, key, now_ms)
 
-    def expire(self, now_ms: int) -> Step[T]:
+    def expire(self, now_ms: int) -> Result[T]:
         """Emit every batch whose window ended at or before `now_ms`, earliest deadline first.
 
         Args:
@@ -300,18 +300,18 @@ class PartitionBatcher(Generic[T]):
             for n, (part, batcher) in enumerate(self._open.items())
             if (deadline := batcher.next_deadline()) is not None and deadline <= now_ms
         ]
-        step: Step[T] = Step()
+        step: Result[T] = Result()
         for _, _, part in sorted(due, key=lambda item: item[:2]):
             step.extend(self._open.pop(part).expire(now_ms))
         return step
 
-    def full(self) -> Step[T]:
+    def full(self) -> Result[T]:
         """Emit every open batch now (the step's state is full), in order of opening.
 
         Returns:
             The emitted batches, if any, and the tokens released with them.
         """
-        step: Step[T] = Step()
+        step: Result[T] = Result()
         for batcher in self._open.values():
             step.extend(batcher.full())
         self._open.clear()

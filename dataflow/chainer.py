@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import ssl
 import typing
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -309,6 +309,46 @@ def client_context(
         context.load_cert_chain(cert, key)
     context.set_alpn_protocols(["h2"])
     return context
+
+
+#: The updates a Chainer server streams to one subscriber: (its request, its stream) -> updates.
+Subscription = Callable[[Any, Any], AsyncIterator[PipelineUpdateMessage]]
+#: Takes one status message (an ack): (the message, its stream).
+Ack = Callable[[Any, Any], None]
+
+
+class ChainerService:
+    """`seldon.mlops.chainer.Chainer` served from a backend: the proxy scheduler, or the workers'
+    supervisor.
+
+    Its handlers take grpclib streams, so that the backend can read the subscriber's metadata
+    (instance id, health address) and peer.
+
+    Args:
+        subscription: the updates to stream to a subscriber until it or the server goes away.
+        ack: records one status message.
+    """
+
+    def __init__(self, subscription: Subscription, ack: Ack) -> None:
+        self._subscription = subscription
+        self._ack = ack
+
+    def __mapping__(self) -> dict[str, Handler]:
+        return service_mapping(self._subscribe, self._event)
+
+    async def _subscribe(self, stream: Any) -> None:
+        request = await stream.recv_message()
+        assert request is not None
+        async for message in self._subscription(request, stream):
+            await stream.send_message(message)
+
+    async def _event(self, stream: Any) -> None:
+        from dataflow.proto.seldon.mlops.chainer import PipelineUpdateStatusResponse
+
+        request = await stream.recv_message()
+        assert request is not None
+        self._ack(request, stream)
+        await stream.send_message(PipelineUpdateStatusResponse())
 
 
 def service_mapping(

@@ -264,3 +264,12 @@ message ModelInferResponse {{{_SHARED}
   repeated bytes raw_output_contents = 6;
 }}
 """
+
+
+async def framing(registry: Registry, topic: str, log: Any) -> bytes:
+    """The framing of `topic`'s values; raw (empty) when the registry refuses (spec 4.12)."""
+    try:
+        return await registry.prefix(topic)
+    except RegistryError as exc:
+        log.warning("values to {} written without framing: {}", topic, exc)
+        return b""

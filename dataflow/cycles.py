@@ -12,24 +12,12 @@ from __future__ import annotations
 from collections import OrderedDict
 from dataclasses import dataclass
 
-__all__ = ["ERROR_PREFIX", "RevisitGuard", "is_error"]
+__all__ = ["ERROR_PREFIX", "RevisitGuard"]
 
 ERROR_PREFIX = "ERROR:"
 """Values starting with this text go to the pipeline error topic instead of the sink."""
 
 DEFAULT_TTL_MS = 10 * 60 * 1000
-
-
-def is_error(value: bytes) -> bool:
-    """Whether a record value is an error text (the reference's branch test).
-
-    Args:
-        value: The record value.
-
-    Returns:
-        True if it starts with `ERROR:`.
-    """
-    return value.startswith(ERROR_PREFIX.encode())
 
 
 @dataclass(slots=True)

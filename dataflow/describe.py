@@ -447,3 +447,20 @@ def render_dot(d: Mapping[str, Any]) -> str:
     lines.extend(body)
     lines.append("}")
     return "\n".join(lines) + "\n"
+
+
+def merge_pipelines(views: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The workers' `/pipelines` lists (by worker label) as one: per pipeline version, the
+    figures summed per step and each worker's copy under `engines`."""
+    by_uid: dict[str, dict[str, dict[str, Any]]] = {}
+    for worker, pipelines in views.items():
+        for pipeline in pipelines:
+            by_uid.setdefault(pipeline["uid"], {})[worker] = pipeline
+    merged = []
+    for copies in by_uid.values():
+        base = next(iter(copies.values()))
+        one = merge(base, copies)
+        one["state"] = one.pop("engine_state", base.get("state", ""))
+        merged.append(one)
+    merged.sort(key=lambda d: (d["name"], d["version"]))
+    return merged

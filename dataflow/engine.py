@@ -20,6 +20,7 @@ from aiokafka.protocol.metadata import MetadataRequest
 from loguru import logger
 
 from dataflow import tracing
+from dataflow.changelog import CHANGELOG_CONFIG, changelog_topic
 from dataflow.handover import Handover, plan
 from dataflow.kafka import (
     delete_groups,
@@ -29,6 +30,7 @@ from dataflow.kafka import (
     make_producer,
     replication,
     stop_producer,
+    topic_options,
 )
 from dataflow.pipeline import READY, Pipeline, state_topics
 from dataflow.proto.seldon.mlops.chainer import PipelineUpdateMessage
@@ -37,7 +39,6 @@ from dataflow.proto.seldon.mlops.chainer import (
 )
 from dataflow.reachability import BrokerWatch, leaderless
 from dataflow.settings import Settings
-from dataflow.store import CHANGELOG_CONFIG, changelog_topic
 from dataflow.subscriber import Subscriber
 from dataflow.topology import Topology, TopologyError, check_state_bounds, group_id, topology_from
 from dataflow.watchdog import Watchdog
@@ -242,7 +243,7 @@ class Engine:
             return
         try:
             # Always asked of the broker: a topic deleted since an earlier create comes back.
-            await ensure_topics(self.admin, self.settings, topology.topics)
+            await ensure_topics(self.admin, topology.topics, **topic_options(self.settings))
             self._created_topics.update(topology.topics)
         except Exception as exc:
             self._ack(message, Op.Create, False, f"kafka topic creation error: {exc}")
@@ -462,9 +463,8 @@ class Engine:
     async def ensure_changelog(self, topic: str, partitions: int) -> None:
         """Create a step's compacted changelog topic unless it exists."""
         async with self._topic_lock:
-            await ensure_topics(
-                self.admin, self.settings, [topic], partitions=partitions, configs=CHANGELOG_CONFIG
-            )
+            options = topic_options(self.settings, partitions=partitions, configs=CHANGELOG_CONFIG)
+            await ensure_topics(self.admin, [topic], **options)
 
     async def ensure_topic(self, topic: str) -> None:
         """Create `topic` (an error topic) unless this engine already made sure it exists."""
@@ -472,7 +472,7 @@ class Engine:
             return
         async with self._topic_lock:
             if topic not in self._created_topics:
-                await ensure_topics(self.admin, self.settings, [topic])
+                await ensure_topics(self.admin, [topic], **topic_options(self.settings))
                 self._created_topics.add(topic)
 
 

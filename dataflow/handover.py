@@ -34,7 +34,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 from loguru import logger
 
-from dataflow import store
+from dataflow import changelog
 from dataflow.kafka import read_latest
 from dataflow.topology import StepSpec, Topology, group_id
 
@@ -114,12 +114,12 @@ def renumber(
         table = _index_map(old.sources, new.sources)
     if number not in table:
         return None
-    entry = store.decode(value)
+    entry = changelog.decode(value)
     index = entry.index if entry.index < 0 else table.get(entry.index)
     if index is None:
         return None
     renamed = letter + str(table[number]).encode() + ident[match.end(2) :]
-    encoded = store.encode(
+    encoded = changelog.encode(
         entry.kind,
         index,
         entry.key,
@@ -233,7 +233,7 @@ class Handover:
             entry = renumber(ident, value, old, step.new)
             if entry is None:
                 continue
-            partition = store.decode(value).partition % partitions
+            partition = changelog.decode(value).partition % partitions
             sent.append(
                 await self._producer.send(target, entry[1], key=entry[0], partition=partition)
             )

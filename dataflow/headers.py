@@ -23,15 +23,35 @@ def names_pipeline(headers: Headers, pipeline: bytes) -> bool:
     return (PIPELINE, pipeline) in headers
 
 
-def rewrite(headers: Headers, pipeline: str, version: int) -> list[tuple[str, bytes]]:
-    """Drop the pipeline and explainer headers, then name this pipeline and its version.
+class Rewrite:
+    """The header rewrite of one pipeline version, its two values encoded once.
 
-    Every other header (request id, user `x-*`, trace context, errors) passes unchanged.
+    Drops the pipeline and explainer headers, then names this pipeline and its version. Every
+    other header (request id, user `x-*`, trace context, errors) passes unchanged. Both of a
+    step's send paths (record batches and single records) call it.
+
+    Args:
+        pipeline: the pipeline's name.
+        version: its version.
     """
-    kept = [(k, v) for k, v in headers if k not in REPLACED]
-    kept.append((PIPELINE, pipeline.encode()))
-    kept.append((PIPELINE_VERSION, str(version).encode()))
-    return kept
+
+    __slots__ = ("pipeline", "version")
+
+    def __init__(self, pipeline: str, version: int) -> None:
+        self.pipeline = pipeline.encode()
+        self.version = str(version).encode()
+
+    def apply(self, headers: Headers) -> list[tuple[str, bytes]]:
+        """`headers` rewritten (a new list)."""
+        kept = [(k, v) for k, v in headers if k not in REPLACED]
+        kept.append((PIPELINE, self.pipeline))
+        kept.append((PIPELINE_VERSION, self.version))
+        return kept
+
+
+def rewrite(headers: Headers, pipeline: str, version: int) -> list[tuple[str, bytes]]:
+    """`headers` rewritten for `pipeline` at `version` (see `Rewrite`)."""
+    return Rewrite(pipeline, version).apply(headers)
 
 
 def value_of(headers: Headers, name: str) -> bytes | None:

@@ -29,7 +29,14 @@ if TYPE_CHECKING:
     from dataflow.pipeline import Pipeline
 
 
-def _body(checks: dict[str, tuple[bool, str]]) -> tuple[int, dict[str, Any]]:
+def probe_response(checks: dict[str, tuple[bool, str]]) -> web.Response:
+    """The answer of a probe: 200 when every check is healthy, else 503, with each check's
+    message (the body of the reference engine's probes). Served by `HealthServer` and by the
+    workers' supervisor (`dataflow.workers`).
+
+    Args:
+        checks: name -> (healthy, message).
+    """
     healthy = all(ok for ok, _ in checks.values())
     body = {
         "status": "UP" if healthy else "DOWN",
@@ -38,7 +45,7 @@ def _body(checks: dict[str, tuple[bool, str]]) -> tuple[int, dict[str, Any]]:
         },
         "overallHealthy": healthy,
     }
-    return (200 if healthy else 503), body
+    return web.json_response(body, status=200 if healthy else 503)
 
 
 class HealthServer:
@@ -83,10 +90,10 @@ class HealthServer:
     async def _probe(self, request: web.Request) -> web.Response:
         kind = request.path.strip("/")
         try:
-            status, body = _body(self.checks(kind))
+            checks = self.checks(kind)
         except Exception as exc:
             return web.json_response({"status": "DOWN", "error": str(exc)}, status=500)
-        return web.json_response(body, status=status)
+        return probe_response(checks)
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(

@@ -27,6 +27,7 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from dataflow import headers as hdr
+from dataflow.kafka import ensure_topics, tool_admin
 from dataflow.proto.inference import (
     InferTensorContents,
     ModelInferRequest,
@@ -34,13 +35,12 @@ from dataflow.proto.inference import (
     ModelInferResponse,
     ModelInferResponseInferOutputTensor,
 )
-from dataflow.tools import (
+from dataflow.tensors import (
     CONTENTS_FIELDS,
     RAW_CODES,
     Value,
     decode_raw,
     encode_raw,
-    ensure_topics,
     raw_datatype,
 )
 from dataflow.topics import INPUTS, OUTPUTS, pipeline_topic
@@ -289,7 +289,9 @@ def topic_names(prefix: str, namespace: str, pipeline: str) -> tuple[str, str]:
 
 async def infer(args: Options, request: Request) -> int:
     inputs, outputs_topic = topic_names(args.prefix, args.namespace, args.pipeline)
-    counts = await ensure_topics(args.bootstrap_servers, [inputs, outputs_topic], args.partitions)
+    async with tool_admin(args.bootstrap_servers) as admin:
+        ready = await ensure_topics(admin, [inputs, outputs_topic], partitions=args.partitions)
+    counts = ready.partitions
     consumer = AIOKafkaConsumer(
         bootstrap_servers=args.bootstrap_servers, group_id=None, enable_auto_commit=False
     )

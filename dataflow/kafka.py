@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -265,56 +266,105 @@ def make_restore_consumer(settings: Settings) -> AIOKafkaConsumer:
     )
 
 
+class Topics(NamedTuple):
+    """What `ensure_topics` did: the topics it created, and every topic's partition count."""
+
+    created: list[str]
+    partitions: dict[str, int]
+
+
 async def ensure_topics(
     admin: AIOKafkaAdminClient,
-    settings: Settings,
-    topics: list[str] | tuple[str, ...],
+    topics: Sequence[str],
     *,
-    partitions: int | None = None,
+    partitions: int,
+    replication: int = CLUSTER_DEFAULT,
     configs: dict[str, str] | None = None,
-) -> None:
-    """Create `topics` if missing, then poll until all are visible (spec 3.3).
+    create_timeout_ms: int = 30_000,
+    attempts: int = 150,
+    delay_s: float = 0.2,
+    describe_timeout_s: float | None = None,
+) -> Topics:
+    """Create `topics` if missing, then poll until all are visible (spec 3.3). The engine's
+    (with `topic_options`) and the tools' (with `tool_admin`) topics are made here.
 
-    `partitions` and `configs` override the default partition count and add topic configs.
+    Args:
+        admin: a started admin client.
+        topics: the topics (duplicates are created once).
+        partitions: partitions of the topics created.
+        replication: their replication factor (`CLUSTER_DEFAULT`: the cluster's default).
+        configs: their topic configs.
+        create_timeout_ms: how long the controller may take to create them.
+        attempts: describes before giving up, `delay_s` apart.
+        delay_s: seconds between two describes.
+        describe_timeout_s: longest one describe may take (None: no limit).
 
     Raises:
         TopicError: a creation error other than "already exists", or topics still invisible
-            after the configured number of describe attempts.
+            after `attempts` describes.
     """
-    if not topics:
-        return
+    names = list(dict.fromkeys(topics))
+    if not names:
+        return Topics([], {})
     errors = await create_topics(
         admin,
-        [
-            NewTopic(
-                name,
-                partitions or settings.kafka_partitions_default,
-                replication_of(settings),
-                {
-                    "max.message.bytes": str(settings.kafka_max_message_size_bytes),
-                    **(configs or {}),
-                },
-            )
-            for name in topics
-        ],
-        settings.topic_create_timeout_millis,
+        [NewTopic(name, partitions, replication, configs) for name in names],
+        create_timeout_ms,
     )
     for name, code, message in errors:
         if code not in (0, _TOPIC_ALREADY_EXISTS):
             raise TopicError(f"cannot create topic {name}: error {code} {message}".strip())
-    missing = set(topics)
-    for _ in range(settings.topic_describe_retry_attempts):
-        described = await asyncio.wait_for(
-            admin.describe_topics(sorted(missing)),
-            settings.topic_describe_timeout_millis / 1000 * 5,
+    created = [name for name, code, _ in errors if code == 0]
+    counts: dict[str, int] = {}
+    missing = set(names)
+    for _ in range(attempts):
+        describe = admin.describe_topics(sorted(missing))
+        described = await (
+            describe
+            if describe_timeout_s is None
+            else asyncio.wait_for(describe, describe_timeout_s)
         )
         for entry in described:
             if entry.get("error_code", 0) == 0 and entry.get("partitions"):
+                counts[entry["topic"]] = len(entry["partitions"])
                 missing.discard(entry["topic"])
         if not missing:
-            return
-        await asyncio.sleep(settings.topic_describe_retry_delay_millis / 1000)
+            return Topics(created, counts)
+        await asyncio.sleep(delay_s)
     raise TopicError(f"topics not visible after creation: {', '.join(sorted(missing))}")
+
+
+def topic_options(
+    settings: Settings, *, partitions: int | None = None, configs: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """`ensure_topics`' options for the engine's topics: partitions (default
+    `kafka_partitions_default`), replication, the message size and `configs`, and the create
+    and describe timings of the settings."""
+    return {
+        "partitions": partitions or settings.kafka_partitions_default,
+        "replication": replication_of(settings),
+        "configs": {
+            "max.message.bytes": str(settings.kafka_max_message_size_bytes),
+            **(configs or {}),
+        },
+        "create_timeout_ms": settings.topic_create_timeout_millis,
+        "attempts": settings.topic_describe_retry_attempts,
+        "delay_s": settings.topic_describe_retry_delay_millis / 1000,
+        "describe_timeout_s": settings.topic_describe_timeout_millis / 1000 * 5,
+    }
+
+
+@contextlib.asynccontextmanager
+async def tool_admin(
+    bootstrap: str, security_protocol: str = "PLAINTEXT"
+) -> AsyncIterator[AIOKafkaAdminClient]:
+    """A started admin client of the command-line tools (closed on exit)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, security_protocol=security_protocol)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
 
 
 class Replication(NamedTuple):

@@ -18,6 +18,7 @@ over at once.
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
 import os
 import socket
@@ -26,12 +27,13 @@ from pathlib import Path
 from typing import IO, Any
 
 from aiokafka import AIOKafkaConsumer
+from aiokafka.errors import KafkaError
 from aiokafka.protocol.api import Request, RequestStruct, Response
 from aiokafka.protocol.types import Array, Int16, Int32, Schema, String
 
 from dataflow.settings import Settings
 
-__all__ = ["instance_id", "leave", "member_of"]
+__all__ = ["instance_id", "leave", "member_of", "stop_member"]
 
 _MAX_SLOTS = 1024
 _held: list[IO[bytes]] = []  # lock files kept open for the life of the process
@@ -125,3 +127,23 @@ def member_of(consumer: AIOKafkaConsumer) -> tuple[int, str] | None:
     if coordinator is None or coordinator.coordinator_id is None or not coordinator.member_id:
         return None
     return coordinator.coordinator_id, coordinator.member_id
+
+
+async def stop_member(consumer: AIOKafkaConsumer, client: Any, log: Any) -> None:
+    """Stop a step's consumer; a static member then leaves its group explicitly through
+    `client` (the shared producer's), so that the others take its partitions now."""
+    instance = consumer._group_instance_id
+    group = consumer._group_id
+    member = member_of(consumer)
+    try:
+        await consumer.stop()
+    except Exception as exc:
+        log.warning("consumer stop: {}", exc)
+    if instance and group and member is not None:
+        node, member_id = member
+        try:
+            code = await asyncio.wait_for(leave(client, node, group, member_id, instance), 5)
+            if code:
+                log.debug("leave group {}: error code {}", group, code)
+        except (KafkaError, TimeoutError, OSError) as exc:
+            log.debug("leave group {}: {}", group, exc)

@@ -8,17 +8,19 @@ partition; and the scheduler connection state. Steps are labelled by name (`step
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
     HistogramMetricFamily,
     Metric,
 )
+from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from dataflow.describe import step_names
 
@@ -150,3 +152,39 @@ def registry_for(engine: Engine) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(EngineCollector(engine))
     return registry
+
+
+class _Families(Collector):
+    """Yields metric families collected beforehand (one scrape)."""
+
+    def __init__(self, families: list[Metric]) -> None:
+        self._families = families
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self._families)
+
+
+def merge_metrics(texts: Mapping[str, str], own: list[Metric]) -> bytes:
+    """One exposition of the workers' metrics (`texts` by worker label) and `own`.
+
+    Every worker sample gets a `worker` label; families of the same name are merged. The
+    workers' `dataflow_scheduler_connected` (their local stream) is left out: `own` has the
+    supervisor's, the scheduler's stream.
+    """
+    families: dict[str, Metric] = {}
+    for metric in own:
+        families[metric.name] = metric
+    for worker, text in texts.items():
+        for family in text_string_to_metric_families(text):
+            if family.name == "dataflow_scheduler_connected":
+                continue
+            merged = families.setdefault(
+                family.name, Metric(family.name, family.documentation, family.type, family.unit)
+            )
+            merged.samples.extend(
+                Sample(s.name, {**s.labels, "worker": worker}, s.value, s.timestamp, s.exemplar)
+                for s in family.samples
+            )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_Families(list(families.values())))
+    return generate_latest(registry)

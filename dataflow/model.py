@@ -36,7 +36,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPa
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from dataflow import headers as hdr
-from dataflow import tools, wire
+from dataflow import tensors, wire
+from dataflow.kafka import ensure_topics, tool_admin
 from dataflow.proto.inference import (
     InferTensorContents,
     ModelInferRequest,
@@ -123,25 +124,25 @@ def _add_values(values: Sequence[Any], add: float, code: str) -> list[Any]:
 
 def _add_raw(tensor: ModelInferRequestInferInputTensor, blob: bytes, add: float) -> bytes:
     """Raw contents of `tensor` with `add` added to every element (BYTES, BOOL unchanged)."""
-    if tensor.datatype not in tools.NUMERIC_CODES:
+    if tensor.datatype not in tensors.NUMERIC_CODES:
         return blob
-    datatype = tools.raw_datatype(tensor.datatype, tensor.shape, blob)
-    code = tools.RAW_CODES[datatype]
+    datatype = tensors.raw_datatype(tensor.datatype, tensor.shape, blob)
+    code = tensors.RAW_CODES[datatype]
     width = struct.calcsize(code)
     if len(blob) % width:
         raise RequestError(
             f"raw contents of tensor {tensor.name!r} ({tensor.datatype}) have {len(blob)} bytes,"
             f" not a multiple of {width}"
         )
-    return tools.encode_raw(datatype, _add_values(tools.decode_raw(datatype, blob), add, code))
+    return tensors.encode_raw(datatype, _add_values(tensors.decode_raw(datatype, blob), add, code))
 
 
 def _add_contents(tensor: ModelInferRequestInferInputTensor, add: float) -> InferTensorContents:
     """A copy of the tensor's contents with `add` added to its numeric values."""
     contents = InferTensorContents().parse(bytes(tensor.contents))
-    if tensor.datatype in tools.NUMERIC_CODES:
-        field = tools.CONTENTS_FIELDS[tensor.datatype]
-        code = "f" if tensor.datatype == "FP16" else tools.NUMERIC_CODES[tensor.datatype]
+    if tensor.datatype in tensors.NUMERIC_CODES:
+        field = tensors.CONTENTS_FIELDS[tensor.datatype]
+        code = "f" if tensor.datatype == "FP16" else tensors.NUMERIC_CODES[tensor.datatype]
         setattr(contents, field, _add_values(getattr(contents, field), add, code))
     return contents
 
@@ -156,7 +157,7 @@ def _parse(request: bytes) -> ModelInferRequest:
     except Exception as e:  # betterproto raises assorted errors on bad input
         raise RequestError(f"cannot decode request: {type(e).__name__}: {e}") from None
     for tensor in parsed.inputs:
-        if tensor.datatype not in tools.CONTENTS_FIELDS:
+        if tensor.datatype not in tensors.CONTENTS_FIELDS:
             raise RequestError(f"tensor {tensor.name!r} has unknown datatype {tensor.datatype!r}")
     raws = parsed.raw_input_contents
     if raws and len(raws) != len(parsed.inputs):
@@ -323,9 +324,11 @@ class Model:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.stop.set)
-        self.partitions = await tools.ensure_topics(
-            args.bootstrap_servers, [self.inputs, self.outputs, self.errors], args.partitions
-        )
+        topics = [self.inputs, self.outputs, self.errors]
+        async with tool_admin(args.bootstrap_servers) as admin:
+            self.partitions = (
+                await ensure_topics(admin, topics, partitions=args.partitions)
+            ).partitions
         await self.producer.start()
         try:
             await self.consumer.start()

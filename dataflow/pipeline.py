@@ -9,12 +9,12 @@ from typing import TYPE_CHECKING
 from aiokafka import AIOKafkaProducer
 from loguru import logger
 
+from dataflow.changelog import changelog_topic
 from dataflow.kafka import make_consumer, make_restore_consumer, make_transactional_producer
 from dataflow.membership import instance_id
 from dataflow.settings import Settings
 from dataflow.stages import StepStages
 from dataflow.step import StateOptions, Step, StepFailed
-from dataflow.store import changelog_topic
 from dataflow.topology import Topology, group_id
 from dataflow.transactions import Transactions
 

@@ -2,22 +2,18 @@
 
 Names follow the reference engine (`kafka.bootstrap.servers` is `SELDON_KAFKA_BOOTSTRAP_SERVERS`
 and `--kafka-bootstrap-servers`). Precedence: flags, then the environment, then `.env`, then
-defaults. The settings object is frozen and built once in `__main__`; library modules never read
-`os.environ`.
+defaults. The flags are read by the `engine` command (`dataflow.cli.engine`). The settings object
+is frozen and built once in `__main__`; library modules never read `os.environ`.
 """
 
 from __future__ import annotations
 
-import argparse
 import secrets
 import socket
-from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
-
-from dataflow import __version__
 
 ENV_PREFIX = "SELDON_"
 
@@ -257,65 +253,3 @@ class Settings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """The settings as a dict with secrets masked, for the start-up log line."""
         return self.model_dump(mode="json")
-
-
-class SettingsError(Exception):
-    """A bad flag or setting value; str() is the one line to print."""
-
-
-def _env_name(field: str) -> str:
-    return ENV_PREFIX + field.upper()
-
-
-def build_parser(prog: str = "python -m dataflow") -> argparse.ArgumentParser:
-    """An argparse parser with one `--kebab-case` flag per setting."""
-    parser = argparse.ArgumentParser(
-        prog=prog,
-        description="Seldon Core 2 data-flow engine. Every flag can also be set in the "
-        "environment (name shown) or in a .env file.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    for name, info in Settings.model_fields.items():
-        default = info.default_factory() if info.default_factory else info.default  # type: ignore[call-arg]
-        if isinstance(default, SecretStr):
-            default = "(secret)" if default.get_secret_value() else ""
-        parser.add_argument(
-            "--" + name.replace("_", "-"),
-            dest=name,
-            default=argparse.SUPPRESS,
-            metavar="VALUE",
-            help=f"{info.description} [env {_env_name(name)}, default {default!r}]",
-        )
-    return parser
-
-
-def load_settings(argv: Sequence[str] | None = None) -> Settings:
-    """Build the settings from flags, environment and `.env`.
-
-    Raises:
-        SettingsError: one line naming the flag or variable and the reason.
-    """
-    parser = build_parser()
-    args, unknown = parser.parse_known_args(argv)
-    if unknown:
-        raise SettingsError(f"unknown argument {unknown[0]!r} (see --help)")
-    overrides = {k: v for k, v in vars(args).items()}
-    try:
-        settings = Settings(**overrides)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        field = str(err["loc"][0]) if err["loc"] else "?"
-        source = f"--{field.replace('_', '-')}" if field in overrides else _env_name(field)
-        value = err.get("input")
-        raise SettingsError(f"bad value {value!r} for {source}: {err['msg']}") from None
-    for field in Settings.model_fields:  # every file a setting names must be readable
-        path = getattr(settings, field) if field.endswith("_path") else ""
-        if path:
-            source = f"--{field.replace('_', '-')}" if field in overrides else _env_name(field)
-            try:
-                with open(path, "rb"):
-                    pass
-            except OSError as exc:
-                raise SettingsError(f"cannot read {path!r} ({source}): {exc.strerror}") from None
-    return settings

@@ -1,13 +1,13 @@
 """What sits between a step's filter and its producer: join, batch, trigger gate, cycle guard.
 
-`StepStages` composes the pure state machines of `joins`, `batches` and `cycles` in the
+`StepStages` composes the pure state machines of `joins`, `gates`, `batches` and `cycles` in the
 reference's order (spec 4.4, 4.5): a join of the sources (or the record itself), then a batch
 (single-source steps into `...inputs` only; one open batch per input partition), then the
 trigger gate. Pure: no I/O, the clock is passed in.
 
-State contract (see `joins`): what a stage keeps is an `Entry`, listed in `stored` when it
+State contract (see `windows`): what a stage keeps is an `Entry`, listed in `stored` when it
 enters (or changes) and in `removed` when it leaves. The step writes those to the changelog
-(`dataflow.store`), holding the offset of the record being processed until the writes are
+(`dataflow.changelog`), holding the offset of the record being processed until the writes are
 acknowledged; so no stage holds an offset, and `released` only says a token left the stages.
 A final output's contributors are held by the step until the broker acknowledges it.
 """
@@ -21,8 +21,11 @@ from typing import Any
 
 from dataflow.batches import PartitionBatcher
 from dataflow.cycles import RevisitGuard
-from dataflow.joins import Entry, Joiner, Output, Step, TriggerGate
+from dataflow.gates import TriggerGate
+from dataflow.joins import Joiner
 from dataflow.topology import StepSpec, Topology
+from dataflow.windows import Entry, EntryKind, Output
+from dataflow.windows import Result as Changes
 from dataflow.wire import batch_rows, merge_batch, merge_join
 
 Headers = tuple[tuple[str, bytes], ...] | list[tuple[str, bytes]]
@@ -38,17 +41,19 @@ class Ref:
     headers: Headers
     timestamp: int
     received: float = 0.0  # perf_counter() when consumed, for the latency histogram
-    generation: int = 0  # the step's partition generation when consumed (-1: restored)
+    generation: int = 0  # the step's partition generation when consumed (not if restored)
+    #: read back from the changelog: its offset is long committed, it holds none
+    restored: bool = False
     pending: int = 0  # deliveries in flight that carry this record's data
     deferred: list[Entry[Ref]] | None = None  # state removals waiting for those deliveries
 
-    @property
-    def restored(self) -> bool:
-        """True for a record read back from the changelog (its offset is long committed)."""
-        return self.generation < 0
+    def holds_offset(self, generation: int) -> bool:
+        """True when the record's offset is held in the step's current `generation`: it was
+        consumed since its partition was last assigned (not restored, not revoked since)."""
+        return self.generation == generation and not self.restored
 
 
-Result = Step[Ref]
+Result = Changes[Ref]
 
 
 class StepStages:
@@ -86,7 +91,6 @@ class StepStages:
                 spec.join,
                 spec.window_ms,
                 partial(merge_join, request=request),
-                window_from="stream",
                 grace_ms=grace_ms,
             )
         elif request and (spec.batch_size or spec.batch_window_ms):
@@ -99,7 +103,6 @@ class StepStages:
                 len(spec.triggers),
                 spec.triggers_join,
                 spec.window_ms,
-                window_from="stream",
                 grace_ms=grace_ms,
             )
 
@@ -131,14 +134,14 @@ class StepStages:
         else:
             output = Output(ref.key, value, ref.timestamp, ref, (ref,))
             if self.gate is None:
-                return Step([output], [])
-            step = Step([output], [ref])
+                return Changes([output], [])
+            step = Changes([output], [ref])
         return self._through_gate(step, now_ms, wall_ms, ident)
 
     def add_trigger(self, index: int, ref: Ref, now_ms: int, wall_ms: int, ident: bytes) -> Result:
         """A record of trigger `index` that carries the trigger's tensors."""
         if self.gate is None:
-            return Step([], [ref])
+            return Changes([], [ref])
         return self.gate.add_trigger(
             index, ref.key, ref.timestamp, ref, now_ms, wall_ms=wall_ms, ident=ident
         )
@@ -151,7 +154,7 @@ class StepStages:
             wall_ms: the wall clock (batches; windows too when `caught_up`).
             caught_up: every source partition of the step is read to its end.
         """
-        step: Result = Step()
+        step: Result = Changes()
         stream = now_ms if now_ms is not None else -(2**62)
         wall = wall_ms if caught_up else None
         if self.joiner is not None:
@@ -167,13 +170,13 @@ class StepStages:
     def flush_batch(self, now_ms: int, wall_ms: int) -> Result:
         """Emit the open batch early (the step's state is full)."""
         if self.batcher is None:
-            return Step()
+            return Changes()
         return self._through_gate(self.batcher.full(), now_ms, wall_ms)
 
     def _through_gate(self, step: Result, now_ms: int, wall_ms: int, ident: bytes = b"") -> Result:
         if self.gate is None or not step.outputs:
             return step
-        gated: Result = Step([], list(step.released), list(step.stored), list(step.removed))
+        gated: Result = Changes([], list(step.released), list(step.stored), list(step.removed))
         for n, output in enumerate(step.outputs):
             if output.error:  # a failed merge goes straight to the error topic
                 gated.outputs.append(output)
@@ -184,11 +187,11 @@ class StepStages:
 
     def load(self, entry: Entry[Ref], wall_ms: int) -> None:
         """Put back an entry restored from the changelog."""
-        if entry.kind == "j" and self.joiner is not None:
+        if entry.kind == EntryKind.JOIN and self.joiner is not None:
             self.joiner.load(entry, wall_ms)
-        elif entry.kind in ("t", "d") and self.gate is not None:
+        elif entry.kind in (EntryKind.TRIGGER, EntryKind.GATE_DATA) and self.gate is not None:
             self.gate.load(entry, wall_ms)
-        elif entry.kind == "b" and self.batcher is not None:
+        elif entry.kind == EntryKind.BATCH and self.batcher is not None:
             self.batcher.load(entry, entry.token.key, wall_ms)
 
     def next_deadline(self, caught_up: bool = True) -> int | None:

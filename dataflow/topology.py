@@ -11,7 +11,7 @@ import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Literal
+from typing import Generic, Literal, TypeVar
 
 from dataflow.proto.seldon.mlops.chainer import (
     PipelineStepUpdate,
@@ -130,6 +130,44 @@ class Topology:
             if extra:
                 names.add(extra)
         return tuple(sorted(names))
+
+
+_S = TypeVar("_S", Source, Trigger)
+
+
+@dataclass(frozen=True, slots=True)
+class Feed(Generic[_S]):
+    """A source or trigger that records of some topic may feed.
+
+    Attributes:
+        index: its index in the step's sources (or triggers).
+        spec: the source (or trigger).
+        pipeline: the `pipeline` header value a record must carry to feed it.
+    """
+
+    index: int
+    spec: _S
+    pipeline: bytes
+
+
+@dataclass
+class Routes:
+    """What a record of one topic feeds."""
+
+    sources: list[Feed[Source]] = field(default_factory=list)
+    triggers: list[Feed[Trigger]] = field(default_factory=list)
+
+
+def routes_of(spec: StepSpec) -> dict[str, Routes]:
+    """What the records of each of a step's topics feed."""
+    routes: dict[str, Routes] = {}
+    for i, source in enumerate(spec.sources):
+        fed = Feed(i, source, source.pipeline.encode())
+        routes.setdefault(source.topic, Routes()).sources.append(fed)
+    for i, trigger in enumerate(spec.triggers):
+        gate = Feed(i, trigger, trigger.pipeline.encode())
+        routes.setdefault(trigger.topic, Routes()).triggers.append(gate)
+    return routes
 
 
 def group_id(base: str, uid: str, step_index: int) -> str:

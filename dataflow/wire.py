@@ -41,6 +41,7 @@ __all__ = [
     "batch_rows",
     "chain_type",
     "convert",
+    "fields",
     "merge_batch",
     "merge_join",
     "request_id",
@@ -242,6 +243,23 @@ def _fields(buf: bytes, start: int, end: int) -> list[tuple[int, int, int, int, 
             pos = _skip(buf, pos, wt, end, fs)
             out.append((field, wt, fs, vs, pos))
     return out
+
+
+def fields(
+    buf: bytes, start: int = 0, end: int | None = None
+) -> list[tuple[int, int, int, int, int]]:
+    """The walker of the protobuf wire format: every field of the message in `buf[start:end]`,
+    its framing checked (tags, lengths and values fit; no groups).
+
+    Returns:
+        (field number, wire type, field start, value start, value end) per field; for
+        length-delimited fields the value excludes the length prefix.
+
+    Raises:
+        WireError: the first field that does not fit, e.g. "malformed protobuf: truncated varint
+            at byte 17".
+    """
+    return _fields(buf, start, len(buf) if end is None else end)
 
 
 def _wrong_type(field: int, wt: int, pos: int, what: str) -> WireError:

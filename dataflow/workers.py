@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -44,133 +43,49 @@ import socket
 import ssl
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 from aiohttp import web
-from grpclib.const import Handler
-from grpclib.server import Server, Stream
+from grpclib.server import Server
 from loguru import logger
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.registry import Collector
-from prometheus_client.samples import Sample
-from pydantic import SecretStr
 
-from dataflow import describe
 from dataflow.acks import COMMANDS, AckBook, Summary
-from dataflow.chainer import StrictCodec, service_mapping
+from dataflow.chainer import ChainerService, StrictCodec
+from dataflow.describe import merge_pipelines
+from dataflow.health import probe_response
 from dataflow.membership import instance_id
+from dataflow.metrics import merge_metrics
 from dataflow.proto.seldon.mlops.chainer import (
-    PipelineSubscriptionRequest,
     PipelineUpdateMessage,
     PipelineUpdateStatusMessage,
-    PipelineUpdateStatusResponse,
 )
 from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessagePipelineOperation as Op,
 )
-from dataflow.settings import ENV_PREFIX, Settings
+from dataflow.settings import Settings
 from dataflow.subscriber import Subscriber
+from dataflow.worker_process import (
+    LOCAL_HOST,
+    death_signal,
+    free_port,
+    restart_delay,
+    worker_env,
+    worker_name,
+)
 
-__all__ = ["StartupError", "Supervisor", "supervise", "worker_env"]
+__all__ = ["StartupError", "Supervisor", "supervise"]
 
-LOCAL_HOST = "127.0.0.1"
-RESTART_MIN = 0.5
-RESTART_MAX = 5.0
-RESTART_RESET_AFTER = 30.0
 PROBE_TIMEOUT = 2.0
 KILL_WAIT = 5.0
 
 
 class StartupError(Exception):
     """The supervisor could not start; str() is the one line to print."""
-
-
-def worker_name(base: str, index: int) -> str:
-    """The replica id (or static member id) of worker `index` of the engine `base`."""
-    return f"{base}-w{index}"
-
-
-def worker_env(
-    settings: Settings,
-    index: int,
-    *,
-    upstream_port: int,
-    health_port: int,
-    instance: str,
-    environ: Mapping[str, str],
-) -> dict[str, str]:
-    """The environment of worker `index`: every setting of the supervisor, spelt out as
-    `SELDON_*` (so flags, `.env` and defaults reach it alike), but its own identity, the local
-    Chainer server (plaintext) and a local health port.
-
-    Args:
-        settings: the supervisor's settings.
-        index: the worker's index, 0 to N-1.
-        upstream_port: the port of the supervisor's local Chainer server.
-        health_port: the port the worker's health server binds on 127.0.0.1.
-        instance: the engine's static member id (`dataflow.membership.instance_id`).
-        environ: the supervisor's environment; its `SELDON_*` entries are replaced.
-    """
-    env = {k: v for k, v in environ.items() if not k.upper().startswith(ENV_PREFIX)}
-    for name in Settings.model_fields:
-        value = getattr(settings, name)
-        if value is None:
-            continue
-        if isinstance(value, SecretStr):
-            value = value.get_secret_value()
-        env[ENV_PREFIX + name.upper()] = str(value)
-    env.update(
-        {
-            "SELDON_NUM_CORES": "1",
-            "SELDON_DATAFLOW_REPLICA_ID": worker_name(settings.dataflow_replica_id, index),
-            "SELDON_KAFKA_GROUP_INSTANCE_ID": worker_name(instance, index),
-            "SELDON_UPSTREAM_HOST": LOCAL_HOST,
-            "SELDON_UPSTREAM_PORT": str(upstream_port),
-            "SELDON_UPSTREAM_SECURITY_PROTOCOL": "PLAINTEXT",
-            "SELDON_UPSTREAM_TLS_CA_PATH": "",
-            "SELDON_UPSTREAM_TLS_CERT_PATH": "",
-            "SELDON_UPSTREAM_TLS_KEY_PATH": "",
-            "SELDON_HEALTH_SERVER_HOST": LOCAL_HOST,
-            "SELDON_HEALTH_SERVER_PORT": str(health_port),
-        }
-    )
-    return env
-
-
-def restart_delay(previous: float | None, ran: float) -> float:
-    """The pause before restarting a worker that ran `ran` seconds (None: its first exit)."""
-    if previous is None or ran >= RESTART_RESET_AFTER:
-        return RESTART_MIN
-    return min(RESTART_MAX, previous * 2)
-
-
-def _free_port(host: str = LOCAL_HOST) -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
-
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _death_signal() -> Any:
-    """A `preexec_fn` that has the child get SIGTERM when this process dies (Linux only)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(None, use_errno=True)  # loaded before the fork, not in the child
-    parent = os.getpid()
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-        if os.getppid() != parent:  # the parent died before prctl: no signal would come
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return preexec
 
 
 @dataclass
@@ -195,78 +110,6 @@ class _Subscription:
 
     def close(self) -> None:
         self.queue.put_nowait(None)
-
-
-class _LocalChainer:
-    """The Chainer service the workers subscribe to, backed by the supervisor."""
-
-    def __init__(self, supervisor: Supervisor) -> None:
-        self._supervisor = supervisor
-
-    def __mapping__(self) -> dict[str, Handler]:
-        return service_mapping(self._subscribe, self._event)
-
-    async def _subscribe(
-        self, stream: Stream[PipelineSubscriptionRequest, PipelineUpdateMessage]
-    ) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        async for message in self._supervisor.subscription(str(request.name)):
-            await stream.send_message(message)
-
-    async def _event(
-        self, stream: Stream[PipelineUpdateStatusMessage, PipelineUpdateStatusResponse]
-    ) -> None:
-        request = await stream.recv_message()
-        assert request is not None
-        self._supervisor.worker_ack(request)
-        await stream.send_message(PipelineUpdateStatusResponse())
-
-
-class _Families(Collector):
-    """Yields metric families collected beforehand (one scrape)."""
-
-    def __init__(self, families: list[Metric]) -> None:
-        self._families = families
-
-    def collect(self) -> Iterator[Metric]:
-        return iter(self._families)
-
-
-def merge_metrics(texts: Mapping[str, str], own: list[Metric]) -> bytes:
-    """One exposition of the workers' metrics (`texts` by worker label) and `own`.
-
-    Every worker sample gets a `worker` label; families of the same name are merged. The
-    workers' `dataflow_scheduler_connected` (their local stream) is left out: `own` has the
-    supervisor's, the scheduler's stream.
-    """
-    families: dict[str, Metric] = {}
-    for metric in own:
-        families[metric.name] = metric
-    for worker, text in texts.items():
-        for family in text_string_to_metric_families(text):
-            if family.name == "dataflow_scheduler_connected":
-                continue
-            merged = families.setdefault(
-                family.name, Metric(family.name, family.documentation, family.type, family.unit)
-            )
-            merged.samples.extend(
-                Sample(s.name, {**s.labels, "worker": worker}, s.value, s.timestamp, s.exemplar)
-                for s in family.samples
-            )
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Families(list(families.values())))
-    return generate_latest(registry)
-
-
-def _body(checks: dict[str, tuple[bool, str]]) -> tuple[int, dict[str, Any]]:
-    healthy = all(ok for ok, _ in checks.values())
-    body = {
-        "status": "UP" if healthy else "DOWN",
-        "checks": {name: {"isHealthy": ok, "message": text} for name, (ok, text) in checks.items()},
-        "overallHealthy": healthy,
-    }
-    return (200 if healthy else 503), body
 
 
 class Supervisor:
@@ -299,7 +142,7 @@ class Supervisor:
         self._stopping = asyncio.Event()
         self._started = asyncio.Event()
         self._failed: str | None = None
-        self._preexec = _death_signal()
+        self._preexec = death_signal()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -312,7 +155,11 @@ class Supervisor:
         """
         sock = socket.create_server((LOCAL_HOST, 0))
         self.local_port = sock.getsockname()[1]
-        self._grpc = Server([_LocalChainer(self)], codec=StrictCodec())
+        chainer = ChainerService(
+            lambda request, _stream: self.subscription(str(request.name)),
+            lambda request, _stream: self.worker_ack(request),
+        )
+        self._grpc = Server([chainer], codec=StrictCodec())
         await self._grpc.start(sock=sock)
         await self._start_health()
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=PROBE_TIMEOUT))
@@ -421,7 +268,7 @@ class Supervisor:
     async def _run_once(self, worker: _Worker) -> int | str:
         """Start the worker's process and wait for its exit; its exit code (or why it did
         not start)."""
-        worker.health_port = _free_port()
+        worker.health_port = free_port()
         env = worker_env(
             self.settings,
             worker.index,
@@ -609,13 +456,11 @@ class Supervisor:
         return False, "; ".join(waiting) or f"HTTP {status}"
 
     async def _live(self, request: web.Request) -> web.Response:
-        status, body = _body({"service": (True, "event loop responsive")})
-        return web.json_response(body, status=status)
+        return probe_response({"service": (True, "event loop responsive")})
 
     async def _startup(self, request: web.Request) -> web.Response:
         started = self._subscription_task is not None
-        status, body = _body({"engine": (started, "started" if started else "starting")})
-        return web.json_response(body, status=status)
+        return probe_response({"engine": (started, "started" if started else "starting")})
 
     async def _ready(self, request: web.Request) -> web.Response:
         connected = self.subscriber.connected
@@ -628,8 +473,7 @@ class Supervisor:
         answers = await asyncio.gather(*(self._worker_ready(w) for w in self.workers))
         for worker, answer in zip(self.workers, answers, strict=True):
             checks[f"worker-{worker.index}"] = answer
-        status, body = _body(checks)
-        return web.json_response(body, status=status)
+        return probe_response(checks)
 
     def _own_metrics(self) -> list[Metric]:
         connected = GaugeMetricFamily(
@@ -677,23 +521,6 @@ class Supervisor:
         if not found:
             return web.json_response({"error": f"pipeline {name!r} does not run here"}, status=404)
         return web.json_response(found[-1])
-
-
-def merge_pipelines(views: Mapping[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
-    """The workers' `/pipelines` lists (by worker label) as one: per pipeline version, the
-    figures summed per step and each worker's copy under `engines`."""
-    by_uid: dict[str, dict[str, dict[str, Any]]] = {}
-    for worker, pipelines in views.items():
-        for pipeline in pipelines:
-            by_uid.setdefault(pipeline["uid"], {})[worker] = pipeline
-    merged = []
-    for copies in by_uid.values():
-        base = next(iter(copies.values()))
-        one = describe.merge(base, copies)
-        one["state"] = one.pop("engine_state", base.get("state", ""))
-        merged.append(one)
-    merged.sort(key=lambda d: (d["name"], d["version"]))
-    return merged
 
 
 async def supervise(settings: Settings) -> None:

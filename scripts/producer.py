@@ -15,12 +15,12 @@ import sys
 from aiokafka import AIOKafkaProducer
 
 from dataflow import __version__
+from dataflow.kafka import ensure_topics, tool_admin
 from dataflow.proto.inference import (
     InferTensorContents,
     ModelInferResponse,
     ModelInferResponseInferOutputTensor,
 )
-from dataflow.tools import ensure_topics
 
 N = 5
 
@@ -48,13 +48,10 @@ def topics(value: str) -> list[str]:
 async def produce(args: argparse.Namespace) -> int:
     targets = args.input_topics + args.output_topics
     # The local broker does not create topics on write.
-    await ensure_topics(
-        args.bootstrap_servers,
-        targets,
-        1,
-        security_protocol=args.security_protocol,
-        on_create=lambda created: print(f"created topics {', '.join(created)}"),
-    )
+    async with tool_admin(args.bootstrap_servers, args.security_protocol) as admin:
+        created = (await ensure_topics(admin, targets, partitions=1)).created
+    if created:
+        print(f"created topics {', '.join(created)}")
     producer = AIOKafkaProducer(
         bootstrap_servers=args.bootstrap_servers, security_protocol=args.security_protocol
     )

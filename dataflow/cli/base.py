@@ -290,13 +290,3 @@ def run(
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
-
-
-def parse(model: type[T], argv: Sequence[str], prog: str = "dataflow") -> T:
-    """The model a command line gives, without running it (for tests and tools)."""
-    return CliApp.run(
-        model,
-        cli_args=list(argv),
-        cli_settings_source=source(model, argv, prog),
-        cli_cmd_method_name="_not_a_command",
-    )

@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, ClassVar, cast
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
 from pydantic import Field, SecretStr
 from pydantic_settings import (
@@ -338,45 +338,14 @@ class DescribeCommand(_Client):
         self.call(self._describe)
 
     def _describe(self, client: ControlClient) -> int:
-        described = describe(client, self.name)
+        import importlib
+
+        # Imported when used, so that `dataflow --help` stays quick.
+        describe = importlib.import_module("dataflow.describe")
+        described = client.describe(self.name)
         if self.json_:
             print(json.dumps(described, indent=2))
             return 0
-        text = renderer("render_dot" if self.dot else "render_text")(described)
+        text = (describe.render_dot if self.dot else describe.render_text)(described)
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return 0
-
-
-def describe(client: ControlClient, name: str) -> dict[str, Any]:
-    """`ControlClient.describe(name)`: what the proxy and its engines say of one pipeline.
-
-    Raises:
-        ClientError: the proxy refused, or this version of the client cannot describe.
-    """
-    method = getattr(client, "describe", None)
-    if method is None:
-        from dataflow.proxy.client import ClientError
-
-        raise ClientError("this version of dataflow cannot describe pipelines")
-    result: dict[str, Any] = method(name)
-    return result
-
-
-def renderer(name: str) -> Callable[[dict[str, Any]], str]:
-    """`dataflow.describe.<name>` (`render_text` or `render_dot`), imported when first used.
-
-    Raises:
-        ClientError: the renderers are not part of this version.
-    """
-    import importlib
-
-    from dataflow.proxy.client import ClientError
-
-    try:
-        module = importlib.import_module("dataflow.describe")
-    except ImportError:
-        raise ClientError("this version of dataflow cannot render descriptions") from None
-    function = getattr(module, name, None)
-    if function is None:
-        raise ClientError(f"this version of dataflow has no dataflow.describe.{name}")
-    return cast(Callable[[dict[str, Any]], str], function)

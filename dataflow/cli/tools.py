@@ -7,12 +7,15 @@ same commands.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal, NoReturn
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import CliImplicitFlag, CliPositionalArg
@@ -117,7 +120,7 @@ class InferCommand(Command):
     NAME: ClassVar[str] = "dataflow infer"
 
     def cli_cmd(self) -> None:
-        from dataflow import infer, tools
+        from dataflow import infer
 
         try:
             tensors = [infer.parse_tensor(t) for t in self.tensor or [infer.DEFAULT_TENSOR]]
@@ -130,7 +133,7 @@ class InferCommand(Command):
                 raise UsageError(f"--header: expected NAME=VALUE, got {value!r}")
             headers.append((name, text))
         request = infer.build_request(self.pipeline, tensors, self.id, self.raw, headers)
-        tools.run_tool(type(self).NAME, infer.infer(self, request))
+        run_tool(type(self).NAME, infer.infer(self, request))
 
 
 class ModelCommand(Command):
@@ -163,9 +166,9 @@ class ModelCommand(Command):
     NAME: ClassVar[str] = "dataflow model"
 
     def cli_cmd(self) -> None:
-        from dataflow import model, tools
+        from dataflow import model
 
-        tools.run_tool(type(self).NAME, model.serve(self))
+        run_tool(type(self).NAME, model.serve(self))
 
 
 def checkout_script(name: str) -> Path | None:
@@ -198,3 +201,22 @@ class KafkaCommand(Command):
         args = [str(script), self.verb] + ([str(self.lines)] if self.verb == "logs" else [])
         sys.stdout.flush()
         raise SystemExit(subprocess.call(args))
+
+
+def run_tool(name: str, main: Coroutine[Any, Any, int]) -> NoReturn:
+    """Run a tool's coroutine and exit with its code; Ctrl-C (130) or an error of Kafka or the
+    network (1) ends it with one line on stderr, never a traceback."""
+    from aiokafka.errors import KafkaError
+
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the one line below says why
+    try:
+        code = asyncio.run(main)
+    except KeyboardInterrupt:
+        logging.getLogger("asyncio").disabled = True  # "Unclosed AIOKafka..." of unstarted clients
+        print(f"{name}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+    except (KafkaError, OSError) as exc:
+        logging.getLogger("asyncio").disabled = True
+        print(f"{name}: {exc or type(exc).__name__}", file=sys.stderr)
+        raise SystemExit(1) from None
+    raise SystemExit(code)

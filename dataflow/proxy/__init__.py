@@ -15,8 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from dataflow.proxy.client import ClientError, ControlClient
+    from dataflow.proxy.records import PipelineState
     from dataflow.proxy.server import ProxyServer
-    from dataflow.proxy.store import PipelineState, PipelineStore
+    from dataflow.proxy.store import PipelineStore
 
 __all__ = ["ClientError", "ControlClient", "PipelineState", "PipelineStore", "ProxyServer"]
 
@@ -26,7 +27,7 @@ _HOMES = {
     "ClientError": "dataflow.proxy.client",
     "ControlClient": "dataflow.proxy.client",
     "ProxyServer": "dataflow.proxy.server",
-    "PipelineState": "dataflow.proxy.store",
+    "PipelineState": "dataflow.proxy.records",
     "PipelineStore": "dataflow.proxy.store",
 }
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO, Any
 
-from dataflow.proxy.store import (
+from dataflow.proxy.records import (
     Definition,
     PipelineRecord,
     PipelineState,

@@ -16,8 +16,8 @@ over TLS or mutual TLS:
 
 Every change of the store is saved (`dataflow.proxy.database`) before its messages are sent.
 
-HTTP (aiohttp), JSON bodies; with a bearer token set every route but `GET /health` needs
-`Authorization: Bearer <token>` (401 `{"error"}` otherwise):
+HTTP (aiohttp, `dataflow.proxy.control`), JSON bodies; with a bearer token set every route but
+`GET /health` needs `Authorization: Bearer <token>` (401 `{"error"}` otherwise):
 
 * `GET /pipelines`: list of pipeline objects (`PipelineRecord.as_dict`), each with the
   `trouble` signals of its steps as of the last sample (`dataflow.proxy.history`).
@@ -53,50 +53,45 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import socket
 import ssl
 import urllib.parse
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 from aiohttp import web
 from grpclib.config import Configuration
-from grpclib.const import Handler, Status
+from grpclib.const import Status
 from grpclib.exceptions import GRPCError
 from grpclib.server import Server, Stream
 from loguru import logger
 
 from dataflow import describe
-from dataflow.chainer import HEALTH_METADATA, INSTANCE_METADATA, StrictCodec, service_mapping
+from dataflow.chainer import HEALTH_METADATA, INSTANCE_METADATA, ChainerService, StrictCodec
 from dataflow.proto.seldon.mlops.chainer import (
-    PipelineSubscriptionRequest,
     PipelineUpdateMessage,
     PipelineUpdateStatusMessage,
-    PipelineUpdateStatusResponse,
 )
+from dataflow.proxy.control import ControlApi
 from dataflow.proxy.database import StateDatabase, StateError
 from dataflow.proxy.history import SAMPLE_S, History
-from dataflow.proxy.store import (
+from dataflow.proxy.records import (
     Ack,
     LoadResult,
     PipelineRecord,
-    PipelineStore,
     Send,
     UnknownPipelineError,
     UnloadResult,
     op_name,
 )
-from dataflow.specs import PipelineSpec, SpecError, load_spec, parse_spec, spec_files
+from dataflow.proxy.store import PipelineStore
+from dataflow.specs import PipelineSpec, load_spec, parse_spec, spec_files
 from dataflow.topics import DEFAULT_NAMESPACE, DEFAULT_PREFIX
 from dataflow.topology import TopologyError, topology_from
 
 SHUTDOWN_GRACE_S = 2.0
-UNAUTHORIZED = "unauthorized: missing or wrong bearer token"
-PAGE = Path(__file__).with_name("page")
-TOKEN_COOKIE = "dataflow_token"
 #: Seconds an engine's health server has to answer a describe.
 ENGINE_TIMEOUT_S = 2.0
 
@@ -158,48 +153,9 @@ def _health(stream: Stream[Any, Any]) -> str | None:
     return health_url(str(value) if value else None, _peer(stream))
 
 
-class ChainerService:
-    """`seldon.mlops.chainer.Chainer` backed by a `ProxyServer`.
-
-    Its handlers take grpclib streams (not only the decoded request) to read the engine's
-    instance id and address.
-    """
-
-    def __init__(self, proxy: ProxyServer) -> None:
-        self._proxy = proxy
-
-    def __mapping__(self) -> dict[str, Handler]:
-        return service_mapping(self._subscribe, self._event)
-
-    async def _subscribe(
-        self, stream: Stream[PipelineSubscriptionRequest, PipelineUpdateMessage]
-    ) -> None:
-        """Stream pipeline updates to one engine replica until it or the proxy goes away."""
-        request = await stream.recv_message()
-        assert request is not None
-        subscription = self._proxy.subscription(
-            str(request.name), _instance(stream), _peer(stream), _health(stream)
-        )
-        async for message in subscription:
-            await stream.send_message(message)
-
-    async def _event(
-        self, stream: Stream[PipelineUpdateStatusMessage, PipelineUpdateStatusResponse]
-    ) -> None:
-        """Record one ack."""
-        request = await stream.recv_message()
-        assert request is not None
-        self._proxy.record_ack(request, _instance(stream), _peer(stream))
-        await stream.send_message(PipelineUpdateStatusResponse())
-
-
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return socket.create_server((host, port), family=family)
-
-
-def _json(data: Any, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status)
 
 
 class ProxyServer:
@@ -550,124 +506,6 @@ class ProxyServer:
         views = await asyncio.gather(*(self._engine_view(u, name) for u in engines.values()))
         return self.history.annotate(describe.merge(base, dict(zip(engines, views, strict=True))))
 
-    # HTTP control API.
-
-    def _authorized(self, request: web.Request) -> bool:
-        assert self._token is not None
-        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self._token):
-            return True
-        cookie = request.cookies.get(TOKEN_COOKIE, "")
-        return (
-            request.method in ("GET", "HEAD")
-            and bool(cookie)
-            and hmac.compare_digest(cookie.encode(), self._token)
-        )
-
-    @web.middleware
-    async def _auth(
-        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    ) -> web.StreamResponse:
-        if self._token is None or request.path == "/health":
-            return await handler(request)
-        if request.path == "/" and "token" in request.query:
-            given = request.query["token"].encode()
-            if hmac.compare_digest(given, self._token):
-                response = web.Response(status=302, headers={"Location": "/"})
-                response.set_cookie(
-                    TOKEN_COOKIE, given.decode(), httponly=True, samesite="Strict", path="/"
-                )
-                return response
-        if not self._authorized(request):
-            logger.warning(
-                "control API: {} {} from {} refused: {}",
-                request.method,
-                request.path,
-                request.remote,
-                UNAUTHORIZED,
-            )
-            if request.path == "/":
-                return web.Response(
-                    text=f"{UNAUTHORIZED}: open /?token=<token> once (it sets a cookie)\n",
-                    status=401,
-                )
-            return web.json_response(
-                {"error": UNAUTHORIZED},
-                status=401,
-                headers={"WWW-Authenticate": 'Bearer realm="dataflow-proxy"'},
-            )
-        return await handler(request)
-
-    def _app(self) -> web.Application:
-        app = web.Application(middlewares=[self._auth])
-        app.router.add_get("/health", self._http_health)
-        app.router.add_get("/pipelines", self._http_list)
-        app.router.add_post("/pipelines", self._http_load)
-        app.router.add_get("/pipelines/{name}", self._http_get)
-        app.router.add_delete("/pipelines/{name}", self._http_unload)
-        app.router.add_get("/subscribers", self._http_subscribers)
-        app.router.add_get("/pipelines/{name}/describe", self._http_describe)
-        app.router.add_get("/", self._http_page)
-        app.router.add_static("/page/", PAGE)
-        return app
-
-    async def _http_page(self, request: web.Request) -> web.StreamResponse:
-        return web.FileResponse(PAGE / "index.html", headers={"Cache-Control": "no-store"})
-
-    async def _http_describe(self, request: web.Request) -> web.Response:
-        try:
-            return _json(await self.describe(request.match_info["name"]))
-        except UnknownPipelineError as e:
-            return _json({"error": str(e)}, 404)
-
-    async def _http_list(self, request: web.Request) -> web.Response:
-        return _json(
-            [
-                {**record.as_dict(), "trouble": self.history.trouble(record.name, record.uid)}
-                for record in self.store.records()
-            ]
-        )
-
-    async def _http_get(self, request: web.Request) -> web.Response:
-        name = request.match_info["name"]
-        record = self.store.get(name)
-        if record is None:
-            return _json({"error": str(UnknownPipelineError(name))}, 404)
-        return _json({**record.as_dict(), "trouble": self.history.trouble(name, record.uid)})
-
-    async def _http_load(self, request: web.Request) -> web.Response:
-        source = request.query.get("source") or "request"
-        try:
-            text = await request.text()
-            result = self.load_text(text, source)
-        except SpecError as e:
-            logger.warning("load refused: {}", e)
-            return _json({"error": str(e)}, 400)
-        except StateError as e:
-            logger.error("load not sent: {}", e)
-            return _json({"error": str(e)}, 500)
-        except UnicodeDecodeError:
-            return _json({"error": f"{source}: body is not UTF-8 text"}, 400)
-        body = {
-            "outcome": result.outcome,
-            "pipeline": result.record.as_dict(),
-            "warning": result.warning,
-        }
-        return _json(body, 201 if result.outcome in ("created", "updated") else 200)
-
-    async def _http_unload(self, request: web.Request) -> web.Response:
-        try:
-            result = self.unload(request.match_info["name"])
-        except UnknownPipelineError as e:
-            return _json({"error": str(e)}, 404)
-        return _json({"outcome": result.outcome, "pipeline": result.record.as_dict()})
-
-    async def _http_subscribers(self, request: web.Request) -> web.Response:
-        return _json({"subscribers": list(self.store.subscribers)})
-
-    async def _http_health(self, request: web.Request) -> web.Response:
-        return _json({"status": "UP"})
-
     # Lifecycle.
 
     async def start(self) -> None:
@@ -679,13 +517,21 @@ class ProxyServer:
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=ENGINE_TIMEOUT_S))
         grpc_socket = _bind(self.host, self._port)
         self._port = grpc_socket.getsockname()[1]
-        self._grpc = Server([ChainerService(self)], codec=StrictCodec(), config=_GRPC_CONFIG)
+        chainer = ChainerService(
+            lambda request, stream: self.subscription(
+                str(request.name), _instance(stream), _peer(stream), _health(stream)
+            ),
+            lambda request, stream: self.record_ack(request, _instance(stream), _peer(stream)),
+        )
+        self._grpc = Server([chainer], codec=StrictCodec(), config=_GRPC_CONFIG)
         await self._grpc.start(sock=grpc_socket, ssl=self._tls)
         try:
             control_socket = _bind(self.host, self._control_port)
             self._control_port = control_socket.getsockname()[1]
             self._runner = web.AppRunner(
-                self._app(), access_log=None, shutdown_timeout=SHUTDOWN_GRACE_S
+                ControlApi(self, self._token).app(),
+                access_log=None,
+                shutdown_timeout=SHUTDOWN_GRACE_S,
             )
             await self._runner.setup()
             await web.SockSite(self._runner, control_socket).start()

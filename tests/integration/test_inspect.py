@@ -13,23 +13,23 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from dataflow.inspect import (
-    DecodeError,
-    Target,
-    decode,
-    format_record,
-    kind_of,
-    main,
-    resolve,
-    start_offset,
-    target_for_topic,
-)
+from dataflow.inspect import main
 from dataflow.proto.inference import (
     InferTensorContents,
     ModelInferRequest,
     ModelInferRequestInferInputTensor,
     ModelInferResponse,
     ModelInferResponseInferOutputTensor,
+)
+from dataflow.records import (
+    DecodeError,
+    Target,
+    decode,
+    format_record,
+    kind_of,
+    resolve,
+    start_offset,
+    target_for_topic,
 )
 from dataflow.topics import TopicError
 from tests.conftest import REPO

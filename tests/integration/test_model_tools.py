@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 
-from dataflow.cli.base import parse, run
+from dataflow.cli.base import run
 from dataflow.cli.tools import ModelCommand
 from dataflow.proto.inference import (
     InferParameter,
@@ -35,6 +35,7 @@ from dataflow.proto.inference import (
     ModelInferResponse,
     ModelInferResponseInferOutputTensor,
 )
+from tests.cli import parse
 from tests.integration.harness import REPO, consume, create_topics
 
 pytestmark = pytest.mark.kafka

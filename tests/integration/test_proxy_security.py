@@ -39,7 +39,7 @@ from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateStatusResponse,
 )
 from dataflow.proxy import ProxyServer
-from dataflow.proxy.server import UNAUTHORIZED
+from dataflow.proxy.control import UNAUTHORIZED
 from dataflow.settings import Settings
 from dataflow.subscriber import Subscriber
 from tests.integration.harness import REPO, engine

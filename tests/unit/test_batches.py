@@ -12,7 +12,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dataflow.batches import Batcher, PartitionBatcher
-from dataflow.joins import Entry, Output, Step
 from dataflow.proto.inference import (
     InferTensorContents,
     ModelInferRequest,
@@ -20,6 +19,7 @@ from dataflow.proto.inference import (
 )
 from dataflow.stages import Ref, StepStages
 from dataflow.topology import Source, StepSpec
+from dataflow.windows import Entry, Output, Result
 from dataflow.wire import ChainType
 
 T0 = 5_000_000
@@ -40,7 +40,7 @@ def test_spec_vector_4_forwarding_threshold_10() -> None:
     released: list[int] = []
     for i in range(1, 10):
         step = batcher.add(b"789", b"%d" % i, i, i, T0 + i)
-        assert step == Step()
+        assert step == Result()
         assert batcher.held() == i
     assert batcher.next_deadline() is None  # no window: no timer
     step = batcher.add(b"789", b"10", 10, 10, T0 + 10)
@@ -52,7 +52,7 @@ def test_spec_vector_4_forwarding_threshold_10() -> None:
     assert batcher.rows_held() == 0
     for i in range(11, 20):
         step = batcher.add(b"789", b"%d" % i, i, i, T0 + i)
-        assert step == Step()
+        assert step == Result()
     assert batcher.held() == 9
     assert released == list(range(1, 11))
 
@@ -62,13 +62,13 @@ def test_batch_takes_key_and_origin_of_last_record_across_keys() -> None:
     batcher.add(b"k1", b"a", 1, "a", T0)
     batcher.add(b"k2", b"b", 2, "b", T0)
     step = batcher.add(b"k3", b"c", 3, "c", T0)
-    assert step == Step([Output(b"k3", b"a|b|c", 3, "c", ("a", "b", "c"))], ["a", "b", "c"])
+    assert step == Result([Output(b"k3", b"a|b|c", 3, "c", ("a", "b", "c"))], ["a", "b", "c"])
 
 
 def test_size_counts_rows_not_records() -> None:
     batcher: Batcher[str] = Batcher(5, None, merge, rows)
-    assert batcher.add(b"k", b"1,2", 1, "a", T0) == Step()
-    assert batcher.add(b"k", b"", 2, "empty", T0) == Step()
+    assert batcher.add(b"k", b"1,2", 1, "a", T0) == Result()
+    assert batcher.add(b"k", b"", 2, "empty", T0) == Result()
     assert batcher.rows_held() == 2
     step = batcher.add(b"k", b"3,4,5,6", 3, "b", T0)
     assert [o.value for o in step.outputs] == [b"1,2||3,4,5,6"]
@@ -78,7 +78,7 @@ def test_size_counts_rows_not_records() -> None:
 def test_one_large_record_is_a_batch_of_its_own() -> None:
     batcher: Batcher[str] = Batcher(2, None, merge, rows)
     step = batcher.add(b"k", b"1,2,3", 1, "a", T0)
-    assert step == Step([Output(b"k", b"1,2,3", 1, "a", ("a",))], ["a"])
+    assert step == Result([Output(b"k", b"1,2,3", 1, "a", ("a",))], ["a"])
 
 
 def test_partial_batch_emitted_when_window_ends_without_traffic() -> None:
@@ -88,11 +88,11 @@ def test_partial_batch_emitted_when_window_ends_without_traffic() -> None:
     assert batcher.next_deadline() == T0 + 500
     batcher.add(b"k2", b"b", 2, "b", T0 + 400)  # the window runs from the first arrival
     assert batcher.next_deadline() == T0 + 500
-    assert batcher.expire(T0 + 499) == Step()
+    assert batcher.expire(T0 + 499) == Result()
     step = batcher.expire(T0 + 500)
-    assert step == Step([Output(b"k2", b"a|b", 2, "b", ("a", "b"))], ["a", "b"])
+    assert step == Result([Output(b"k2", b"a|b", 2, "b", ("a", "b"))], ["a", "b"])
     assert batcher.next_deadline() is None
-    assert batcher.expire(T0 + 10_000) == Step()
+    assert batcher.expire(T0 + 10_000) == Result()
 
 
 def test_window_reopens_with_the_next_record() -> None:
@@ -100,7 +100,7 @@ def test_window_reopens_with_the_next_record() -> None:
     batcher.add(b"k", b"a", 1, "a", T0)
     # the old batch is emitted first, then b opens a new one
     step = batcher.add(b"k", b"b", 2, "b", T0 + 600)
-    assert step == Step([Output(b"k", b"a", 1, "a", ("a",))], ["a"])
+    assert step == Result([Output(b"k", b"a", 1, "a", ("a",))], ["a"])
     assert batcher.held() == 1
     assert batcher.next_deadline() == T0 + 1100
 
@@ -124,7 +124,7 @@ def test_discard_drops_selected_records() -> None:
     assert batcher.next_deadline() == T0 + 500
     assert batcher.discard(lambda t: True) == ["p1-b"]
     assert batcher.next_deadline() is None
-    assert batcher.expire(T0 + 1000) == Step()
+    assert batcher.expire(T0 + 1000) == Result()
 
 
 def test_batcher_arguments_validated() -> None:
@@ -155,7 +155,7 @@ def test_every_token_released_once_and_in_one_batch(
     outputs: list[Output[int]] = []
     now = T0
 
-    def apply(step: Step[int]) -> None:
+    def apply(step: Result[int]) -> None:
         outputs.extend(step.outputs)
         released.update(step.released)
         assert sorted(step.released) == sorted(t for o in step.outputs for t in o.contributors)
@@ -221,10 +221,10 @@ def test_a_batch_never_mixes_partitions() -> None:
     """The issue's case: a record left pending on partition 0, then two on partition 1: the
     batch of partition 1 holds only partition 1's records, partition 0's stays open."""
     batches = by_partition(2, None)
-    assert batches.add(b"0.p.a", b"a", 1, (0, "a"), T0) == Step()
-    assert batches.add(b"1.p.b", b"b", 2, (1, "b"), T0) == Step()
+    assert batches.add(b"0.p.a", b"a", 1, (0, "a"), T0) == Result()
+    assert batches.add(b"1.p.b", b"b", 2, (1, "b"), T0) == Result()
     step = batches.add(b"1.p.c", b"c", 3, (1, "c"), T0)
-    assert step == Step(
+    assert step == Result(
         [Output(b"1.p.c", b"b|c", 3, (1, "c"), ((1, "b"), (1, "c")))],
         [
             (1, "b"),
@@ -245,7 +245,7 @@ def test_each_partition_has_its_own_window() -> None:
     batches.add(b"k", b"b", 2, (1, "b"), T0 + 100)
     batches.add(b"k", b"c", 3, (0, "c"), T0 + 200)
     assert batches.next_deadline() == T0 + 500
-    assert batches.expire(T0 + 499) == Step()
+    assert batches.expire(T0 + 499) == Result()
     step = batches.expire(T0 + 500)
     assert [o.value for o in step.outputs] == [b"a|c"]
     assert step.released == [(0, "a"), (0, "c")]
@@ -264,7 +264,7 @@ def test_expire_emits_due_batches_in_deadline_order_and_full_emits_all() -> None
     step = batches.full()
     assert sorted(o.value for o in step.outputs) == [b"c", b"d"]
     assert batches.held() == 0 and batches.next_deadline() is None
-    assert batches.full() == Step()
+    assert batches.full() == Result()
 
 
 def test_discard_of_a_revoked_partition_drops_its_batch_only() -> None:
@@ -323,7 +323,7 @@ def test_partitions_batch_as_independent_batchers(
     want: dict[int, list[Output[Tok]]] = {p: [] for p in range(4)}
     released: Counter[Tok] = Counter()
 
-    def apply(step: Step[Tok]) -> None:
+    def apply(step: Result[Tok]) -> None:
         released.update(step.released)
         for o in step.outputs:
             partitions = {t[0] for t in o.contributors}

@@ -15,10 +15,10 @@ from pydantic_settings import get_subcommand
 
 import dataflow
 from dataflow.cli import COMMANDS, Dataflow, render, run
-from dataflow.cli.base import parse
 from dataflow.cli.engine import EngineCommand
 from dataflow.cli.proxy import ProxyCommand, StatusCommand
 from dataflow.cli.tools import InferCommand, KafkaCommand, ModelCommand
+from tests.cli import parse
 from tests.conftest import REPO
 
 EXPECTED = (
@@ -292,13 +292,3 @@ def test_describe_prints_text_json_or_dot(
     assert asked == [("http://127.0.0.1:1", "p1")] * 3
     assert run(["describe", "p1", "--json", "--dot"]) == 2
     assert capsys.readouterr().err == "dataflow: give --json or --dot, not both\n"
-
-
-def test_describe_without_the_client_method_is_one_line(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    from dataflow.proxy.client import ControlClient
-
-    monkeypatch.delattr(ControlClient, "describe", raising=False)
-    assert run(["describe", "p1"]) == 1
-    assert capsys.readouterr().err == "error: this version of dataflow cannot describe pipelines\n"

@@ -8,8 +8,18 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from dataflow.cli.base import bad_value
+from dataflow.cli.engine import EngineCommand, check_files
 from dataflow.proxy.settings import ProxySettings
-from dataflow.settings import Settings, SettingsError, load_settings
+from dataflow.settings import Settings
+from tests.cli import parse
+
+
+def engine(argv: list[str]) -> Settings:
+    """The settings of `dataflow engine` with `argv`; its files checked as at start-up."""
+    settings = parse(EngineCommand, argv)
+    check_files(settings)
+    return settings
 
 
 @pytest.fixture(autouse=True)
@@ -36,7 +46,7 @@ def test_engine_defaults() -> None:
     s = Settings()
     assert s.health_server_host == "0.0.0.0"  # probes come from outside the pod
     assert s.upstream_security_protocol == "PLAINTEXT"
-    assert load_settings(["--health-server-host", "127.0.0.1"]).health_server_host == "127.0.0.1"
+    assert engine(["--health-server-host", "127.0.0.1"]).health_server_host == "127.0.0.1"
 
 
 @pytest.mark.parametrize(
@@ -57,16 +67,17 @@ def test_engine_defaults() -> None:
     ],
 )
 def test_bad_upstream_tls_settings_are_one_line(argv: list[str], message: str) -> None:
-    with pytest.raises(SettingsError) as info:
-        load_settings(argv)
-    assert message in str(info.value) and "\n" not in str(info.value)
+    with pytest.raises(ValidationError) as info:
+        engine(argv)
+    reason = bad_value(info.value, EngineCommand, argv)
+    assert message in reason and "\n" not in reason
 
 
 def test_upstream_tls_settings(tmp_path: Path) -> None:
     ca, cert, key = (tmp_path / n for n in ("ca.pem", "c.pem", "k.pem"))
     for f in (ca, cert, key):
-        f.write_text("")  # load_settings refuses a file it cannot read
-    s = load_settings(
+        f.write_text("")  # the engine refuses a file it cannot read
+    s = engine(
         [
             "--upstream-security-protocol=SSL",
             f"--upstream-tls-ca-path={ca}",
@@ -75,7 +86,7 @@ def test_upstream_tls_settings(tmp_path: Path) -> None:
         ]
     )
     assert (s.upstream_tls_ca_path, s.upstream_tls_cert_path) == (str(ca), str(cert))
-    assert load_settings(["--upstream-security-protocol=SSL"]).upstream_tls_ca_path == ""
+    assert engine(["--upstream-security-protocol=SSL"]).upstream_tls_ca_path == ""
 
 
 def test_proxy_defaults_are_local() -> None:

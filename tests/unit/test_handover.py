@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataflow import store
+from dataflow import changelog
 from dataflow.handover import plan, renumber
 from dataflow.proto.seldon.mlops.chainer import (
     PipelineStepUpdate,
@@ -51,19 +51,19 @@ def test_twins_inherit_shared_sources_the_rest_starts_at_the_log_end() -> None:
 
 
 def _entry(kind: str, index: int, topic: str) -> bytes:
-    return store.encode(kind, index, b"k", b"v", 5, False, (("pipeline", b"p"),), topic, 3, 42)
+    return changelog.encode(kind, index, b"k", b"v", 5, False, (("pipeline", b"p"),), topic, 3, 42)
 
 
 def test_entries_are_renumbered_for_the_new_steps_sources() -> None:
     a, b, x = f"{NS}.a.outputs", f"{NS}.b.outputs", f"{NS}.x.outputs"
     old = pipeline("u1", 1, ([a, b], f"{NS}.c.inputs")).steps[0]
     new = pipeline("u2", 2, ([x, b, a], f"{NS}.c.inputs")).steps[0]
-    ident = store.ident("s", 1, b, 3, 42)
+    ident = changelog.ident("s", 1, b, 3, 42)
     moved = renumber(ident, _entry("j", 1, b), old, new)
     assert moved is not None
     new_ident, value = moved
-    assert new_ident == store.ident("s", new.sources.index(old.sources[1]), b, 3, 42)
-    entry = store.decode(value)
+    assert new_ident == changelog.ident("s", new.sources.index(old.sources[1]), b, 3, 42)
+    entry = changelog.decode(value)
     assert (entry.index, entry.topic, entry.offset, entry.value) == (
         new_ident[1] - ord("0"),
         b,
@@ -76,4 +76,4 @@ def test_entries_of_a_source_the_new_step_drops_are_left_out() -> None:
     a, b = f"{NS}.a.outputs", f"{NS}.b.outputs"
     old = pipeline("u1", 1, ([a, b], f"{NS}.c.inputs")).steps[0]
     new = pipeline("u2", 2, ([a, f"{NS}.y.outputs"], f"{NS}.c.inputs")).steps[0]
-    assert renumber(store.ident("s", 1, b, 0, 1), _entry("j", 1, b), old, new) is None
+    assert renumber(changelog.ident("s", 1, b, 0, 1), _entry("j", 1, b), old, new) is None

@@ -8,7 +8,9 @@ late: it matches what is held, and if nothing, goes to the error topic with a re
 
 from __future__ import annotations
 
-from dataflow.joins import Joiner, Output, TriggerGate
+from dataflow.gates import TriggerGate
+from dataflow.joins import Joiner
+from dataflow.windows import Output
 
 W = 1_000
 G = 10_000
@@ -19,7 +21,7 @@ def bar(left: bytes, right: bytes) -> bytes:
 
 
 def joiner(kind: str = "inner", grace: int = G) -> Joiner[str]:
-    return Joiner(2, kind, W, bar, window_from="stream", grace_ms=grace)  # type: ignore[arg-type]
+    return Joiner(2, kind, W, bar, grace_ms=grace)  # type: ignore[arg-type]
 
 
 def test_a_partner_delayed_past_the_window_joins_within_the_grace() -> None:
@@ -116,7 +118,7 @@ def test_restored_lone_entry_past_its_window_waits_out_the_grace() -> None:
 
 
 def test_gate_lets_data_through_with_a_trigger_delayed_within_the_grace() -> None:
-    g: TriggerGate[str] = TriggerGate(1, "inner", W, window_from="stream", grace_ms=G)
+    g: TriggerGate[str] = TriggerGate(1, "inner", W, grace_ms=G)
     g.add_data(b"k", b"d", 1_000, "d", 1_000, ident=b"id")
     assert g.expire(7_000).released == []
     step = g.add_trigger(0, b"k", 1_000, "t", 7_000)
@@ -124,7 +126,7 @@ def test_gate_lets_data_through_with_a_trigger_delayed_within_the_grace() -> Non
 
 
 def test_gate_data_late_past_the_grace_goes_to_the_error_topic() -> None:
-    g: TriggerGate[str] = TriggerGate(1, "inner", W, window_from="stream", grace_ms=G)
+    g: TriggerGate[str] = TriggerGate(1, "inner", W, grace_ms=G)
     step = g.add_data(b"k", b"d", 1_000, "d", 1_000 + W + G + 1)
     assert [o.error.split(":")[0] for o in step.outputs] == ["late for the trigger"]
     assert step.released == ["d"] and g.late == 1

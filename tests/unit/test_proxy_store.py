@@ -12,17 +12,17 @@ from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessagePipelineOperation,
     PipelineUpdateStatusMessage,
 )
-from dataflow.proxy.store import (
+from dataflow.proxy.records import (
     NO_ENGINES,
     Ack,
     PipelineRecord,
     PipelineState,
-    PipelineStore,
     Send,
     StreamState,
     UnknownPipelineError,
     new_uid,
 )
+from dataflow.proxy.store import PipelineStore
 from dataflow.specs import PipelineSpec, parse_spec
 
 Op = PipelineUpdateMessagePipelineOperation

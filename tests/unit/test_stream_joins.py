@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataflow.batches import Batcher
-from dataflow.joins import Entry, Joiner, Output, TriggerGate
+from dataflow.gates import TriggerGate
+from dataflow.joins import Joiner
+from dataflow.windows import Entry, Output
 
 W = 1_000
 UNKNOWN = -(2**62)  # stream time not known yet (a source not read)
@@ -14,7 +16,7 @@ def bar(left: bytes, right: bytes) -> bytes:
 
 
 def joiner(kind: str = "inner") -> Joiner[str]:
-    return Joiner(2, kind, W, bar, window_from="stream")  # type: ignore[arg-type]
+    return Joiner(2, kind, W, bar)  # type: ignore[arg-type]
 
 
 def test_a_backlog_of_one_source_waits_for_the_other() -> None:
@@ -102,7 +104,7 @@ def test_an_outer_restored_unmatched_entry_is_emitted_when_its_window_closes() -
 
 
 def test_gate_waits_for_a_trigger_read_later_in_a_backlog() -> None:
-    g: TriggerGate[str] = TriggerGate(1, "inner", W, window_from="stream")
+    g: TriggerGate[str] = TriggerGate(1, "inner", W)
     data = g.add_data(b"k", b"d", 1_000, "d", UNKNOWN, ident=b"id")
     assert data.outputs == [] and [e.kind for e in data.stored] == ["d"]
     step = g.add_trigger(0, b"k", 1_500, "t", 1_500, ident=b"it")
@@ -112,7 +114,7 @@ def test_gate_waits_for_a_trigger_read_later_in_a_backlog() -> None:
 
 
 def test_gate_restores_triggers_and_waiting_data() -> None:
-    g: TriggerGate[str] = TriggerGate(1, "inner", W, window_from="stream")
+    g: TriggerGate[str] = TriggerGate(1, "inner", W)
     g.load(Entry("t", 0, b"k", b"", 1_000, "t", b"it"))
     g.load(Entry("d", -1, b"k2", b"d2", 1_000, "d2", b"id2"))
     passed = g.add_data(b"k", b"d", 1_100, "d", 1_100).outputs

@@ -107,9 +107,9 @@ async def test_a_lagging_join_polls_with_a_timeout_whatever_its_wall_deadlines()
     long_ago = time.time_ns() // 1_000_000 - 60_000
     step.stages.joiner.add(0, b"0.k", b"v", long_ago, object(), long_ago, wall_ms=long_ago)
     try:
-        step._caught_up = False  # a source lags: the join's windows wait for stream time
+        step.pacing.caught_up = False  # a source lags: the join's windows wait for stream time
         assert step._poll_timeout_ms() == 100
-        step._caught_up = True  # every source read to its end: windows close on the wall clock
+        step.pacing.caught_up = True  # every source read to its end: windows close on wall time
         assert step._poll_timeout_ms() == 0
     finally:
         await step.producer.stop()
@@ -124,12 +124,12 @@ async def test_a_stuck_join_says_which_partition_holds_stream_time_and_which_wai
     b0 = TopicPartition("seldon.ns.model.b.outputs", 0)
     try:
         step.assigned.set()
-        step._clock.assign([a0, b0])
-        step._clock.observe(a0, 9_000)
-        step._clock.observe(b0, 2_000)
-        step._clock.lagging([a0, b0])
-        step._caught_up = False
-        step._paused = {a0}
+        step.pacing.clock.assign([a0, b0])
+        step.pacing.clock.observe(a0, 9_000)
+        step.pacing.clock.observe(b0, 2_000)
+        step.pacing.clock.lagging([a0, b0])
+        step.pacing.caught_up = False
+        step.pacing.paused = {a0}
         why = step.why_waiting({a0: 50, b0: 70})
         assert "paused, read ahead of stream time by more than the window: " in why
         assert "seldon.ns.model.a.outputs[0]" in why

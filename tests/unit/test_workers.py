@@ -9,13 +9,15 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.parser import text_string_to_metric_families
 from pydantic import SecretStr
 
+from dataflow.metrics import merge_metrics
 from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessage,
     PipelineUpdateMessagePipelineOperation,
     PipelineUpdateStatusMessage,
 )
 from dataflow.settings import Settings
-from dataflow.workers import Supervisor, merge_metrics, restart_delay, worker_env
+from dataflow.worker_process import restart_delay, worker_env
+from dataflow.workers import Supervisor
 
 Op = PipelineUpdateMessagePipelineOperation
 READY = "pipeline data streams: ready"
@@ -156,11 +158,10 @@ async def test_the_supervisor_forwards_replays_and_answers_once() -> None:
 
 
 def test_pipelines_of_the_workers_are_summed_per_step() -> None:
-    from dataflow.describe import describe_topology, figures
+    from dataflow.describe import describe_topology, figures, merge_pipelines
     from dataflow.stats import StepStats
     from dataflow.topology import Source, StepSpec, Topology
     from dataflow.wire import ChainType
-    from dataflow.workers import merge_pipelines
 
     source = Source("seldon.n.model.a.outputs", "p", None, {}, ChainType.OUTPUT_INPUT)
     spec = StepSpec(0, (source,), (), "seldon.n.model.b.inputs", "inner", "inner", 0)

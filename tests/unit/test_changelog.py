@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from dataflow import store
+from dataflow import changelog
 
 
 def test_round_trip_keeps_every_field() -> None:
-    value = store.encode(
+    value = changelog.encode(
         "j", 1, b"k1", b"\x0a\x01x", 1_700_000_000_123, True,
         [("pipeline", b"p"), ("x-request-id", b"r1")], "seldon.ns.model.a.outputs", 3, 42,
     )  # fmt: skip
-    restored = store.decode(value)
-    assert restored == store.Restored(
+    restored = changelog.decode(value)
+    assert restored == changelog.Restored(
         kind="j",
         index=1,
         key=b"k1",
@@ -28,27 +28,27 @@ def test_round_trip_keeps_every_field() -> None:
 
 
 def test_a_missing_key_stays_missing_and_an_empty_one_empty() -> None:
-    none = store.decode(store.encode("b", -1, None, b"v", 0, False, [], "t", 0, 0))
-    empty = store.decode(store.encode("b", -1, b"", b"v", 0, False, [], "t", 0, 0))
+    none = changelog.decode(changelog.encode("b", -1, None, b"v", 0, False, [], "t", 0, 0))
+    empty = changelog.decode(changelog.encode("b", -1, b"", b"v", 0, False, [], "t", 0, 0))
     assert (none.key, none.index, empty.key) == (None, -1, b"")
 
 
 @pytest.mark.parametrize("data", [b"", b"\x01", b"\x02" + b"\x00" * 30])
 def test_garbage_is_refused(data: bytes) -> None:
     with pytest.raises(ValueError):
-        store.decode(data)
+        changelog.decode(data)
 
 
 def test_truncated_entry_is_refused() -> None:
-    value = store.encode("t", 0, b"k", b"value", 5, False, [("h", b"v")], "topic", 0, 1)
+    value = changelog.encode("t", 0, b"k", b"value", 5, False, [("h", b"v")], "topic", 0, 1)
     with pytest.raises(ValueError):
-        store.decode(value[:-3])
+        changelog.decode(value[:-3])
 
 
 def test_names() -> None:
-    assert store.ident("s", 0, "seldon.ns.model.a.outputs", 2, 17) == (
+    assert changelog.ident("s", 0, "seldon.ns.model.a.outputs", 2, 17) == (
         b"s0/seldon.ns.model.a.outputs/2/17"
     )
-    assert store.ident("t", 1, "t", 0, 5, n=2) == b"t1/t/0/5/2"
-    assert store.changelog_topic("seldon-dataflow-abc-s0") == "seldon-dataflow-abc-s0-changelog"
-    assert store.CHANGELOG_CONFIG["cleanup.policy"] == "compact"
+    assert changelog.ident("t", 1, "t", 0, 5, n=2) == b"t1/t/0/5/2"
+    assert changelog.changelog_topic("seldon-dataflow-abc-s0") == "seldon-dataflow-abc-s0-changelog"
+    assert changelog.CHANGELOG_CONFIG["cleanup.policy"] == "compact"

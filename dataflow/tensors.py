@@ -1,9 +1,7 @@
-"""Helpers shared by the command-line tools: topic creation for tools, V2 datatype tables, raw
-element encode/decode.
+"""V2 tensors as the tools handle them: datatype tables, raw element encode/decode.
 
-Used by `scripts/model.py`, `scripts/infer.py`, `scripts/producer.py` and `dataflow.inspect`;
-the engine does not import it (it creates topics with `dataflow.kafka.ensure_topics`). aiokafka
-is imported only by `ensure_topics`, so the pure helpers stay cheap to import.
+Used by `dataflow.model`, `dataflow.infer` and `dataflow.records` (the tools); the engine does
+not import it (it converts messages on the wire, `dataflow.wire`). Pure.
 
 Raw contents (`raw_input_contents` / `raw_output_contents`) hold one blob per tensor: fixed-width
 datatypes as little-endian elements back to back, BYTES as a 4-byte little-endian length then the
@@ -12,14 +10,10 @@ bytes, per element.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
 import struct
-import sys
-import time
-from collections.abc import Callable, Coroutine, Sequence
-from typing import Any, Literal, NoReturn
+from collections.abc import Sequence
+from typing import Any, Literal
 
 __all__ = [
     "CONTENTS_FIELDS",
@@ -29,9 +23,7 @@ __all__ = [
     "Value",
     "decode_raw",
     "encode_raw",
-    "ensure_topics",
     "raw_datatype",
-    "run_tool",
 ]
 
 CONTENTS_FIELDS: dict[str, str] = {
@@ -147,79 +139,3 @@ def decode_raw(datatype: str, blob: bytes) -> list[Value]:
     if code == "?":
         return [b != 0 for b in blob]
     return list(struct.unpack(f"<{len(blob) // width}{code}", blob))
-
-
-async def ensure_topics(
-    bootstrap: str,
-    names: Sequence[str],
-    partitions: int,
-    timeout: float = 30,
-    *,
-    security_protocol: str = "PLAINTEXT",
-    on_create: Callable[[list[str]], None] | None = None,
-) -> dict[str, int]:
-    """Create the topics that do not exist (the cluster's default replication); wait until all
-    are described.
-
-    Args:
-        bootstrap: Kafka bootstrap servers.
-        names: The topics (duplicates are created once).
-        partitions: Partitions of the topics created.
-        timeout: Seconds to wait for all topics to be described.
-        security_protocol: aiokafka's `security_protocol` of the admin client.
-        on_create: Called with the names it asked the broker to create, when any were missing.
-
-    Returns:
-        The partition count of every topic.
-
-    Raises:
-        RuntimeError: Some topic is still not described after `timeout` seconds.
-    """
-    from aiokafka.admin import AIOKafkaAdminClient
-
-    from dataflow.kafka import NewTopic, create_topics
-
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, security_protocol=security_protocol)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [n for n in dict.fromkeys(names) if n not in existing]
-        if missing:
-            # Per-topic errors (e.g. created meanwhile by someone else) show in the wait below.
-            await create_topics(admin, [NewTopic(n, partitions) for n in missing], 30_000)
-            if on_create is not None:
-                on_create(missing)
-        deadline = time.monotonic() + timeout
-        while True:
-            described = await admin.describe_topics(list(names))
-            counts = {
-                d["topic"]: len(d["partitions"])
-                for d in described
-                if d["error_code"] == 0 and d["partitions"]
-            }
-            if all(n in counts for n in names):
-                return counts
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"topics not available after {timeout}s: {described}")
-            await asyncio.sleep(0.2)
-    finally:
-        await admin.close()
-
-
-def run_tool(name: str, main: Coroutine[Any, Any, int]) -> NoReturn:
-    """Run a tool's coroutine and exit with its code; Ctrl-C (130) or an error of Kafka or the
-    network (1) ends it with one line on stderr, never a traceback."""
-    from aiokafka.errors import KafkaError
-
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the one line below says why
-    try:
-        code = asyncio.run(main)
-    except KeyboardInterrupt:
-        logging.getLogger("asyncio").disabled = True  # "Unclosed AIOKafka..." of unstarted clients
-        print(f"{name}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
-    except (KafkaError, OSError) as exc:
-        logging.getLogger("asyncio").disabled = True
-        print(f"{name}: {exc or type(exc).__name__}", file=sys.stderr)
-        raise SystemExit(1) from None
-    raise SystemExit(code)

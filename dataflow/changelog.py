@@ -2,7 +2,8 @@
 
 Kafka Streams keeps a stateful task's store in a compacted changelog topic and restores it
 before the task processes anything; so does a step here. The store itself is the state machines
-of `joins` and `batches` (in memory); this module is what goes to and comes from the changelog:
+of `joins`, `gates` and `batches` (in memory); this module is what goes to and comes from the
+changelog:
 
 * topic: `<step consumer group>-changelog`, compacted, one per stateful step, created with the
   pipeline's topics and deleted with them;
@@ -22,6 +23,8 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from dataflow.windows import EntryKind
+
 __all__ = [
     "CHANGELOG_CONFIG",
     "Restored",
@@ -29,6 +32,8 @@ __all__ = [
     "decode",
     "encode",
     "ident",
+    "source_ident",
+    "trigger_ident",
 ]
 
 #: Topic configuration of a changelog: compacted, rolled and cleaned often, so a restore reads
@@ -61,11 +66,21 @@ def ident(kind: str, index: int, topic: str, partition: int, offset: int, n: int
     return (base if n == 0 else f"{base}/{n}").encode()
 
 
+def source_ident(index: int, topic: str, partition: int, offset: int) -> bytes:
+    """The name of the entry that holds a record of source `index`."""
+    return ident("s", index, topic, partition, offset)
+
+
+def trigger_ident(index: int, topic: str, partition: int, offset: int) -> bytes:
+    """The name of the entry that holds a record of trigger `index`."""
+    return ident("t", index, topic, partition, offset)
+
+
 @dataclass(frozen=True, slots=True)
 class Restored:
     """One entry read back from a changelog."""
 
-    kind: str
+    kind: EntryKind
     index: int
     key: bytes | None
     value: bytes
@@ -82,7 +97,7 @@ def _chunk(data: bytes) -> bytes:
 
 
 def encode(
-    kind: str,
+    kind: EntryKind | str,
     index: int,
     key: bytes | None,
     value: bytes,
@@ -144,8 +159,12 @@ def decode(data: bytes) -> Restored:
         headers = tuple((reader.chunk().decode(), reader.chunk()) for _ in range(reader.count()))
     except struct.error as exc:
         raise ValueError(f"truncated changelog entry: {exc}") from None
+    try:
+        entry_kind = EntryKind(kind.decode())
+    except ValueError:
+        raise ValueError(f"unknown changelog entry kind {kind!r}") from None
     return Restored(
-        kind=kind.decode(),
+        kind=entry_kind,
         index=index,
         key=None if flags & _NO_KEY else key,
         value=value,

@@ -1,0 +1,114 @@
+"""Committing what a step has safely done: its consumer offsets, or its tasks' transactions.
+
+At-least-once, the offsets committed are the offset tracker's low-water marks (nothing held
+at or past them), at most every `COMMIT_INTERVAL` unless forced. Exactly-once, each task's
+transaction commits with the step's consumed positions once everything sent in it is
+acknowledged, and the tombstones those acks released go into the same transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from dataflow.errors import StepFailed
+from dataflow.offsets import OffsetTracker
+from dataflow.transactions import Transactions
+
+#: Seconds between commits while records keep arriving.
+COMMIT_INTERVAL = 0.2
+
+
+class Committer:
+    """Commits one step's progress (module docstring).
+
+    Args:
+        consumer: the step's consumer.
+        tracker: the step's offset tracker (at-least-once).
+        positions: the step's consumed positions (exactly-once).
+        transactions: the step's tasks' transactions, or None (at-least-once).
+        log: the step's logger.
+        failure: the step's failure so far, or None.
+        tombstones: True while tombstones wait to be written.
+        flush_tombstones: writes them.
+    """
+
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        tracker: OffsetTracker[TopicPartition],
+        positions: dict[TopicPartition, int],
+        transactions: Transactions | None,
+        log: Any,
+        failure: Callable[[], StepFailed | None],
+        tombstones: Callable[[], bool],
+        flush_tombstones: Callable[[], Awaitable[None]],
+    ) -> None:
+        self.consumer = consumer
+        self.tracker = tracker
+        self.positions = positions
+        self.transactions = transactions
+        self.log = log
+        self.failure = failure
+        self.tombstones = tombstones
+        self.flush_tombstones = flush_tombstones
+        self._last = 0.0
+
+    async def commit(self, force: bool) -> None:
+        """Commit what is safe (`force`: whatever the time since the last commit).
+
+        Raises:
+            StepFailed: exactly-once: the transaction could not commit (it was aborted).
+        """
+        if self.transactions is not None:
+            await self._commit_transactions(self.transactions, force)
+            return
+        now = time.monotonic()
+        if not force and now - self._last < COMMIT_INTERVAL:
+            return
+        self._last = now
+        offsets = self.tracker.committable()
+        if not offsets:
+            return
+        assigned = self.consumer.assignment()
+        offsets = {tp: o for tp, o in offsets.items() if tp in assigned}
+        if not offsets:
+            return
+        try:
+            await self.consumer.commit(offsets)
+        except KafkaError as exc:
+            # A rebalance is under way: the revoke handler commits, or the records replay.
+            self.log.warning("commit failed, will retry: {}", exc)
+            return
+        self.tracker.mark_committed(offsets)
+
+    async def _commit_transactions(self, txn: Transactions, force: bool) -> None:
+        """Exactly-once: commit each task's transaction with its consumed positions.
+
+        Everything sent is acknowledged first, so that the tombstones of entries whose outputs
+        were delivered go into the same transaction as those outputs.
+        """
+        if not force and not txn.due():
+            return
+        try:
+            await txn.flush()
+            await asyncio.sleep(0)  # the acks' callbacks run: deferred tombstones are released
+            if self.failure() is None and self.tombstones():
+                await self.flush_tombstones()
+                await txn.flush()
+                await asyncio.sleep(0)
+            failure = self.failure()
+            if failure is not None:
+                raise failure
+            assigned = self.consumer.assignment()
+            await txn.commit({tp: o for tp, o in self.positions.items() if tp in assigned})
+        except Exception as exc:
+            await txn.abort()
+            if isinstance(exc, StepFailed):
+                raise
+            raise StepFailed(f"exactly-once: {exc}") from exc

@@ -1,0 +1,283 @@
+"""What a stateful step holds, mirrored in its changelog, and restored on assignment.
+
+Kafka Streams' `ProcessorStateManager`. The state itself is the pure state machines of
+`dataflow.stages` (join windows, trigger gates, batches); this module keeps their bookkeeping:
+
+* every entry a stage keeps is written to the step's compacted changelog (`dataflow.changelog`),
+  and the offset of the record being processed stays held until the write is acknowledged;
+* an entry that leaves the state gets a tombstone, written only once the deliveries that carry
+  its data are acknowledged (`Ref.deferred`), so a crash in between restores it;
+* newly assigned partitions are restored from the changelog before the step reads them; the
+  state of partitions owned no more is dropped (their next owner restores it);
+* what is held is counted, and fetching is held back when it is full.
+
+It sends through `producer_for(task)` and reports through callbacks: it imports neither the
+step nor its collector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, NamedTuple
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.errors import KafkaError
+
+from dataflow import changelog
+from dataflow.context import StepContext
+from dataflow.errors import StepFailed
+from dataflow.kafka import read_latest
+from dataflow.stages import Ref, StepStages
+from dataflow.windows import Entry
+
+#: Longest a changelog restore may take before the step is reported failed.
+RESTORE_TIMEOUT = 120.0
+#: Entries loaded between two yields to the event loop while restoring.
+SLICE_ENTRIES = 256
+
+
+@dataclass(frozen=True)
+class StateOptions:
+    """Where a stateful step keeps its state and how much it may hold.
+
+    Attributes:
+        changelog: the step's changelog topic.
+        ensure_changelog: creates it (name, partitions) if missing.
+        restore_consumer: makes a group-less consumer to read it back.
+        max_records: most entries held before fetching is paused.
+        max_bytes: most key and value bytes held before fetching is paused.
+        grace_ms: how long join and trigger windows keep a record after they close, for a
+            partner that arrives late (`SELDON_JOIN_GRACE_MS`).
+    """
+
+    changelog: str
+    ensure_changelog: Callable[[str, int], Awaitable[None]]
+    restore_consumer: Callable[[], AIOKafkaConsumer]
+    max_records: int = 500_000
+    max_bytes: int = 256 * 1024 * 1024
+    grace_ms: int = 0
+
+
+class Held(NamedTuple):
+    """An entry held in state: its input partition and its key and value bytes."""
+
+    partition: int
+    size: int
+
+
+class StepState:
+    """A stateful step's state bookkeeping and changelog (module docstring).
+
+    Args:
+        context: what the state shares with its step (producers, holds, counters).
+        options: the changelog and the bounds.
+        stages: the step's stages (they hold the entries themselves).
+    """
+
+    def __init__(self, context: StepContext, options: StateOptions, stages: StepStages) -> None:
+        self.options = options
+        self.stages = stages
+        self.producer = context.producer
+        self.producer_for = context.producer_for
+        self.tracker = context.tracker
+        self.stats = context.stats
+        self.log = context.log
+        self.generation = context.generation
+        self.fail = context.fail
+        self.exactly_once = context.exactly_once
+        self.entries: dict[bytes, Held] = {}  # ident -> what it holds, of every entry
+        self.owned: set[int] = set()  # input partition numbers whose state is loaded
+        self.tombstones: list[Entry[Ref]] = []  # removals whose deliveries were acked
+        self.partitions = 1  # the changelog's
+        self.full = False
+
+    @property
+    def topic(self) -> str:
+        """The changelog topic."""
+        return self.options.changelog
+
+    async def start(self, topics: Sequence[str]) -> None:
+        """Create the changelog, with as many partitions as the widest source topic."""
+        counts = [len(await self.producer.partitions_for(t) or ()) for t in topics]
+        self.partitions = max(1, *counts)
+        await self.options.ensure_changelog(self.options.changelog, self.partitions)
+
+    # -- changelog writes -------------------------------------------------------------------
+
+    async def put(self, entry: Entry[Ref], cause: Ref | None) -> None:
+        """Write `entry` to the changelog; `cause`'s offset is held until it is acknowledged."""
+        token = entry.token
+        value = changelog.encode(
+            entry.kind,
+            entry.source,
+            token.key,
+            entry.value,
+            entry.timestamp_ms,
+            entry.matched,
+            token.headers,
+            token.tp.topic,
+            token.tp.partition,
+            token.offset,
+        )
+        size = len(entry.value) + len(token.key or b"")
+        old = self.entries.get(entry.ident)
+        if old is not None:
+            self.stats.state_bytes -= old.size
+        self.entries[entry.ident] = Held(token.tp.partition, size)
+        self.stats.state_bytes += size
+        held = cause is not None and cause.generation == self.generation()
+        if held:
+            assert cause is not None
+            self.tracker.hold(cause.tp, cause.offset)
+        producer = await self.producer_for(token.tp.partition)
+        future = await producer.send(
+            self.options.changelog,
+            value,
+            key=entry.ident,
+            partition=token.tp.partition % self.partitions,
+        )
+        future.add_done_callback(partial(self._on_put, cause if held else None))
+
+    def _on_put(self, cause: Ref | None, future: asyncio.Future[Any]) -> None:
+        if future.cancelled() or future.exception() is not None:
+            exc = None if future.cancelled() else future.exception()
+            if cause is not None and cause.generation != self.generation():
+                return  # its partition was revoked: the next owner replays the record
+            # The record's offset stays held: the pipeline is rebuilt from the changelog.
+            self.fail(StepFailed(f"cannot write state to {self.topic}: {exc!r}"))
+            return
+        if cause is not None and cause.generation == self.generation():
+            self.tracker.release(cause.tp, cause.offset)
+
+    def remove(self, entry: Entry[Ref]) -> None:
+        """`entry` left the state: its tombstone follows the deliveries that carry its data."""
+        old = self.entries.pop(entry.ident, None)
+        if old is not None:
+            self.stats.state_bytes -= old.size
+        token = entry.token
+        if token.pending > 0:
+            if token.deferred is None:
+                token.deferred = []
+            token.deferred.append(entry)
+        else:
+            self.tombstones.append(entry)
+
+    def released(self, entries: list[Entry[Ref]]) -> None:
+        """The deliveries that carried `entries`' data were acknowledged."""
+        self.tombstones.extend(entries)
+
+    async def flush_tombstones(self) -> None:
+        """Write the tombstones of removed entries whose deliveries were acknowledged."""
+        if not self.tombstones:
+            return
+        tombstones, self.tombstones = self.tombstones, []
+        topic = self.options.changelog
+        for entry in tombstones:
+            if entry.ident in self.entries:
+                continue  # written again since (the same record consumed again)
+            partition = entry.token.tp.partition % self.partitions
+            if self.exactly_once:  # in the transaction; a failure fails the step
+                producer = await self.producer_for(entry.token.tp.partition)
+                await producer.send(topic, None, key=entry.ident, partition=partition)
+                continue
+            try:
+                await self.producer.send(topic, None, key=entry.ident, partition=partition)
+            except KafkaError as exc:  # the entry comes back on restore and expires again
+                self.log.warning("tombstone to {} failed: {}", topic, exc)
+
+    # -- bounds -----------------------------------------------------------------------------
+
+    def check_full(self) -> bool:
+        """Count what is held; True (and a warning when it becomes so) when the state is full."""
+        self.stats.state_records = len(self.entries)
+        full = (
+            len(self.entries) >= self.options.max_records
+            or self.stats.state_bytes >= self.options.max_bytes
+        )
+        if full and not self.full:
+            self.stats.state_full += 1
+            self.log.warning(
+                "state full ({} records, {} bytes): fetching only what holds stream time back",
+                len(self.entries),
+                self.stats.state_bytes,
+            )
+        self.full = full
+        return full
+
+    # -- restore ----------------------------------------------------------------------------
+
+    async def restore(self, assigned: set[TopicPartition], wall_ms: Callable[[], int]) -> None:
+        """Load the state of newly owned partitions from the changelog; drop the state of
+        partitions owned no more (their next owner restores it)."""
+        now_owned = {tp.partition for tp in assigned}
+        gone = self.owned - now_owned
+        if gone:
+            self.stages.discard(lambda ref: ref.tp.partition in gone)
+            for name, held in list(self.entries.items()):
+                if held.partition in gone:
+                    del self.entries[name]
+                    self.stats.state_bytes -= held.size
+        new = now_owned - self.owned
+        self.owned = now_owned
+        if not new:
+            return
+        t0 = time.monotonic()
+        latest = await asyncio.wait_for(self._read(new), RESTORE_TIMEOUT)
+        wall = wall_ms()
+        loaded = 0
+        for n, (name, value) in enumerate(latest.items(), 1):
+            if not n % SLICE_ENTRIES:
+                await asyncio.sleep(0)  # a big state loads in slices: the loop stays live
+            if value is None:
+                continue
+            try:
+                restored = changelog.decode(value)
+            except ValueError as exc:
+                self.log.warning("skipping changelog entry {!r}: {}", name, exc)
+                continue
+            if restored.partition not in new:
+                continue
+            tp = TopicPartition(restored.topic, restored.partition)
+            ref = Ref(
+                tp,
+                restored.offset,
+                restored.key,
+                restored.headers,
+                restored.timestamp_ms,
+                time.perf_counter(),
+                restored=True,
+            )
+            entry: Entry[Ref] = Entry(
+                restored.kind,
+                restored.index,
+                restored.key or b"",
+                restored.value,
+                restored.timestamp_ms,
+                ref,
+                name,
+                matched=restored.matched,
+            )
+            self.stages.load(entry, wall)
+            size = len(restored.value) + len(restored.key or b"")
+            self.entries[name] = Held(restored.partition, size)
+            self.stats.state_bytes += size
+            loaded += 1
+        self.stats.restored += loaded
+        self.stats.state_records = len(self.entries)
+        self.log.info(
+            "restored {} state entries of partitions {} from {} in {:.2f}s",
+            loaded,
+            sorted(new),
+            self.options.changelog,
+            time.monotonic() - t0,
+        )
+
+    async def _read(self, partitions: set[int]) -> dict[bytes, bytes | None]:
+        """The latest value per key of the changelog partitions holding `partitions`."""
+        topic = self.options.changelog
+        tps = sorted({TopicPartition(topic, p % self.partitions) for p in partitions})
+        return await read_latest(self.options.restore_consumer(), tps)

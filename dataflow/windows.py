@@ -1,0 +1,315 @@
+"""What joins, trigger gates and batches share: their outputs, held entries and windows.
+
+Records are opaque bytes; merging is injected. No I/O, no clock: every method that needs the time
+takes `now_ms`, the step's stream time (see "Window clock" below), and optionally `wall_ms`, the
+wall clock; the step calls `expire` after every batch and on a timer set from
+`next_wall_deadline()`.
+
+Records are opaque bytes; merging is injected. No I/O, no clock: every method that needs the time
+takes `now_ms`, the step's stream time (see "Window clock" below), and optionally `wall_ms`, the
+wall clock; the step calls `expire` after every batch and on a timer set from
+`next_wall_deadline()`.
+
+Token and release contract (at-least-once):
+
+* Every record handed in carries an opaque `token` (the step tracks its offset and headers).
+* Every call returns a `Result`: the `outputs` produced and the tokens `released` (no longer held).
+* Each token handed in is released exactly once, eventually: with the output that consumed it,
+  when its window closes, when it is late, or by `discard`.
+* An `Output` names its `contributors` (every token whose data is in it) and its `origin` (the
+  token whose key and headers it takes). Apply a `Result` by first holding every output's
+  contributors, then releasing `released`: a token may appear in both in the same `Result`.
+* Commit an offset only when its token was released and every output it contributed to was
+  acknowledged.
+
+Chaining a `Joiner` (or a `Batcher`) into a `TriggerGate` in one step: hold each output's
+contributors as for any pending output, then pass it on with `TriggerGate.add_output`. The gate
+later lists each of those contributors exactly once in a `released` list, which ends that hold,
+and its own outputs carry them as contributors again (plus the triggers' tokens).
+
+Window clock: records match when their record timestamps are within `window_ms`
+(`|t1 - t2| <= W`; for n-ary sets, max - min <= W). `now_ms` is the step's *stream time*, not
+the wall clock (see `dataflow.streamtime`); a record's window closes when stream time passes
+`timestamp_ms + W`, so a backlog joins as it did live, however long ago it was written. A record
+already behind stream time by more than W is late: it still matches what is held (an outer join
+emits it alone if nothing matches) but is not kept. When the caller passes `wall_ms` (every
+source is caught up), windows also close W of wall clock after arrival, so an outer join's lone
+record goes out with no further traffic.
+
+Durable state: every record a joiner, gate or batcher keeps is an `Entry` with an `ident` chosen
+by the caller. Each `Result` lists the entries it `stored` (new, or changed: an outer join's
+`matched` flag) and `removed` (left the state), so the caller can keep a changelog; `load`
+puts a restored entry back without matching it again. `discard` (partitions revoked) lists
+nothing: the state stays in the changelog for the partitions' next owner. The exception is an
+`any` join: its records are held for 1 ms only, released at once and never listed (a restart
+forgets them; see `Joiner`).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Generic, Literal, TypeVar
+
+__all__ = [
+    "JOIN_TYPES",
+    "Entry",
+    "EntryKind",
+    "JoinType",
+    "Output",
+    "Result",
+    "Window",
+    "check_window",
+    "late_reason",
+    "span_ok",
+]
+
+T = TypeVar("T")
+
+JoinType = Literal["inner", "outer", "any"]
+"""How sources (or triggers) combine: all needed, emit partial sets at window close, or forward."""
+
+JOIN_TYPES: frozenset[str] = frozenset(("inner", "outer", "any"))
+
+
+@dataclass(frozen=True, slots=True)
+class Output(Generic[T]):
+    """A record to send on.
+
+    Attributes:
+        key: The record key (all contributors share it).
+        value: The merged value.
+        timestamp_ms: The largest record timestamp among the contributors.
+        origin: The token whose headers (and key) the output takes: the record that triggered the
+            emission (for a trigger gate: always the data record).
+        contributors: Every token whose data is in the output and that the stage still answers
+            for, in source order. An `any` join's joined output lists only the arriving record:
+            the records it joins were released when they went out alone.
+        error: Why the contributors could not be merged (then `value` is empty and the output
+            belongs on the error topic); empty for a good output.
+    """
+
+    key: bytes | None
+    value: bytes
+    timestamp_ms: int
+    origin: T
+    contributors: tuple[T, ...]
+    error: str = ""
+
+
+class EntryKind(StrEnum):
+    """What a state entry holds; the value is its one-letter code in the changelog."""
+
+    JOIN = "j"  # a join source record
+    TRIGGER = "t"  # a trigger record at a gate
+    GATE_DATA = "d"  # data waiting at a trigger gate
+    BATCH = "b"  # a batched request
+
+
+@dataclass(eq=False, slots=True)
+class Entry(Generic[T]):
+    """A record kept in a state machine (a join window, a trigger gate, a batch).
+
+    Attributes:
+        kind: What the entry holds (`EntryKind`): a join source record, a trigger, data
+            waiting at a gate, a batched request.
+        source: The source or trigger index (-1 for gate data and batch items).
+        key: The record key.
+        value: The record value (empty for triggers).
+        timestamp_ms: The record timestamp.
+        token: The record's token (for gate data: the origin of the output it came from).
+        ident: The caller's name for the entry (its changelog key).
+        deadline_ms: When its window closes, on the window's clock.
+        wall_deadline_ms: When its window closes on the wall clock once sources are caught up.
+        contributors: Gate data: the tokens it stands for.
+        matched: The record is in an emitted output (an outer join's: perhaps alone).
+        alive: False once removed.
+        grace: Its window closed; it is kept for the grace period, for a late partner.
+    """
+
+    kind: EntryKind
+    source: int
+    key: bytes
+    value: bytes
+    timestamp_ms: int
+    token: T
+    ident: bytes = b""
+    deadline_ms: int = 0
+    wall_deadline_ms: int | None = None
+    contributors: tuple[T, ...] = ()
+    matched: bool = False
+    alive: bool = True
+    grace: bool = False
+
+
+@dataclass(slots=True)
+class Result(Generic[T]):
+    """What one call produced.
+
+    Attributes:
+        outputs: Records to send on, in order.
+        released: Tokens the state machine no longer holds.
+        stored: Entries that entered the state or changed (for a changelog).
+        removed: Entries that left the state.
+    """
+
+    outputs: list[Output[T]] = field(default_factory=list)
+    released: list[T] = field(default_factory=list)
+    stored: list[Entry[T]] = field(default_factory=list, compare=False)
+    removed: list[Entry[T]] = field(default_factory=list, compare=False)
+
+    def extend(self, other: Result[T]) -> None:
+        """Append another step's outputs, releases and state changes to this one.
+
+        Args:
+            other: The step to append.
+        """
+        self.outputs.extend(other.outputs)
+        self.released.extend(other.released)
+        self.stored.extend(other.stored)
+        self.removed.extend(other.removed)
+
+
+def check_window(window_ms: int) -> None:
+    if window_ms <= 0:
+        raise ValueError(f"window_ms must be > 0, got {window_ms}")
+
+
+def span_ok(timestamps: Iterable[int], window_ms: int) -> bool:
+    values = list(timestamps)
+    return max(values) - min(values) <= window_ms
+
+
+def late_reason(what: str, timestamp_ms: int, now_ms: int, window: Window[T]) -> str:
+    """Why a record behind stream time past its window and the grace period is dropped."""
+    return (
+        f"late for the {what}: {now_ms - timestamp_ms} ms behind stream time, past the window "
+        f"({window.window_ms} ms) and the grace period ({window.grace_ms} ms), nothing to match"
+    )
+
+
+#: A window's heaps are rebuilt without their dead records once longer than this many times the
+#: live records (plus a floor).
+_COMPACT_FACTOR = 2
+_COMPACT_FLOOR = 64
+
+
+def _due(item: tuple[int, int, Entry[T]], wall: bool) -> bool:
+    """True while the heap item is the record's current deadline on its clock (a record whose
+    deadline moved, into its grace period, leaves a stale item behind)."""
+    record = item[2]
+    return record.alive and item[0] == (record.wall_deadline_ms if wall else record.deadline_ms)
+
+
+def _alive(heap: list[tuple[int, int, Entry[T]]], wall: bool) -> list[tuple[int, int, Entry[T]]]:
+    kept = [item for item in heap if _due(item, wall)]
+    heapq.heapify(kept)
+    return kept
+
+
+class Window(Generic[T]):
+    """Deadline bookkeeping shared by the joiner and the gate.
+
+    Two clocks: `deadline_ms` on the window's own clock (`now_ms`: the wall clock, or stream
+    time), and, when the caller gives one, `wall_deadline_ms` on the wall clock (used only when
+    `expire` is given `wall_ms`). `grace` moves both deadlines `grace_ms` later once, when a
+    record's window closed but it is kept for a late partner.
+    """
+
+    def __init__(self, window_ms: int, grace_ms: int = 0) -> None:
+        check_window(window_ms)
+        if grace_ms < 0:
+            raise ValueError(f"grace_ms must be >= 0, got {grace_ms}")
+        self.window_ms = window_ms
+        self.grace_ms = grace_ms
+        self._heap: list[tuple[int, int, Entry[T]]] = []
+        self._wall: list[tuple[int, int, Entry[T]]] = []
+        self._seq = itertools.count()
+        self.count = 0
+
+    def deadline(self, timestamp_ms: int) -> int:
+        # Open while stream time <= timestamp + W: a partner W later still matches.
+        return timestamp_ms + self.window_ms + 1
+
+    def beyond_grace(self, deadline_ms: int, now_ms: int) -> bool:
+        """True when a record whose window closes at `deadline_ms` arrives too late to be kept
+        even for the grace period."""
+        return deadline_ms + self.grace_ms <= now_ms
+
+    def push(self, record: Entry[T], wall_ms: int | None = None) -> None:
+        if wall_ms is not None:
+            record.wall_deadline_ms = wall_ms + self.window_ms
+        self._push(record)
+
+    def grace(self, record: Entry[T]) -> None:
+        """Keep a record whose window just closed (`pop_due`) for the grace period."""
+        record.grace = True
+        record.alive = True
+        record.deadline_ms += self.grace_ms
+        if record.wall_deadline_ms is not None:
+            record.wall_deadline_ms += self.grace_ms
+        self._push(record)
+
+    def _push(self, record: Entry[T]) -> None:
+        seq = next(self._seq)
+        heapq.heappush(self._heap, (record.deadline_ms, seq, record))
+        if record.wall_deadline_ms is not None:
+            heapq.heappush(self._wall, (record.wall_deadline_ms, seq, record))
+        self.count += 1
+        # Records leave by one clock and stay in the other heap until they reach its top: while
+        # a source lags, windows close on stream time only, and every closed record would stay
+        # in the wall-clock heap. Dropping the dead ones once they outnumber the live keeps
+        # both heaps (and the memory they hold) in proportion to what is held: O(1) amortised.
+        limit = _COMPACT_FACTOR * self.count + _COMPACT_FLOOR
+        if len(self._heap) > limit:
+            self._heap = _alive(self._heap, False)
+        if len(self._wall) > limit:
+            self._wall = _alive(self._wall, True)
+
+    def kill(self, record: Entry[T]) -> None:
+        if record.alive:
+            record.alive = False
+            self.count -= 1
+
+    def replace(self, side: list[Entry[T]], ident: bytes, step: Result[T], late: bool) -> None:
+        """Drop the entry named `ident` from `side`: its record was consumed again (after a
+        restart) and the new copy replaces it. A late copy is not kept, so then the old entry
+        leaves the state too."""
+        for old in side:
+            if old.ident == ident:
+                self.kill(old)
+                side.remove(old)
+                step.released.append(old.token)
+                if late:
+                    step.removed.append(old)
+                return
+
+    def pop_due(self, now_ms: int, wall_ms: int | None = None) -> Entry[T] | None:
+        """The next live record whose window closed by `now_ms` (or `wall_ms`), marked dead."""
+        for heap, clock, wall in ((self._heap, now_ms, False), (self._wall, wall_ms, True)):
+            if clock is None:
+                continue
+            while heap and heap[0][0] <= clock:
+                item = heapq.heappop(heap)
+                if _due(item, wall):
+                    self.kill(item[2])
+                    return item[2]
+        return None
+
+    def next_deadline(self) -> int | None:
+        return self._next(self._heap, False)
+
+    def next_wall_deadline(self) -> int | None:
+        return self._next(self._wall, True)
+
+    @staticmethod
+    def _next(heap: list[tuple[int, int, Entry[T]]], wall: bool) -> int | None:
+        while heap and not _due(heap[0], wall):
+            heapq.heappop(heap)
+        return heap[0][0] if heap else None
+
+    def live(self) -> list[Entry[T]]:
+        return [item[2] for item in sorted(self._heap) if _due(item, False)]
