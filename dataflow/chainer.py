@@ -35,6 +35,8 @@ from dataflow.proto.seldon.mlops.chainer import (
     PipelineUpdateMessage,
     PipelineUpdateMessagePipelineOperation,
 )
+from dataflow.wire import WireError, varint
+from dataflow.wire import fields as wire_fields
 
 SUBSCRIBE_PATH = "/seldon.mlops.chainer.Chainer/SubscribePipelineUpdates"
 EVENT_PATH = "/seldon.mlops.chainer.Chainer/PipelineUpdateEvent"
@@ -75,67 +77,14 @@ def _bad(where: str, text: str) -> MalformedMessage:
     return MalformedMessage(f"{where}: {text}" if where else text)
 
 
-def _varint(data: bytes, pos: int, end: int, where: str) -> tuple[int, int]:
-    result = shift = 0
-    for _ in range(10):
-        if pos >= end:
-            raise _bad(where, f"truncated varint at byte {pos}")
-        byte = data[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return result, pos
-        shift += 7
-    raise _bad(where, f"varint longer than 10 bytes at byte {pos}")
-
-
-def _skip(data: bytes, pos: int, end: int, wire: int, number: int, where: str, depth: int) -> int:
-    """The position after a field's value (groups skipped to their matching end)."""
-    if wire == VARINT:
-        return _varint(data, pos, end, where)[1]
-    if wire in (FIXED64, FIXED32):
-        size = 8 if wire == FIXED64 else 4
-        if pos + size > end:
-            raise _bad(where, f"truncated {_WIRE_NAMES[wire]} value at byte {pos}")
-        return pos + size
-    if wire == LENGTH:
-        size, pos = _varint(data, pos, end, where)
-        if pos + size > end:
-            raise _bad(where, f"length {size} at byte {pos} runs past the end")
-        return pos + size
-    if wire == START_GROUP:
-        if depth > _MAX_DEPTH:
-            raise _bad(where, "groups nested too deeply")
-        while True:
-            key, pos = _varint(data, pos, end, where)
-            inner, inner_wire = key >> 3, key & 7
-            if inner_wire == END_GROUP:
-                if inner != number:
-                    raise _bad(where, f"group {number} ended as {inner}")
-                return pos
-            pos = _skip(data, pos, end, inner_wire, inner, where, depth + 1)
-    raise _bad(where, f"bad wire type {wire} at byte {pos}")
-
-
-def _fields(
-    data: bytes, start: int, end: int, where: str, depth: int
-) -> list[tuple[int, int, int, int]]:
-    """(number, wire type, value start, value end) of every field of one message level."""
-    out: list[tuple[int, int, int, int]] = []
-    pos = start
-    while pos < end:
-        key, pos = _varint(data, pos, end, where)
-        number, wire = key >> 3, key & 7
-        if number == 0:
-            raise _bad(where, f"field number 0 at byte {pos}")
-        if wire == END_GROUP:
-            raise _bad(where, f"unexpected end-group at byte {pos}")
-        value_end = _skip(data, pos, end, wire, number, where, depth)
-        if wire == LENGTH:
-            pos = _varint(data, pos, end, where)[1]
-        out.append((number, wire, pos, value_end))
-        pos = value_end
-    return out
+def _fields(data: bytes, start: int, end: int, where: str) -> list[tuple[int, int, int, int]]:
+    """(number, wire type, value start, value end) of every field of one message level, by
+    the one protobuf walker (`wire.fields`; groups, legal as unknown fields, skipped)."""
+    try:
+        found = wire_fields(data, start, end, groups=True)
+    except WireError as exc:
+        raise _bad(where, str(exc).removeprefix("malformed protobuf: ")) from None
+    return [(number, wt, a, b) for number, wt, _, a, b in found]
 
 
 def _is_repeated(cls: type[betterproto.Message], name: str) -> bool:
@@ -149,7 +98,7 @@ def _check(
     if depth > _MAX_DEPTH:
         raise _bad(where, "messages nested too deeply")
     info: Any = cls()._betterproto  # type: ignore[arg-type]
-    fields = _fields(data, start, end, where, depth)
+    fields = _fields(data, start, end, where)
     # Wire types of this level first: the clearest sign of a message of another schema.
     counts: dict[int, int] = {}
     nested: list[tuple[type[betterproto.Message], int, int, str]] = []
@@ -213,12 +162,12 @@ def header(data: bytes) -> PipelineUpdateMessage:
     """
     message = PipelineUpdateMessage()
     try:
-        fields = _fields(data, 0, len(data), "", 0)
+        fields = _fields(data, 0, len(data), "")
     except MalformedMessage:
         fields = []
     for number, wire, a, b in fields:
         if wire == VARINT and number in (1, 3, 10):
-            value = _varint(data, a, b, "")[0]
+            value = varint(data, a)[0]
             if number == 1:
                 try:
                     message.op = PipelineUpdateMessagePipelineOperation(value)

@@ -152,6 +152,10 @@ def chain_type(source_topic: str, sink_topic: str) -> ChainType:
 # Low-level scanning
 
 
+#: Deepest nesting of groups `fields(..., groups=True)` skips.
+_MAX_GROUP_DEPTH = 64
+
+
 def _malformed(reason: str, pos: int) -> WireError:
     return WireError(f"malformed protobuf: {reason} at byte {pos}")
 
@@ -204,8 +208,10 @@ def _skip(buf: bytes, pos: int, wire_type: int, limit: int, field_start: int) ->
     return pos
 
 
-def _fields(buf: bytes, start: int, end: int) -> list[tuple[int, int, int, int, int]]:
-    """All fields of the message in buf[start:end].
+def _fields(
+    buf: bytes, start: int, end: int, groups: bool = False
+) -> list[tuple[int, int, int, int, int]]:
+    """All fields of the message in buf[start:end] (`groups`: group fields skipped whole).
 
     Returns (field number, wire type, field start, value start, value end) per field; for
     length-delimited fields the value excludes the length prefix.
@@ -240,16 +246,52 @@ def _fields(buf: bytes, start: int, end: int) -> list[tuple[int, int, int, int, 
             pos = vend
         else:
             vs = pos
-            pos = _skip(buf, pos, wt, end, fs)
+            if groups and wt in (3, 4):
+                if wt == 4:
+                    raise _malformed("unexpected end-group", fs)
+                pos = _skip_group(buf, pos, end, field, fs, 0)
+            else:
+                pos = _skip(buf, pos, wt, end, fs)
             out.append((field, wt, fs, vs, pos))
     return out
 
 
+def _skip_group(buf: bytes, pos: int, end: int, number: int, field_start: int, depth: int) -> int:
+    """The position after group `number`'s end-group tag (nested groups skipped too)."""
+    if depth > _MAX_GROUP_DEPTH:
+        raise _malformed("groups nested too deeply", field_start)
+    while True:
+        if pos >= end:
+            raise _malformed(f"group {number} has no end", field_start)
+        fs = pos
+        tag, pos = _varint(buf, pos)
+        field, wt = tag >> 3, tag & 7
+        if wt == 4:
+            if field != number:
+                raise _malformed(f"group {number} ended as {field}", fs)
+            return pos
+        if wt == 2:
+            if pos >= end:
+                raise _malformed("truncated length", fs)
+            ln, pos = _varint(buf, pos)
+            pos += ln
+            if pos > end:
+                raise _malformed(f"field {field} of length {ln} runs past the end of its group", fs)
+        elif wt == 3:
+            pos = _skip_group(buf, pos, end, field, fs, depth + 1)
+        else:
+            pos = _skip(buf, pos, wt, end, fs)
+
+
 def fields(
-    buf: bytes, start: int = 0, end: int | None = None
+    buf: bytes, start: int = 0, end: int | None = None, *, groups: bool = False
 ) -> list[tuple[int, int, int, int, int]]:
     """The walker of the protobuf wire format: every field of the message in `buf[start:end]`,
-    its framing checked (tags, lengths and values fit; no groups).
+    its framing checked (tags, lengths and values fit).
+
+    Args:
+        groups: skip group fields (a deprecated wire type, legal as unknown fields of
+            a message: the Chainer's decoder) instead of refusing them.
 
     Returns:
         (field number, wire type, field start, value start, value end) per field; for
@@ -259,7 +301,12 @@ def fields(
         WireError: the first field that does not fit, e.g. "malformed protobuf: truncated varint
             at byte 17".
     """
-    return _fields(buf, start, len(buf) if end is None else end)
+    return _fields(buf, start, len(buf) if end is None else end, groups)
+
+
+def varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """The varint at `pos` and the position after it (`WireError` when it does not fit)."""
+    return _varint(buf, pos)
 
 
 def _wrong_type(field: int, wt: int, pos: int, what: str) -> WireError:

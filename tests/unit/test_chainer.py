@@ -143,16 +143,18 @@ def test_unknown_fields_are_skipped() -> None:
 @pytest.mark.parametrize(
     ("data", "reason"),
     [
-        (bytes([0x08, 0x80]), "truncated varint at byte 2"),
-        (bytes([0x12, 0x05, 0x61]), "length 5 at byte 2 runs past the end"),
+        (bytes([0x08, 0x80]), "truncated varint at byte 1"),
+        (bytes([0x12, 0x05, 0x61]), "field 2 of length 5 runs past the end of its message"),
         (bytes([0x12, 0x02, 0xFF, 0xFE]), "pipeline (field 2): not UTF-8 text"),
         (bytes([0x2A, 0x02, 0x18, 0x01]), "updates[0].sink (field 3): wire type varint"),
         (bytes([0x0A, 0x00]), "op (field 1): wire type length-delimited, expected varint (enum)"),
         (bytes([0x50, 0x01, 0x2D, 0, 0, 0, 0]), "updates[0] (field 5): wire type 32-bit"),
         (bytes([0x00, 0x01]), "field number 0"),
         (bytes([0x0C]), "unexpected end-group"),
-        (bytes([0x0E]), "bad wire type 6"),
-        (bytes([0xFB, 0x01, 0x08, 0x01]), "truncated varint"),
+        (bytes([0x0E]), "invalid wire type 6 at byte 0"),
+        (bytes([0xFB, 0x01, 0x08, 0x01]), "group 31 has no end"),
+        (bytes([0xFB, 0x01, 0xF4, 0x01]), "group 31 ended as 30"),
+        (bytes([0xFB, 0x01, 0x08]), "truncated varint"),
         (bytes([0x08]) + b"\xff" * 10, "varint longer than 10 bytes"),
     ],
 )
