@@ -1,6 +1,6 @@
 """`dataflow inspect`, `infer`, `model` and `kafka`: the tools' command lines.
 
-The tools' code is in `dataflow.inspect`, `dataflow.infer` and `dataflow.model` (imported when a
+The tools' code is in `dataflow.reader`, `dataflow.infer` and `dataflow.model` (imported when a
 command runs, so `dataflow --help` stays quick); `scripts/infer.py` and `scripts/model.py` run the
 same commands.
 """
@@ -13,7 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, Literal, NoReturn
 
@@ -84,9 +84,63 @@ class InspectCommand(Command):
     )
 
     def cli_cmd(self) -> None:
-        from dataflow import inspect
+        raise SystemExit(_inspect(self))
 
-        raise SystemExit(inspect.run(self))
+
+def _inspect(args: InspectCommand) -> int:
+    """Run `dataflow inspect` with its parsed command line; returns the exit code.
+
+    Raises:
+        UsageError: a command line that names no topic or a bad reference (exit 2).
+    """
+    from dataflow.reader import InspectError, Options, inspect_topics, print_line
+    from dataflow.records import Target, resolve, target_for_topic
+    from dataflow.topics import TopicError
+
+    if not args.reference and not args.topic:
+        raise UsageError("give a reference or --topic")
+    if args.kind and not args.topic:
+        raise UsageError("--kind applies to --topic only")
+    try:
+        targets: list[Target] = []
+        if args.reference:
+            targets += resolve(args.reference, namespace=args.namespace, prefix=args.prefix)
+        targets += [target_for_topic(t, args.kind) for t in args.topic]
+    except TopicError as exc:
+        raise UsageError(str(exc)) from None
+    options = Options(
+        bootstrap_servers=args.bootstrap_servers,
+        security_protocol=args.security_protocol,
+        request_id=args.request_id or None,
+        offset=args.offset,
+        num=args.num,
+        follow=args.follow,
+        timeout=args.timeout,
+        expand_raw=not args.raw,
+    )
+    try:
+        asyncio.run(inspect_topics(targets, options, print_line))
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly, and keep Python's exit-time flush quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except InspectError as exc:
+        print(f"dataflow inspect: {exc}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # Kafka errors: one line, not a traceback
+        print(f"dataflow inspect: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def inspect_main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of `python -m dataflow.inspect` (the same as `dataflow inspect`)."""
+    from dataflow.cli import base
+
+    args = sys.argv[1:] if argv is None else argv
+    raise SystemExit(base.run(InspectCommand, args, "python -m dataflow.inspect"))
 
 
 class InferCommand(Command):

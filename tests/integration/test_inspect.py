@@ -13,7 +13,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from dataflow.inspect import main
+from dataflow.cli.tools import inspect_main as main
 from dataflow.proto.inference import (
     InferTensorContents,
     ModelInferRequest,
