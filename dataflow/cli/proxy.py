@@ -13,7 +13,7 @@ import signal
 import ssl
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, ClassVar
 
@@ -28,6 +28,7 @@ from pydantic_settings import (
 
 from dataflow.cli import render
 from dataflow.cli.base import Command
+from dataflow.cli.base import run as run_command
 from dataflow.proxy.settings import ProxySettings
 from dataflow.proxy.settings import env_name as proxy_env
 
@@ -349,3 +350,41 @@ class DescribeCommand(_Client):
         text = (describe.render_dot if self.dot else describe.render_text)(described)
         sys.stdout.write(text if text.endswith("\n") else text + "\n")
         return 0
+
+
+# -- `python -m dataflow.proxy` and `dataflow-proxy`: the same commands under one program ------
+
+PROG = "python -m dataflow.proxy"
+_CLIENT_COMMANDS: dict[str, type[Command]] = {
+    "load": LoadCommand,
+    "unload": UnloadCommand,
+    "status": StatusCommand,
+    "describe": DescribeCommand,
+}
+_EPILOG = (
+    "commands:\n"
+    "  serve (default)   run the proxy scheduler with the options above\n"
+    "  load FILE...      load spec files or folders into a running proxy\n"
+    "  unload NAME       unload a pipeline (Delete to every engine)\n"
+    "  status [NAME]     one line per pipeline: name, version, state, reason, streams\n"
+    "  describe NAME     a pipeline's steps, topics and live figures\n"
+    f"  they take --url URL [env {proxy_env('url')}, default: "
+    f"{ProxyCommand.model_fields['url'].default}]; see '{PROG} COMMAND --help'.\n"
+    "  The same commands: dataflow proxy, dataflow load, dataflow status, ..."
+)
+
+
+def proxy_run(argv: Sequence[str], prog: str = PROG) -> int:
+    """Run one command line (without the program name) and return the exit code."""
+    args = list(argv)
+    if args and args[0] in _CLIENT_COMMANDS:
+        return run_command(_CLIENT_COMMANDS[args[0]], args[1:], f"{prog} {args[0]}")
+    if args and args[0] == "serve":
+        args = args[1:]
+    return run_command(ProxyCommand, args, prog, epilog=_EPILOG.replace(PROG, prog))
+
+
+def proxy_main() -> None:
+    """Entry point of `python -m dataflow.proxy` and `dataflow-proxy`."""
+    script = Path(sys.argv[0]).name == "dataflow-proxy"
+    sys.exit(proxy_run(sys.argv[1:], "dataflow-proxy" if script else PROG))

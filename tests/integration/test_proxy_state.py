@@ -278,7 +278,7 @@ async def test_kill_9_of_the_proxy_under_load_multiplies_nothing(
 
 
 def test_status_lists_retiring_versions() -> None:
-    from dataflow.proxy.__main__ import _streams
+    from dataflow.cli.render import streams as _streams
 
     record = {
         "streams": {"engine-a": {"state": "Ready", "op": "Create"}, "b": {"op": None}},
