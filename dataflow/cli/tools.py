@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Coroutine, Sequence
@@ -257,6 +258,30 @@ class KafkaCommand(Command):
         raise SystemExit(subprocess.call(args))
 
 
+#: Seconds an interrupted tool's coroutine gets to close its clients before the tool exits.
+INTERRUPT_GRACE = 2.0
+
+
+async def _interruptible(main: Coroutine[Any, Any, int]) -> int | None:
+    """`main`'s exit code, or None once Ctrl-C came: the tool ends then even if a library
+    swallows the cancellation (the tool was seen waiting out its 30 s timeout after Ctrl-C)."""
+    loop = asyncio.get_running_loop()
+    work = asyncio.ensure_future(main)
+    interrupted = asyncio.Event()
+    loop.add_signal_handler(signal.SIGINT, interrupted.set)
+    waiter = asyncio.ensure_future(interrupted.wait())
+    try:
+        await asyncio.wait({work, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+        waiter.cancel()
+    if work.done():
+        return work.result()
+    work.cancel()
+    await asyncio.wait({work}, timeout=INTERRUPT_GRACE)
+    return None
+
+
 def run_tool(name: str, main: Coroutine[Any, Any, int]) -> NoReturn:
     """Run a tool's coroutine and exit with its code; Ctrl-C (130) or an error of Kafka or the
     network (1) ends it with one line on stderr, never a traceback."""
@@ -264,7 +289,9 @@ def run_tool(name: str, main: Coroutine[Any, Any, int]) -> NoReturn:
 
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # the one line below says why
     try:
-        code = asyncio.run(main)
+        code = asyncio.run(_interruptible(main))
+        if code is None:
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         logging.getLogger("asyncio").disabled = True  # "Unclosed AIOKafka..." of unstarted clients
         print(f"{name}: interrupted", file=sys.stderr)

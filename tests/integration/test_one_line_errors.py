@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -9,12 +10,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import REPO, free_port
+from dataflow.infer import topic_names
+from tests.integration.harness import REPO, consume, free_port
 
 
 def clean_env() -> dict[str, str]:
@@ -117,8 +119,11 @@ def test_ssl_against_a_plaintext_listener_gives_a_reason(
     assert not line.rstrip().endswith(":") and "TLS handshake" in line, line
 
 
-def interrupt(args: list[str], after: str | float) -> subprocess.CompletedProcess[str]:
-    """Run a tool, send SIGINT once stdout shows `after` (or after that many seconds)."""
+def interrupt(
+    args: list[str], after: str | float | Callable[[], object]
+) -> subprocess.CompletedProcess[str]:
+    """Run a tool, send SIGINT once stdout shows `after` (or after that many seconds, or once
+    the call `after()` returns)."""
     proc = subprocess.Popen(
         [sys.executable, *args],
         stdout=subprocess.PIPE,
@@ -131,6 +136,8 @@ def interrupt(args: list[str], after: str | float) -> subprocess.CompletedProces
     if isinstance(after, str):
         line = proc.stdout.readline()
         assert after in line, line
+    elif callable(after):
+        after()
     else:
         time.sleep(after)
     proc.send_signal(signal.SIGINT)
@@ -150,7 +157,13 @@ def test_ctrl_c_of_a_tool_with_the_broker_down(tool: list[str]) -> None:
 
 @pytest.mark.kafka
 def test_ctrl_c_of_infer_waiting_for_an_answer(bootstrap: str, unique: str) -> None:
-    result = interrupt(["scripts/infer.py", f"p{unique}", "--bootstrap-servers", bootstrap], 6.0)
+    inputs, _ = topic_names("seldon", "default", f"p{unique}")
+
+    def request_sent() -> None:  # infer waits for the answer once its request is on the topic
+        assert asyncio.run(consume(bootstrap, inputs, 1, timeout=120)), "no request sent"
+
+    args = ["scripts/infer.py", f"p{unique}", "--bootstrap-servers", bootstrap]
+    result = interrupt(args, request_sent)
     assert (result.returncode, result.stderr.strip()) == (130, "infer.py: interrupted")
 
 
