@@ -263,8 +263,10 @@ INTERRUPT_GRACE = 2.0
 
 
 async def _interruptible(main: Coroutine[Any, Any, int]) -> int | None:
-    """`main`'s exit code, or None once Ctrl-C came: the tool ends then even if a library
-    swallows the cancellation (the tool was seen waiting out its 30 s timeout after Ctrl-C)."""
+    """`main`'s exit code, or None once Ctrl-C came. The loop's own SIGINT handler works where
+    Python's KeyboardInterrupt does not: in a process started with SIGINT ignored (a background
+    job of a script; a CI run that way saw infer wait out its 30 s timeout after Ctrl-C), and
+    with a library that swallows the cancellation."""
     loop = asyncio.get_running_loop()
     work = asyncio.ensure_future(main)
     interrupted = asyncio.Event()

@@ -25,6 +25,12 @@ from dataflow import kafka
 REPO = Path(__file__).resolve().parents[2]
 
 
+def sigint_default() -> None:
+    """`preexec_fn` of a child that is to get Ctrl-C: a test run from a background job inherits
+    SIGINT ignored, and Python then never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.harness import REPO, Process, Proxy, engine, wait_until
+from tests.integration.harness import REPO, Process, Proxy, engine, sigint_default, wait_until
 
 pytestmark = pytest.mark.kafka
 
@@ -94,6 +94,7 @@ def test_load_status_one_pipeline_watch_and_unload(running: tuple[Proxy, str, Pa
         text=True,
         cwd=REPO,
         env={**env, "PYTHONUNBUFFERED": "1"},
+        preexec_fn=sigint_default,
     )
     try:
         assert watch.stdout is not None

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from dataflow.infer import topic_names
-from tests.integration.harness import REPO, consume, free_port
+from tests.integration.harness import REPO, consume, free_port, sigint_default
 
 
 def clean_env() -> dict[str, str]:
@@ -131,6 +131,7 @@ def interrupt(
         text=True,
         cwd=REPO,
         env=clean_env(),
+        preexec_fn=sigint_default,
     )
     assert proc.stdout is not None
     if isinstance(after, str):
