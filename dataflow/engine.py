@@ -51,6 +51,10 @@ if TYPE_CHECKING:
 RESTART_DELAY = 5.0
 #: Allocations (less deallocations) between two young garbage collections (CPython: 700).
 GC_YOUNG_THRESHOLD = 10_000
+#: Times the replication of a new pipeline's topics is asked before it is logged as unknown,
+#: and the first wait between two asks (then twice, three times it).
+REPLICATION_ATTEMPTS = 4
+REPLICATION_RETRY_S = 0.5
 
 
 class Engine:
@@ -452,13 +456,22 @@ class Engine:
 
     async def _log_replication(self, pipeline: str, topics: list[str]) -> None:
         """One line on how the pipeline's topics are replicated; a warning when a broker loss
-        would stop or lose them."""
-        try:
-            level, text = (await replication(self.admin, topics)).note()
-        except Exception as exc:  # informative only: never fails a pipeline
-            logger.debug("replication of {}'s topics unknown: {!r}", pipeline, exc)
+        would stop or lose them.
+
+        Asked up to REPLICATION_ATTEMPTS times: a broker's metadata may lag the controller's
+        just after a create (seen on a busy 3-broker cluster), and the answer then is "unknown
+        topic" rather than a figure."""
+        for attempt in range(1, REPLICATION_ATTEMPTS + 1):
+            try:
+                level, text = (await replication(self.admin, topics)).note()
+            except Exception as exc:  # informative only: never fails a pipeline
+                if attempt == REPLICATION_ATTEMPTS:
+                    logger.info("replication of {}'s topics unknown: {}", pipeline, exc)
+                    return
+                await asyncio.sleep(REPLICATION_RETRY_S * attempt)
+                continue
+            logger.log(level, "topics of pipeline {}: {}", pipeline, text)
             return
-        logger.log(level, "topics of pipeline {}: {}", pipeline, text)
 
     async def ensure_changelog(self, topic: str, partitions: int) -> None:
         """Create a step's compacted changelog topic unless it exists."""

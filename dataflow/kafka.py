@@ -394,11 +394,18 @@ class Replication(NamedTuple):
 
 
 async def replication(admin: AIOKafkaAdminClient, topics: list[str]) -> Replication:
-    """How `topics` are replicated, asked of the cluster (two requests)."""
+    """How `topics` are replicated, asked of the cluster (two requests).
+
+    Raises:
+        TopicError: a broker answered for a topic it does not know yet (its metadata lags
+            the controller's just after a create) or had no partitions for one.
+    """
     described = await admin.describe_topics(topics)
     replicas, in_sync, weakest = 2**31, 2**31, ""
     for topic in described:
-        for part in topic.get("partitions") or ():
+        if topic.get("error_code") or not topic.get("partitions"):
+            raise TopicError(f"{topic.get('topic')}: error {topic.get('error_code')}")
+        for part in topic["partitions"]:
             replicas = min(replicas, len(part["replicas"]))
             if len(part["isr"]) < in_sync:
                 in_sync, weakest = len(part["isr"]), topic["topic"]
@@ -408,7 +415,9 @@ async def replication(admin: AIOKafkaAdminClient, topics: list[str]) -> Replicat
     ]
     min_insync = 1
     for response in await admin.describe_configs(resources):
-        for _code, _message, _type, _name, entries in response.resources:
+        for code, _message, _type, name, entries in response.resources:
+            if code:
+                raise TopicError(f"{name}: error {code} describing its configs")
             for entry in entries:
                 if entry[0] == "min.insync.replicas" and entry[1]:
                     min_insync = max(min_insync, int(entry[1]))

@@ -70,11 +70,11 @@ async def test_topics_take_the_clusters_replication_and_ready_survives_a_broker_
         assert {f"{model}.a.outputs", f"{model}.c.inputs", f"{model}.c.outputs"} <= set(ours)
         assert any(t.endswith("-changelog") for t in ours), sorted(ours)
         assert {t: len(info["replicas"]) for t, info in ours.items()} == dict.fromkeys(ours, 3)
-        wait_until(
-            lambda: "replication 3 (3 in sync), min.insync.replicas 2, 3 brokers" in eng.output(),
-            10,
-            "the replication line",
-        )
+        line = "replication 3 (3 in sync), min.insync.replicas 2, 3 brokers"
+        try:
+            wait_until(lambda: line in eng.output(), 20, "the replication line")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; the engine said:\n{eng.output()[-4000:]}") from None
         assert "losing one broker" not in eng.output()
 
         # One broker of three killed: the partitions move to the others, the engine goes on.
