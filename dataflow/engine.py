@@ -459,19 +459,22 @@ class Engine:
         would stop or lose them.
 
         Asked up to REPLICATION_ATTEMPTS times: a broker's metadata may lag the controller's
-        just after a create (seen on a busy 3-broker cluster), and the answer then is "unknown
-        topic" rather than a figure."""
+        just after a create, and the answer then is "unknown topic" rather than a figure; a
+        new topic's followers may not have joined its in-sync replicas yet."""
         for attempt in range(1, REPLICATION_ATTEMPTS + 1):
+            last = attempt == REPLICATION_ATTEMPTS
             try:
-                level, text = (await replication(self.admin, topics)).note()
+                found = await replication(self.admin, topics)
             except Exception as exc:  # informative only: never fails a pipeline
-                if attempt == REPLICATION_ATTEMPTS:
+                if last:
                     logger.info("replication of {}'s topics unknown: {}", pipeline, exc)
                     return
-                await asyncio.sleep(REPLICATION_RETRY_S * attempt)
-                continue
-            logger.log(level, "topics of pipeline {}: {}", pipeline, text)
-            return
+            else:
+                if found.in_sync == found.replicas or last:  # or replicas still joining the ISR
+                    level, text = found.note()
+                    logger.log(level, "topics of pipeline {}: {}", pipeline, text)
+                    return
+            await asyncio.sleep(REPLICATION_RETRY_S * attempt)
 
     async def ensure_changelog(self, topic: str, partitions: int) -> None:
         """Create a step's compacted changelog topic unless it exists."""
