@@ -33,6 +33,7 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 from dataflow import headers as hdr
 from dataflow.context import StepContext
 from dataflow.errors import StepFailed
+from dataflow.offsets import BatchHold
 from dataflow.stages import Headers, Ref
 from dataflow.windows import Entry, Output
 
@@ -203,18 +204,29 @@ class Collector:
         attempt: int,
         future: asyncio.Future[Any],
     ) -> None:
-        if future.cancelled() or future.exception() is not None:
-            exc = None if future.cancelled() else future.exception()
-            reason = "cancelled" if exc is None else repr(exc)
+        failure = asyncio.CancelledError() if future.cancelled() else future.exception()
+        self._settle(topic, output, extra, attempt, failure)
+
+    def _settle(
+        self,
+        topic: str,
+        output: Output[Ref],
+        extra: Headers,
+        attempt: int,
+        failure: BaseException | None,
+    ) -> None:
+        """The send of `output` to `topic` was acknowledged, or failed with `failure`."""
+        if failure is not None:
+            reason = _reason(failure)
             if not self.current(output.origin):
                 return  # its partition was revoked: the next owner replays the record
             if self.exactly_once:
                 # Exactly-once: the transaction cannot commit; the step is rebuilt.
                 self.fail(StepFailed(f"transaction failed: send to {topic}: {reason}"))
                 return
-            if isinstance(exc, MessageSizeTooLargeError) and topic != self.error_topic:
+            if isinstance(failure, MessageSizeTooLargeError) and topic != self.error_topic:
                 # The broker refused the record batch: retry this record alone.
-                why = f"output of {len(output.value)} bytes refused by {topic}: {exc}"
+                why = f"output of {len(output.value)} bytes refused by {topic}: {failure}"
                 self.retries.append(Retry(topic, output, extra, 0, why, RetryKind.ALONE))
             elif attempt >= SEND_ATTEMPTS:
                 self.fail(StepFailed(f"cannot deliver to {topic}: {reason}"))
@@ -292,39 +304,21 @@ class Collector:
 
     # -- record batches ---------------------------------------------------------------------
 
-    def fetch(self, generation: int, received: float) -> FetchSend:
-        """The sends of one fetched batch of the stateless path."""
-        return FetchSend(self, FetchHold(self, generation), received)
-
-    async def send_built(
+    def fetch_done(
         self,
-        producer: AIOKafkaProducer,
-        builder: Any,
-        partition: int,
-        items: list[BatchItem],
-        hold: FetchHold,
+        hold: BatchHold[TopicPartition],
         received: float,
+        items: list[BatchItem],
+        failure: BaseException | None,
     ) -> None:
-        """Send one record batch to the sink; its fetch hold waits for the ack."""
-        if not items:
-            return
-        hold.pending += 1
-        self.stats.records_out += len(items)
-        future = await producer.send_batch(builder, self.sink, partition=partition)
-        future.add_done_callback(partial(self._on_batch_ack, items, hold, received))
-
-    def _on_batch_ack(
-        self, items: list[BatchItem], hold: FetchHold, received: float, future: asyncio.Future[Any]
-    ) -> None:
-        if future.cancelled() or future.exception() is not None:
+        """A record batch of the stateless path was acknowledged (or failed): a failed one is
+        retried record by record, each holding its own offset; then the fetch's hold counts it."""
+        if failure is not None:
+            reason = _reason(failure)
             if self.exactly_once:
                 # Exactly-once: the transaction cannot commit; the step is rebuilt.
-                reason = "cancelled" if future.cancelled() else repr(future.exception())
                 self.fail(StepFailed(f"transaction failed: send to {self.sink}: {reason}"))
             elif hold.generation == self.generation():
-                # Each record is retried on its own (and refused ones go to the error topic);
-                # it holds its own offset from now, so the fetch hold can end.
-                reason = "cancelled" if future.cancelled() else repr(future.exception())
                 self.stats.send_failures += 1
                 self.log.warning("batch of {} to {} failed: {}", len(items), self.sink, reason)
                 for value, tp, record in items:
@@ -338,95 +332,85 @@ class Collector:
             self.stats.latency_seconds.observe_many(time.perf_counter() - received, len(items))
         hold.done()
 
+    def fetch_sends(self, hold: BatchHold[TopicPartition], received: float) -> TaskBatches:
+        """Record batches for the outputs of one fetched batch of the stateless path."""
+        on_done = partial(self.fetch_done, hold, received)
+        return TaskBatches(
+            self.producer_for, self.sink, on_done, hold, exactly_once=self.exactly_once
+        )
 
-class FetchHold:
-    """One hold per partition of a fetched batch, released once every record batch sent from
-    it is acknowledged (or handed to per-record retries)."""
+    def outputs(self) -> TaskBatches:
+        """Record batches for a stateful step's outputs (`send_output`)."""
+        return TaskBatches(
+            self.producer_for, self.sink, self.outputs_done, exactly_once=self.exactly_once
+        )
 
-    __slots__ = ("collector", "generation", "pending", "sealed_", "tps")
+    async def send_output(self, sends: TaskBatches, output: Output[Ref]) -> None:
+        """Append `output` to the sink's record batches in `sends` (its contributors are held
+        by the caller, until `outputs_done` hears of the batch's ack)."""
+        origin = output.origin
+        headers = self.rewrite.apply(origin.headers)
+        partition = (
+            partition_for(output.key, self.sink_partitions) if self.sink_partitions > 1 else 0
+        )
+        value = self.frame + output.value if self.frame else output.value
+        if self.trace is not None:
+            span = self.trace.output(output, headers, self.sink, False, ())
+            if span is not None:
+                span.end()
+        self.stats.records_out += 1
+        out = await sends.get(origin.tp.partition)
+        timestamp = output.timestamp_ms if output.timestamp_ms >= 0 else None
+        if not out.add(partition, output.key, value, timestamp, headers, output):
+            await out.add_to_next(partition, output.key, value, timestamp, headers, output)
 
-    def __init__(self, collector: Collector, generation: int) -> None:
-        self.collector = collector
-        self.generation = generation
-        self.tps: list[tuple[TopicPartition, int]] = []
-        self.pending = 0
-        self.sealed_ = False
-
-    def sealed(self) -> None:
-        """Every record batch of the fetch was sent."""
-        self.sealed_ = True
-        self._maybe_release()
-
-    def done(self) -> None:
-        """One record batch was acknowledged."""
-        self.pending -= 1
-        self._maybe_release()
-
-    def _maybe_release(self) -> None:
-        collector = self.collector
-        if self.sealed_ and self.pending == 0 and self.generation == collector.generation():
-            for tp, offset in self.tps:
-                collector.tracker.release(tp, offset)
-
-
-class FetchSend:
-    """The record batches of one fetched batch: per producer (exactly-once: one per task), one
-    open batch per sink partition; the fetch's hold on its input partitions."""
-
-    __slots__ = ("_by_task", "collector", "hold", "received")
-
-    def __init__(self, collector: Collector, hold: FetchHold, received: float) -> None:
-        self.collector = collector
-        self.hold = hold
-        self.received = received
-        self._by_task: dict[int, SinkBatches] = {}
-
-    def hold_from(self, tp: TopicPartition, offset: int) -> None:
-        """The fetch holds `tp` from `offset` (the caller holds it in the tracker)."""
-        self.hold.tps.append((tp, offset))
-
-    def batches(self, task: int, producer: AIOKafkaProducer) -> SinkBatches:
-        """The open batches of `task` (made with `producer` the first time)."""
-        batches = self._by_task.get(task)
-        if batches is None:
-            batches = SinkBatches(self.collector, producer, self.hold, self.received)
-            self._by_task[task] = batches
-        return batches
-
-    async def seal(self) -> None:
-        """Send every open batch; the hold ends when all are acknowledged."""
-        send = self.collector.send_built
-        for batches in self._by_task.values():
-            for partition, (builder, items) in batches.open.items():
-                await send(batches.producer, builder, partition, items, self.hold, self.received)
-        self._by_task.clear()
-        self.hold.sealed()
+    def outputs_done(self, outputs: list[Output[Ref]], failure: BaseException | None) -> None:
+        """A record batch of a stateful step's outputs was acknowledged (or failed: each output
+        is then dealt with as a single record's failed send)."""
+        if failure is not None:
+            for output in outputs:
+                self._settle(self.sink, output, (), 1, failure)
+            return
+        stats = self.stats
+        stats.acked += len(outputs)
+        now = time.perf_counter()
+        observe = stats.latency_seconds.observe
+        acked = self.acked
+        for output in outputs:
+            observe(now - output.origin.received)
+            acked(output.contributors)
 
 
-class SinkBatches:
-    """One producer's open record batches, one per sink partition (no reference back to its
-    `FetchSend`: a cycle would keep a whole fetch's records alive until the cyclic GC runs)."""
+class RecordBatches:
+    """One producer's open record batches to one topic, one per partition, each with the items
+    its records stand for; a sent batch's ack hands its items to `on_done(items, failure)`
+    (aiokafka `create_batch`/`send_batch`: no future per record). With a `hold`, each batch
+    sent counts in its `pending` (`on_done` calls its `done()`)."""
 
-    __slots__ = ("_create", "collector", "hold", "open", "producer", "received")
+    __slots__ = ("_create", "hold", "on_done", "open", "producer", "topic")
 
     def __init__(
-        self, collector: Collector, producer: AIOKafkaProducer, hold: FetchHold, received: float
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        on_done: Callable[[list[Any], BaseException | None], None],
+        hold: BatchHold[TopicPartition] | None = None,
     ) -> None:
-        self.collector = collector
         self.producer = producer
+        self.topic = topic
+        self.on_done = on_done
         self.hold = hold
-        self.received = received
         self._create = producer.create_batch
-        self.open: dict[int, tuple[Any, list[BatchItem]]] = {}
+        self.open: dict[int, tuple[Any, list[Any]]] = {}
 
     def add(
         self,
         partition: int,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         timestamp: int | None,
         headers: list[tuple[str, bytes]],
-        item: BatchItem,
+        item: Any,
     ) -> bool:
         """Append a record to `partition`'s open batch; False (not appended) when it is full."""
         current = self.open.get(partition)
@@ -441,19 +425,84 @@ class SinkBatches:
         self,
         partition: int,
         key: bytes | None,
-        value: bytes,
+        value: bytes | None,
         timestamp: int | None,
         headers: list[tuple[str, bytes]],
-        item: BatchItem,
+        item: Any,
     ) -> None:
-        """`partition`'s open batch is full: send it, and open the next with this record."""
-        builder, items = self.open[partition]
-        await self.collector.send_built(
-            self.producer, builder, partition, items, self.hold, self.received
-        )
-        current = self.open[partition] = (self._create(), [])
-        current[0].append(key=key, value=value, timestamp=timestamp, headers=headers)
-        current[1].append(item)
+        """`partition`'s open batch is full: send it, and open the next with this record (an
+        empty batch takes any record)."""
+        builder, items = self.open.pop(partition)
+        await self._send(partition, builder, items)
+        self.add(partition, key, value, timestamp, headers, item)
+
+    async def seal(self) -> None:
+        """Send every open batch."""
+        while self.open:
+            partition, (builder, items) = self.open.popitem()
+            await self._send(partition, builder, items)
+
+    async def _send(self, partition: int, builder: Any, items: list[Any]) -> None:
+        if not items:
+            return
+        if self.hold is not None:
+            self.hold.pending += 1
+        future = await self.producer.send_batch(builder, self.topic, partition=partition)
+        future.add_done_callback(partial(_batch_done, self.on_done, items))
+
+
+class TaskBatches:
+    """A group's `RecordBatches` to one topic, per producer: the shared one, or in exactly-once
+    mode the task's (`producer_for(task)`, the input partition's); the group's hold, if any, is
+    sealed with them."""
+
+    __slots__ = ("_by_task", "exactly_once", "hold", "on_done", "producer_for", "topic")
+
+    def __init__(
+        self,
+        producer_for: Callable[[int], Awaitable[AIOKafkaProducer]],
+        topic: str,
+        on_done: Callable[[list[Any], BaseException | None], None],
+        hold: BatchHold[TopicPartition] | None = None,
+        *,
+        exactly_once: bool,
+    ) -> None:
+        self.producer_for = producer_for
+        self.topic = topic
+        self.on_done = on_done
+        self.hold = hold
+        self.exactly_once = exactly_once
+        self._by_task: dict[int, RecordBatches] = {}
+
+    async def get(self, task: int) -> RecordBatches:
+        """The record batches of the input partition `task` (one for all but exactly-once)."""
+        task = task if self.exactly_once else 0
+        batches = self._by_task.get(task)
+        if batches is None:
+            producer = await self.producer_for(task)
+            batches = RecordBatches(producer, self.topic, self.on_done, self.hold)
+            self._by_task[task] = batches
+        return batches
+
+    async def seal(self) -> None:
+        """Send every open batch; the hold ends once all are acknowledged."""
+        for batches in self._by_task.values():
+            await batches.seal()
+        self._by_task.clear()
+        if self.hold is not None:
+            self.hold.sealed()
+
+
+def _batch_done(
+    on_done: Callable[[list[Any], BaseException | None], None],
+    items: list[Any],
+    future: asyncio.Future[Any],
+) -> None:
+    on_done(items, asyncio.CancelledError() if future.cancelled() else future.exception())
+
+
+def _reason(failure: BaseException) -> str:
+    return "cancelled" if isinstance(failure, asyncio.CancelledError) else repr(failure)
 
 
 def _timestamp(output: Output[Ref]) -> int | None:

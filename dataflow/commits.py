@@ -3,7 +3,8 @@
 At-least-once, the offsets committed are the offset tracker's low-water marks (nothing held
 at or past them), at most every `COMMIT_INTERVAL` unless forced. Exactly-once, each task's
 transaction commits with the step's consumed positions once everything sent in it is
-acknowledged, and the tombstones those acks released go into the same transaction.
+acknowledged, and the state's changelog writes (with the tombstones those acks released) go
+into the same transaction.
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ class Committer:
         transactions: the step's tasks' transactions, or None (at-least-once).
         log: the step's logger.
         failure: the step's failure so far, or None.
-        tombstones: True while tombstones wait to be written.
-        flush_tombstones: writes them.
+        flush_state: writes a stateful step's pending changelog writes (`StepState.flush`),
+            before each commit; None for a stateless step.
     """
 
     def __init__(
@@ -46,8 +47,7 @@ class Committer:
         transactions: Transactions | None,
         log: Any,
         failure: Callable[[], StepFailed | None],
-        tombstones: Callable[[], bool],
-        flush_tombstones: Callable[[], Awaitable[None]],
+        flush_state: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.consumer = consumer
         self.tracker = tracker
@@ -55,8 +55,7 @@ class Committer:
         self.transactions = transactions
         self.log = log
         self.failure = failure
-        self.tombstones = tombstones
-        self.flush_tombstones = flush_tombstones
+        self.flush_state = flush_state
         self._last = 0.0
 
     async def commit(self, force: bool) -> None:
@@ -72,6 +71,10 @@ class Committer:
         if not force and now - self._last < COMMIT_INTERVAL:
             return
         self._last = now
+        if self.flush_state is not None:
+            # The state's writes since the last commit go out now; the offsets they hold are
+            # committed by a later commit, once acknowledged.
+            await self.flush_state()
         offsets = self.tracker.committable()
         if not offsets:
             return
@@ -91,15 +94,16 @@ class Committer:
         """Exactly-once: commit each task's transaction with its consumed positions.
 
         Everything sent is acknowledged first, so that the tombstones of entries whose outputs
-        were delivered go into the same transaction as those outputs.
+        were delivered go into the same transaction as those outputs, with the state's other
+        writes since the last commit.
         """
         if not force and not txn.due():
             return
         try:
             await txn.flush()
             await asyncio.sleep(0)  # the acks' callbacks run: deferred tombstones are released
-            if self.failure() is None and self.tombstones():
-                await self.flush_tombstones()
+            if self.failure() is None and self.flush_state is not None:
+                await self.flush_state()
                 await txn.flush()
                 await asyncio.sleep(0)
             failure = self.failure()

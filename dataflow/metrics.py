@@ -94,6 +94,16 @@ class EngineCollector(Collector):
                 "state entries read back from the changelog",
                 labels=_LABELS,
             ),
+            "state_writes": CounterMetricFamily(
+                "dataflow_step_state_writes",
+                "state entries written to the changelog",
+                labels=_LABELS,
+            ),
+            "state_unwritten": CounterMetricFamily(
+                "dataflow_step_state_unwritten",
+                "state entries that left the state before a changelog flush had to write them",
+                labels=_LABELS,
+            ),
             "state_full": CounterMetricFamily(
                 "dataflow_step_state_full",
                 "times the step's state reached its bound",

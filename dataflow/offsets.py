@@ -17,11 +17,11 @@ Pure and synchronous: no clock, no I/O. Partitions (`tp`) are any hashable value
 from __future__ import annotations
 
 import heapq
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
 
-__all__ = ["OffsetTracker"]
+__all__ = ["BatchHold", "OffsetTracker"]
 
 TP = TypeVar("TP", bound=Hashable)
 
@@ -214,3 +214,50 @@ class OffsetTracker(Generic[TP]):
             The partitions in first-seen order.
         """
         return list(self._parts)
+
+
+class BatchHold(Generic[TP]):
+    """One hold per partition for a group of records (a fetched batch, or the records whose
+    state changes wait in a changelog flush), released once every record batch sent for them is
+    acknowledged.
+
+    `hold_from(tp, offset)` holds `tp` in the tracker from `offset`; each record batch sent counts
+    one in `pending` and calls `done()` when acknowledged; `sealed()` says no more will be sent.
+    The holds end when both are so, unless the partitions were revoked meanwhile (`generation`
+    moved on): the tracker forgot them then.
+
+    Args:
+        tracker: the step's offset tracker.
+        generation: the step's partition generation now (a callable: it moves on revocation).
+    """
+
+    __slots__ = ("_generation", "generation", "pending", "sealed_", "tps", "tracker")
+
+    def __init__(self, tracker: OffsetTracker[TP], generation: Callable[[], int]) -> None:
+        self.tracker = tracker
+        self._generation = generation
+        self.generation = generation()
+        self.tps: list[tuple[TP, int]] = []
+        self.pending = 0
+        self.sealed_ = False
+
+    def hold_from(self, tp: TP, offset: int) -> None:
+        """Hold `tp` from `offset` until the group is done."""
+        self.tracker.hold(tp, offset)
+        self.tps.append((tp, offset))
+
+    def sealed(self) -> None:
+        """Every record batch of the group was sent."""
+        self.sealed_ = True
+        self._maybe_release()
+
+    def done(self) -> None:
+        """One record batch was acknowledged."""
+        self.pending -= 1
+        self._maybe_release()
+
+    def _maybe_release(self) -> None:
+        if self.sealed_ and self.pending == 0 and self.generation == self._generation():
+            for tp, offset in self.tps:
+                self.tracker.release(tp, offset)
+            self.tps = []

@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -36,8 +36,10 @@ END_OFFSETS_TIMEOUT = 5.0
 UNHEARD_MS = 3000
 
 Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
-#: Takes one record: (partition, record, stream time, wall clock ms).
-OnRecord = Callable[[TopicPartition, ConsumerRecord[Any, Any], int | None, int], Awaitable[None]]
+
+
+def _first(item: tuple[int, TopicPartition, ConsumerRecord[Any, Any]]) -> int:
+    return item[0]
 
 
 def now_ms() -> int:
@@ -94,27 +96,44 @@ class Pacing:
         fetched: Batch = getter.result()
         return fetched
 
-    async def in_time_order(self, batch: Batch, on_record: OnRecord) -> None:
-        """Hand `batch`'s records to `on_record` across partitions in timestamp order, on
-        stream time (the path of joins and gates).
+    def ordered(
+        self, batch: Batch, ends: dict[TopicPartition, int | None]
+    ) -> Iterator[tuple[TopicPartition, ConsumerRecord[Any, Any], int | None]]:
+        """`batch`'s records across partitions in timestamp order, each with stream time once
+        it is read (the path of joins and gates; `ends` from `begin`). Positions and stream
+        time move as the records are taken.
 
-        Which partitions lag is worked out once for the batch; per record only the record's
-        partition is looked at (it stops lagging when it reaches its end offset), so a record
-        costs the same whatever the number of partitions, the backlog or the state held."""
-        ends = await self.begin(batch)
+        Which partitions lag is worked out once for the batch (`begin`); per record only the
+        record's partition is looked at (it stops lagging when it reaches its end offset), so a
+        record costs the same whatever the number of partitions, the backlog or the state held."""
         clock, positions = self.clock, self.positions
-        parts = [[(r.timestamp, tp, r) for r in records] for tp, records in batch.items()]
-        merged = heapq.merge(*parts, key=lambda item: item[0])
-        for n, (timestamp, tp, record) in enumerate(merged, 1):
-            if not n % SLICE_RECORDS:
-                await asyncio.sleep(0)
+        if len(batch) == 1:
+            ((tp, records),) = batch.items()
+            merged: Iterable[tuple[int, TopicPartition, ConsumerRecord[Any, Any]]] = (
+                (r.timestamp, tp, r) for r in records
+            )
+        else:
+            parts = [[(r.timestamp, tp, r) for r in records] for tp, records in batch.items()]
+            merged = heapq.merge(*parts, key=_first)
+        for timestamp, tp, record in merged:
             position = record.offset + 1
             positions[tp] = position
             clock.observe(tp, timestamp)
             end = ends.get(tp)
             if end is not None and position >= end:
                 clock.caught_up(tp)
-            await on_record(tp, record, clock.now(), now_ms())
+            yield tp, record, clock.now()
+
+    def in_fetch_order(
+        self, batch: Batch
+    ) -> Iterator[tuple[TopicPartition, ConsumerRecord[Any, Any], int | None]]:
+        """`batch`'s records partition by partition, on the wall clock (no stream time: batches
+        and cycle-guarded chains). Positions move as the records are taken."""
+        positions = self.positions
+        for tp, records in batch.items():
+            for record in records:
+                positions[tp] = record.offset + 1
+                yield tp, record, None
 
     # -- positions and ends -----------------------------------------------------------------
 

@@ -22,15 +22,16 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.errors import KafkaError
 
 from dataflow import changelog
+from dataflow.collector import TaskBatches
 from dataflow.context import StepContext
 from dataflow.errors import StepFailed
 from dataflow.kafka import read_latest
+from dataflow.offsets import BatchHold
 from dataflow.stages import Ref, StepStages
 from dataflow.windows import Entry
 
@@ -92,6 +93,9 @@ class StepState:
         self.entries: dict[bytes, Held] = {}  # ident -> what it holds, of every entry
         self.owned: set[int] = set()  # input partition numbers whose state is loaded
         self.tombstones: list[Entry[Ref]] = []  # removals whose deliveries were acked
+        #: Entries put since the last flush, and whether an earlier flush wrote them.
+        self.dirty: dict[bytes, tuple[Entry[Ref], bool]] = {}
+        self._cover: BatchHold[TopicPartition] | None = None  # offsets the next flush releases
         self.partitions = 1  # the changelog's
         self.full = False
 
@@ -108,56 +112,41 @@ class StepState:
 
     # -- changelog writes -------------------------------------------------------------------
 
-    async def put(self, entry: Entry[Ref], cause: Ref | None) -> None:
-        """Write `entry` to the changelog; `cause`'s offset is held until it is acknowledged."""
-        token = entry.token
-        value = changelog.encode(
-            entry.kind,
-            entry.source,
-            token.key,
-            entry.value,
-            entry.timestamp_ms,
-            entry.matched,
-            token.headers,
-            token.tp.topic,
-            token.tp.partition,
-            token.offset,
-        )
-        size = len(entry.value) + len(token.key or b"")
-        old = self.entries.get(entry.ident)
+    def cover(self, tp: TopicPartition, offset: int) -> None:
+        """Hold `tp` from `offset` until the state changes of its records processed from now
+        on are in the changelog (the next `flush` is acknowledged)."""
+        if self._cover is None:
+            self._cover = BatchHold(self.tracker, self.generation)
+        self._cover.hold_from(tp, offset)
+
+    def put(self, entry: Entry[Ref]) -> None:
+        """`entry` entered the state or changed: it is written at the next `flush` (the record
+        that caused it is `cover`ed until then). Written as it is then: changes in between
+        (an outer join's `matched` flag) cost no second write."""
+        ident = entry.ident
+        size = len(entry.value) + len(entry.token.key or b"")
+        old = self.entries.get(ident)
+        written = False
         if old is not None:
             self.stats.state_bytes -= old.size
-        self.entries[entry.ident] = Held(token.tp.partition, size)
+            prior = self.dirty.get(ident)
+            written = prior[1] if prior is not None else True  # not dirty: in the changelog
+        self.entries[ident] = Held(entry.token.tp.partition, size)
         self.stats.state_bytes += size
-        held = cause is not None and cause.generation == self.generation()
-        if held:
-            assert cause is not None
-            self.tracker.hold(cause.tp, cause.offset)
-        producer = await self.producer_for(token.tp.partition)
-        future = await producer.send(
-            self.options.changelog,
-            value,
-            key=entry.ident,
-            partition=token.tp.partition % self.partitions,
-        )
-        future.add_done_callback(partial(self._on_put, cause if held else None))
-
-    def _on_put(self, cause: Ref | None, future: asyncio.Future[Any]) -> None:
-        if future.cancelled() or future.exception() is not None:
-            exc = None if future.cancelled() else future.exception()
-            if cause is not None and cause.generation != self.generation():
-                return  # its partition was revoked: the next owner replays the record
-            # The record's offset stays held: the pipeline is rebuilt from the changelog.
-            self.fail(StepFailed(f"cannot write state to {self.topic}: {exc!r}"))
-            return
-        if cause is not None and cause.generation == self.generation():
-            self.tracker.release(cause.tp, cause.offset)
+        self.dirty[ident] = (entry, written)
 
     def remove(self, entry: Entry[Ref]) -> None:
-        """`entry` left the state: its tombstone follows the deliveries that carry its data."""
-        old = self.entries.pop(entry.ident, None)
+        """`entry` left the state. Never written (it came and went between two flushes): nothing
+        to write, the offsets of its records are held by their deliveries. Else its tombstone
+        follows the deliveries that carry its data."""
+        ident = entry.ident
+        old = self.entries.pop(ident, None)
         if old is not None:
             self.stats.state_bytes -= old.size
+        pending = self.dirty.pop(ident, None)
+        if pending is not None and not pending[1]:
+            self.stats.state_unwritten += 1
+            return
         token = entry.token
         if token.pending > 0:
             if token.deferred is None:
@@ -170,24 +159,71 @@ class StepState:
         """The deliveries that carried `entries`' data were acknowledged."""
         self.tombstones.extend(entries)
 
-    async def flush_tombstones(self) -> None:
-        """Write the tombstones of removed entries whose deliveries were acknowledged."""
-        if not self.tombstones:
-            return
+    @property
+    def writes(self) -> bool:
+        """True while entries or tombstones wait to be written."""
+        return bool(self.dirty or self.tombstones)
+
+    async def flush(self) -> None:
+        """Write what changed since the last flush, as record batches per changelog partition:
+        the entries put (the offsets `cover`ed meanwhile are released once all are
+        acknowledged), and the tombstones of removed entries whose deliveries were
+        acknowledged."""
+        hold, self._cover = self._cover, None
+        dirty, self.dirty = self.dirty, {}
         tombstones, self.tombstones = self.tombstones, []
+        if hold is None and not dirty and not tombstones:
+            return
         topic = self.options.changelog
+        on_done = partial(self._written, hold)
+        sends = TaskBatches(self.producer_for, topic, on_done, hold, exactly_once=self.exactly_once)
+        partitions = self.partitions
+        for ident, (entry, _) in dirty.items():
+            token = entry.token
+            value = changelog.encode(
+                entry.kind,
+                entry.source,
+                token.key,
+                entry.value,
+                entry.timestamp_ms,
+                entry.matched,
+                token.headers,
+                token.tp.topic,
+                token.tp.partition,
+                token.offset,
+            )
+            await self._add(sends, token.tp.partition, ident, value, partitions)
         for entry in tombstones:
             if entry.ident in self.entries:
                 continue  # written again since (the same record consumed again)
-            partition = entry.token.tp.partition % self.partitions
-            if self.exactly_once:  # in the transaction; a failure fails the step
-                producer = await self.producer_for(entry.token.tp.partition)
-                await producer.send(topic, None, key=entry.ident, partition=partition)
-                continue
-            try:
-                await self.producer.send(topic, None, key=entry.ident, partition=partition)
-            except KafkaError as exc:  # the entry comes back on restore and expires again
-                self.log.warning("tombstone to {} failed: {}", topic, exc)
+            await self._add(sends, entry.token.tp.partition, entry.ident, None, partitions)
+        self.stats.state_writes += len(dirty)
+        await sends.seal()
+
+    @staticmethod
+    async def _add(
+        sends: TaskBatches, task: int, ident: bytes, value: bytes | None, partitions: int
+    ) -> None:
+        out = await sends.get(task)
+        partition = task % partitions
+        if not out.add(partition, ident, value, None, [], ident):
+            await out.add_to_next(partition, ident, value, None, [], ident)
+
+    def _written(
+        self,
+        hold: BatchHold[TopicPartition] | None,
+        idents: list[bytes],
+        failure: BaseException | None,
+    ) -> None:
+        """A record batch of the changelog was acknowledged, or failed: the pipeline is then
+        rebuilt from the changelog (the offsets it covers stay held)."""
+        if failure is None:
+            if hold is not None:
+                hold.done()
+            return
+        if hold is not None and hold.generation != self.generation():
+            return  # its partitions were revoked: the next owner replays the records
+        self.fail(StepFailed(f"cannot write state to {self.topic}: {failure!r}"))
 
     # -- bounds -----------------------------------------------------------------------------
 
@@ -220,6 +256,7 @@ class StepState:
             for name, held in list(self.entries.items()):
                 if held.partition in gone:
                     del self.entries[name]
+                    self.dirty.pop(name, None)
                     self.stats.state_bytes -= held.size
         new = now_owned - self.owned
         self.owned = now_owned

@@ -63,6 +63,8 @@ class StepStats:
     state_bytes: int = 0  # their keys and values
     restored: int = 0  # entries read back from the changelog
     state_full: int = 0  # times the state reached its bound (fetching paused)
+    state_writes: int = 0  # entries written to the changelog (tombstones not counted)
+    state_unwritten: int = 0  # entries that left the state before a flush wrote them
     last_error: str = ""
     waiting: str = ""  # why a step with records to read takes none (empty while it moves)
     stuck_seconds: float = 0.0  # how long it has taken none

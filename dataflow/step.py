@@ -36,14 +36,16 @@ from dataflow.confluent import framing
 from dataflow.context import StepContext
 from dataflow.cycles import RevisitGuard
 from dataflow.errors import StepFailed
-from dataflow.offsets import OffsetTracker
+from dataflow.offsets import BatchHold, OffsetTracker
 from dataflow.pacing import SLICE_RECORDS, Batch, Pacing, now_ms
 from dataflow.progress import Progress
 from dataflow.stages import Ref, Result, StepStages
 from dataflow.state import StateOptions, StepState
 from dataflow.stats import StepStats
-from dataflow.topology import Source, StepSpec, Topology, routes_of
+from dataflow.topology import StepSpec, Topology, routes_of
 from dataflow.transactions import Transactions
+from dataflow.windows import Output
+from dataflow.windows import Result as Changes
 from dataflow.wire import ChainType, WireError, convert
 
 if TYPE_CHECKING:
@@ -51,6 +53,9 @@ if TYPE_CHECKING:
     from dataflow.tracing import Tracer
 
 __all__ = ["StateOptions", "Step", "StepFailed", "partition_for"]
+
+#: Stream time before every source of a join or gate has been read: no window closes on it.
+NO_STREAM_TIME = -(2**62)
 
 # Trigger records parse as responses whatever their topic (spec 4.7).
 _TRIGGER_CHAIN = ChainType.OUTPUT_INPUT
@@ -134,7 +139,7 @@ class Step:
             self.tracker,
             self.stats,
             self.log,
-            lambda: self._generation,
+            self._current_generation,
             self._fail,
         )
         self.state = (
@@ -156,9 +161,11 @@ class Step:
             transactions,
             self.log,
             lambda: self._failure,
-            lambda: self.state is not None and bool(self.state.tombstones),
-            self.state.flush_tombstones if self.state is not None else _no_tombstones,
+            self.state.flush if self.state is not None else None,
         )
+
+    def _current_generation(self) -> int:
+        return self._generation
 
     def _fail(self, failure: StepFailed) -> None:
         """The step can no longer deliver: the loop raises `failure`."""
@@ -214,10 +221,8 @@ class Step:
                         continue
                     if self._fast:
                         await self._process_batch(batch)
-                    elif self._timed:
-                        await self.pacing.in_time_order(batch, self._on_record)
                     else:
-                        await self._process_records(batch)
+                        await self._process_stateful(batch)
                     await self._after_batch()
                     await self.committer.commit(force=False)
             await self._drain()
@@ -247,18 +252,17 @@ class Step:
         pipeline_header = hdr.PIPELINE
         t0 = time.perf_counter()
         received = time.perf_counter()
-        fetch = collector.fetch(self._generation, received)
-        fetched = 0
+        hold = BatchHold(self.tracker, self._current_generation)
+        sends = collector.fetch_sends(hold, received)
+        fetched = sent = 0
         for tp, records in batch.items():
             routing = self._routing.get(tp.topic)
             sources = routing.sources if routing is not None else []
-            self.tracker.hold(tp, records[0].offset)
+            hold.hold_from(tp, records[0].offset)
             self.tracker.skip(tp, records[-1].offset)
-            fetch.hold_from(tp, records[0].offset)
             positions[tp] = records[-1].offset + 1
             fetched += len(records)
-            task = tp.partition if self._txn is not None else 0
-            out = fetch.batches(task, await self._producer_for(task))
+            out = await sends.get(tp.partition)
             for n, record in enumerate(records, 1):
                 if not n % SLICE_RECORDS:
                     await asyncio.sleep(0)
@@ -293,130 +297,149 @@ class Step:
                     item = (value, tp, record)
                     if not out.add(partition, key, out_value, ts, kept, item):
                         await out.add_to_next(partition, key, out_value, ts, kept, item)
+                    sent += 1
                     if span is not None:
                         span.end()
                 if not matched:
                     stats.filtered += 1
         stats.records_in += fetched
+        stats.records_out += sent
         if fetched:
             stats.convert_seconds.observe_many((time.perf_counter() - t0) / fetched, fetched)
-        await fetch.seal()
+        await sends.seal()
 
-    # -- the per-record path (stateful, cycle-guarded) --------------------------------------
+    # -- the stateful path (joins, gates, batches; cycle-guarded chains) --------------------
 
-    async def _process_records(self, batch: Batch) -> None:
-        """Records of a batch step (or a cycle-guarded chain), one at a time on the wall clock."""
-        positions = self.pacing.positions
-        wall = now_ms()
-        n = 0
+    async def _process_stateful(self, batch: Batch) -> None:
+        """A stateful (or cycle-guarded) step, a fetched batch at a time: its records go through
+        the stages in slices of `SLICE_RECORDS` (joins and gates: across partitions in
+        timestamp order, on stream time); each slice's outputs go out as record batches per
+        sink partition, holding their contributors' offsets until acknowledged; its state
+        changes wait for the state's next flush (`StepState.flush`), and each partition is
+        held from the batch's first offset until that flush is acknowledged."""
+        stats, state = self.stats, self.state
+        hold = BatchHold(self.tracker, self._current_generation)
+        cover = state.cover if state is not None else hold.hold_from
         for tp, records in batch.items():
-            for record in records:
-                n += 1
-                if not n % SLICE_RECORDS:
-                    await asyncio.sleep(0)
-                    wall = now_ms()
-                await self._on_record(tp, record, wall, wall)
-                positions[tp] = record.offset + 1
+            cover(tp, records[0].offset)
+            self.tracker.skip(tp, records[-1].offset)
+        if not batch:
+            return
+        if self._timed:
+            ordered = self.pacing.ordered(batch, await self.pacing.begin(batch))
+        else:
+            ordered = self.pacing.in_fetch_order(batch)
+        t0 = time.perf_counter()
+        result: Result = Changes()
+        wall = now_ms()
+        # Joins and gates before every source has been read: no stream time yet. Batches and
+        # cycle guards run on the wall clock.
+        unknown = NO_STREAM_TIME if self._timed else wall
+        n = 0
+        for tp, record, stream in ordered:
+            n += 1
+            if not n % SLICE_RECORDS:
+                await self._emit(result, wall)
+                result = Changes()
+                await asyncio.sleep(0)
+                wall = now_ms()
+                unknown = NO_STREAM_TIME if self._timed else wall
+            self._take(tp, record, unknown if stream is None else stream, wall, result)
+        await self._emit(result, wall)
+        hold.sealed()  # a step with no state: its outputs hold their records now
+        stats.records_in += n
+        if n:
+            stats.convert_seconds.observe_many((time.perf_counter() - t0) / n, n)
 
-    async def _on_record(
-        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], stream: int | None, wall: int
-    ) -> None:
-        self.stats.records_in += 1
-        ref = Ref(
-            tp,
-            record.offset,
-            record.key,
-            record.headers,
-            record.timestamp,
-            time.perf_counter(),
-            self._generation,
-        )
-        self.tracker.hold(tp, record.offset)
-        routing = self._routing.get(record.topic)
+    def _take(
+        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], now: int, wall: int,
+        result: Result,
+    ) -> None:  # fmt: skip
+        """One record through the step's stages (`now`: stream time); what it causes is added
+        to `result`. A record that does not convert becomes an output for the error topic."""
+        ref = Ref(tp, record.offset, record.key, record.headers, record.timestamp,
+                  time.perf_counter(), self._generation)  # fmt: skip
+        routing = self._routing.get(tp.topic)
+        if routing is None:
+            self.stats.filtered += 1
+            return
+        headers = record.headers
         matched = False
-        now = stream if stream is not None else -(2**62)
         try:
-            if routing is not None:
-                for feed in routing.sources:
-                    if hdr.names_pipeline(record.headers, feed.pipeline):
-                        matched = True
-                        await self._on_source(feed.index, feed.spec, ref, record.value, now, wall)
-                for gate in routing.triggers:
-                    if hdr.names_pipeline(record.headers, gate.pipeline):
-                        matched = True
-                        tensors = gate.spec.tensors
-                        if convert(record.value, _TRIGGER_CHAIN, tensors) is not None:
-                            name = changelog.trigger_ident(
-                                gate.index, tp.topic, tp.partition, record.offset
-                            )
-                            result = self.stages.add_trigger(gate.index, ref, now, wall, name)
-                            await self._send_all(result, wall, ref)
+            for feed in routing.sources:
+                if (hdr.PIPELINE, feed.pipeline) not in headers:
+                    continue
+                matched = True
+                source = feed.spec
+                value = convert(record.value, source.chain, source.tensors, source.renames)
+                if value is None:
+                    # No tensor left after selection, or an empty message: the reference
+                    # drops these.
+                    self.stats.empty += 1
+                    self.log.debug(
+                        "{}[{}]@{} converted to nothing: no output",
+                        tp.topic, tp.partition, record.offset,
+                    )  # fmt: skip
+                    continue
+                name = (
+                    changelog.source_ident(feed.index, tp.topic, tp.partition, record.offset)
+                    if self.state is not None
+                    else b""
+                )
+                result.extend(self.stages.add(feed.index, ref, value, now, wall, name))
+            for gate in routing.triggers:
+                if (hdr.PIPELINE, gate.pipeline) not in headers:
+                    continue
+                matched = True
+                if convert(record.value, _TRIGGER_CHAIN, gate.spec.tensors) is not None:
+                    name = changelog.trigger_ident(
+                        gate.index, tp.topic, tp.partition, record.offset
+                    )
+                    result.extend(self.stages.add_trigger(gate.index, ref, now, wall, name))
         except WireError as exc:
-            await self.collector.reject(ref, exc)
+            reason = f"{tp.topic}[{tp.partition}]@{record.offset}: {exc}"
+            result.outputs.append(Output(ref.key, b"", ref.timestamp, ref, (ref,), reason))
         if not matched:
             self.stats.filtered += 1
-        self.tracker.release(tp, record.offset)
 
-    async def _on_source(
-        self, index: int, source: Source, ref: Ref, value: bytes, now: int, wall: int
-    ) -> None:
-        t0 = time.perf_counter()
-        converted = convert(value, source.chain, source.tensors, source.renames)
-        self.stats.convert_seconds.observe(time.perf_counter() - t0)
-        if converted is None:
-            # No tensor left after selection, or an empty message: the reference drops these.
-            self.stats.empty += 1
-            self.log.debug(
-                "{}[{}]@{} converted to nothing: no output",
-                ref.tp.topic,
-                ref.tp.partition,
-                ref.offset,
-            )
-            return
-        name = (
-            changelog.source_ident(index, ref.tp.topic, ref.tp.partition, ref.offset)
-            if self.state is not None
-            else b""
-        )
-        await self._send_all(self.stages.add(index, ref, converted, now, wall, name), wall, ref)
-
-    async def _send_all(self, result: Result, now_ms: int, cause: Ref | None) -> None:
-        """Send `result`'s outputs and mirror its state changes in the changelog.
-
-        `cause` is the record being processed: its offset stays held until the changelog has
-        every entry its processing wrote.
-        """
+    async def _emit(self, result: Result, wall: int) -> None:
+        """Send `result`'s outputs (record batches to the sink; errors one by one to the error
+        topic), then hand its state changes to the state (written at its next flush)."""
         collector = self.collector
-        for output in result.outputs:
-            collector.hold_all(output.contributors)
-            error = output.error or self.stages.revisit(output, now_ms)
-            if error:
-                await collector.send_error(output.origin, error, output.contributors)
-            else:
-                await collector.deliver(self.spec.sink, output, (), attempt=1)
+        if result.outputs:
+            sends = collector.outputs()
+            for output in result.outputs:
+                collector.hold_all(output.contributors)
+                error = output.error or self.stages.revisit(output, wall)
+                if error:
+                    await collector.send_error(output.origin, error, output.contributors)
+                else:
+                    await collector.send_output(sends, output)
+            await sends.seal()
         state = self.state
         if state is None:
             return
         for entry in result.stored:
-            await state.put(entry, cause)
+            state.put(entry)
         for entry in result.removed:
             state.remove(entry)
         if self.stages.batcher is not None and state.full:
             # A batch that cannot grow is sent now rather than holding fetching forever.
-            await self._send_all(self.stages.flush_batch(now_ms, now_ms), now_ms, None)
+            await self._emit(self.stages.flush_batch(wall, wall), wall)
 
     async def _after_batch(self) -> None:
         """Close windows and batches, send what left the state, pace the sources."""
-        wall = now_ms()
-        stream: int | None = wall
+        stream: int | None = None
         lagging: list[TopicPartition] = []
         if self._timed:
             stream, lagging = await self.pacing.settle()
+        wall = now_ms()  # after settle(), which may wait on the broker for end offsets
+        if not self._timed:
+            stream = wall
         caught_up = not lagging
         self.pacing.caught_up = caught_up
-        await self._send_all(self.stages.expire(stream, wall, caught_up), wall, None)
+        await self._emit(self.stages.expire(stream, wall, caught_up), wall)
         if self.state is not None:
-            await self.state.flush_tombstones()
             full = self.state.check_full()
             if self._timed:
                 self.pacing.pace(lagging, full)
@@ -426,17 +449,17 @@ class Step:
     async def _flush_and_commit(self, *, resend: bool) -> None:
         """The one flush-then-commit procedure (the final drain, a revocation): deliver what
         is in flight and let the acks' callbacks run (they release holds and deferred
-        tombstones); with `resend`, send the pending retries and deliver them too; write the
-        tombstones; commit (`dataflow.commits`: exactly-once, each task's transaction)."""
+        tombstones); with `resend`, send the pending retries; flush the state's changelog
+        writes and deliver them too; commit (`dataflow.commits`: exactly-once, each task's
+        transaction)."""
         await self.producer.flush()
         await asyncio.sleep(0)  # let the acks' callbacks run
         if resend:
             await self.collector.resend()
         if self.state is not None:
-            await self.state.flush_tombstones()
-        if resend:
-            await self.producer.flush()
-            await asyncio.sleep(0)
+            await self.state.flush()
+        await self.producer.flush()
+        await asyncio.sleep(0)
         await self.committer.commit(force=True)
 
     async def _drain(self) -> None:
@@ -586,7 +609,3 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 def _nothing_deferred(entries: list[Any]) -> None:
     """A stateless step defers no tombstones."""
-
-
-async def _no_tombstones() -> None:
-    """A stateless step writes no tombstones."""

@@ -12,7 +12,7 @@ from dataflow import headers as hdr
 from dataflow.collector import SEND_ATTEMPTS, Collector, RetryKind, partition_for
 from dataflow.context import StepContext
 from dataflow.errors import StepFailed
-from dataflow.offsets import OffsetTracker
+from dataflow.offsets import BatchHold, OffsetTracker
 from dataflow.stages import Ref
 from dataflow.stats import StepStats
 from dataflow.windows import Entry, EntryKind, Output
@@ -195,18 +195,17 @@ async def test_a_fetch_is_held_once_per_partition_until_every_record_batch_is_ac
     producer = FakeProducer(batch_room=2, hold_acks=True)
     h = Harness(producer)
     records = [record(A0, n, b"v%d" % n) for n in range(5)]
-    h.tracker.hold(A0, 0)
+    hold = BatchHold(h.tracker, lambda: h.generation)
+    hold.hold_from(A0, 0)
     h.tracker.skip(A0, 4)
-    fetch = h.collector.fetch(h.generation, 0.0)
-    fetch.hold_from(A0, 0)
-    out = fetch.batches(0, producer)  # type: ignore[arg-type]
+    sends = h.collector.fetch_sends(hold, 0.0)
+    out = await sends.get(0)
     for r in records:
         item = (r.value, A0, r)
         if not out.add(0, r.key, r.value, r.timestamp, [], item):
             await out.add_to_next(0, r.key, r.value, r.timestamp, [], item)
-    await fetch.seal()
+    await sends.seal()
     assert producer.batches == [(SINK, 0, 2), (SINK, 0, 2), (SINK, 0, 1)]
-    assert h.stats.records_out == 5
     producer.held[0].set_result(None)
     producer.held[1].set_result(None)
     await settle()
@@ -220,14 +219,14 @@ async def test_a_failed_record_batch_is_retried_record_by_record() -> None:
     producer = FakeProducer(failing={SINK: KafkaTimeoutError()})
     h = Harness(producer)
     records = [record(A0, n, b"v%d" % n) for n in range(3)]
-    h.tracker.hold(A0, 0)
+    hold = BatchHold(h.tracker, lambda: h.generation)
+    hold.hold_from(A0, 0)
     h.tracker.skip(A0, 2)
-    fetch = h.collector.fetch(h.generation, 0.0)
-    fetch.hold_from(A0, 0)
-    out = fetch.batches(0, producer)  # type: ignore[arg-type]
+    sends = h.collector.fetch_sends(hold, 0.0)
+    out = await sends.get(0)
     for r in records:
         assert out.add(0, r.key, r.value, r.timestamp, [], (r.value, A0, r))
-    await fetch.seal()
+    await sends.seal()
     await settle()
     assert [(r.attempt, r.output.value) for r in h.collector.retries] == [
         (2, b"v0"),

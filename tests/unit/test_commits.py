@@ -1,5 +1,5 @@
 """dataflow.commits against stand-ins: offsets committed at the tracker's low-water marks,
-transactions committed with the positions after the tombstones their acks released."""
+transactions committed with the positions after the state's changelog writes."""
 
 from __future__ import annotations
 
@@ -25,9 +25,9 @@ def committer(
     positions: dict[TopicPartition, int] | None = None,
     txn: Transactions | None = None,
     failure: StepFailed | None = None,
-    tombstones: list[str] | None = None,
+    writes: list[str] | None = None,
 ) -> Committer:
-    pending = tombstones if tombstones is not None else []
+    pending = writes if writes is not None else []
 
     async def flush() -> None:
         pending.clear()
@@ -39,7 +39,6 @@ def committer(
         txn,
         logger,
         lambda: failure,
-        lambda: bool(pending),
         flush,
     )
 
@@ -65,15 +64,15 @@ async def test_offsets_past_what_is_held_are_committed_for_assigned_partitions_o
     assert consumer.commits == [{A0: 6}, {A0: 7}]
 
 
-async def test_a_transaction_commits_the_positions_after_the_released_tombstones() -> None:
+async def test_a_transaction_commits_the_positions_after_the_state_writes() -> None:
     log: list[tuple[Any, ...]] = []
     txn = Transactions(lambda tid: TxnProducer(tid, log), "g", 0.1)  # type: ignore[arg-type,return-value]
     await txn.assign({0})
     log.clear()
-    tombstones = ["t"]
-    c = committer(FakeConsumer({A0}), OffsetTracker(), {A0: 4, A1: 9}, txn, tombstones=tombstones)
+    writes = ["entry", "tombstone"]
+    c = committer(FakeConsumer({A0}), OffsetTracker(), {A0: 4, A1: 9}, txn, writes=writes)
     await c.commit(force=True)
-    assert tombstones == [], "written in the transaction"
+    assert writes == [], "written in the transaction"
     assert log == [("offsets", "g-0", {A0: 4}, "g"), ("commit", "g-0")]
 
 
@@ -87,3 +86,11 @@ async def test_a_failed_step_aborts_its_transaction() -> None:
     with pytest.raises(StepFailed, match="send failed"):
         await c.commit(force=True)
     assert log == [("abort", "g-0")]
+
+
+async def test_the_state_is_flushed_before_each_commit() -> None:
+    consumer = FakeConsumer({A0})
+    writes = ["entry"]
+    c = committer(consumer, OffsetTracker(), writes=writes)
+    await c.commit(force=False)
+    assert writes == []

@@ -7,7 +7,7 @@ import asyncio
 import time
 from typing import Any
 
-from aiokafka import ConsumerRecord, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaTimeoutError
 from loguru import logger
 
@@ -90,13 +90,8 @@ async def test_records_are_handed_on_in_timestamp_order_across_partitions() -> N
         A0: [record(A0, 0, b"a0", timestamp=10), record(A0, 1, b"a1", timestamp=30)],
         B0: [record(B0, 0, b"b0", timestamp=20), record(B0, 1, b"b1", timestamp=40)],
     }
-    seen: list[tuple[bytes, int | None]] = []
-
-    async def on_record(tp: TopicPartition, r: ConsumerRecord[Any, Any], stream: int | None,
-                        wall: int) -> None:  # fmt: skip
-        seen.append((r.value, stream))
-
-    await p.in_time_order(batch, on_record)
+    ends = await p.begin(batch)
+    seen = [(r.value, stream) for _, r, stream in p.ordered(batch, ends)]
     assert [v for v, _ in seen] == [b"a0", b"b0", b"a1", b"b1"]
     assert seen[0][1] is None, "b not read yet: no stream time"
     assert seen[-1][1] == 40, "both read to their ends"

@@ -62,7 +62,7 @@ async def run_path(batch_path: bool, batch_room: int = 1000) -> tuple[Step, Fake
     if batch_path:
         await step._process_batch(records())
     else:
-        await step._process_records(records())
+        await step._process_stateful(records())
     await settle()
     return step, producer
 
