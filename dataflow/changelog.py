@@ -76,6 +76,12 @@ def trigger_ident(index: int, topic: str, partition: int, offset: int) -> bytes:
     return ident("t", index, topic, partition, offset)
 
 
+def ident_prefix(kind: str, index: int, topic: str, partition: int) -> bytes:
+    """What the names of one source's (`kind` "s") or trigger's ("t") entries of one
+    partition start with: the name of the entry of offset `o` is the prefix + `b"%d" % o`."""
+    return f"{kind}{index}/{topic}/{partition}/".encode()
+
+
 @dataclass(frozen=True, slots=True)
 class Restored:
     """One entry read back from a changelog."""

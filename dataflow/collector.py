@@ -143,6 +143,28 @@ class Collector:
             if ref.generation == generation and not ref.restored:  # else: no hold to take
                 self.tracker.hold(ref.tp, ref.offset)
 
+    def count(self, refs: Iterable[Ref]) -> None:
+        """A delivery carrying `refs` starts, under a hold of the batch they came from: each
+        counts it (their state removals wait for it), holding no offset of its own."""
+        for ref in refs:
+            ref.pending += 1
+
+    def uncount(self, refs: Iterable[Ref]) -> None:
+        """A `count`ed delivery carrying `refs` was acknowledged."""
+        for ref in refs:
+            ref.pending -= 1
+            if ref.pending <= 0 and ref.deferred:
+                self.on_released(ref.deferred)
+                ref.deferred = None
+
+    def hold_offsets(self, refs: Iterable[Ref]) -> None:
+        """A `count`ed delivery carrying `refs` failed: from now on each holds its own offset
+        until it is retried and acknowledged (`acked`)."""
+        generation = self.generation()
+        for ref in refs:
+            if ref.generation == generation and not ref.restored:
+                self.tracker.hold(ref.tp, ref.offset)
+
     def acked(self, refs: Iterable[Ref]) -> None:
         """The delivery carrying `refs` was acknowledged."""
         generation = self.generation()
@@ -339,10 +361,16 @@ class Collector:
             self.producer_for, self.sink, on_done, hold, exactly_once=self.exactly_once
         )
 
-    def outputs(self) -> TaskBatches:
-        """Record batches for a stateful step's outputs (`send_output`)."""
+    def outputs(self, hold: BatchHold[TopicPartition] | None) -> TaskBatches:
+        """Record batches for a stateful step's outputs (`send_output`). With `hold` (the
+        fetched batch they came from holds its partitions until they are acknowledged), their
+        contributors are only `count`ed; else each holds its offset (`hold_all`)."""
         return TaskBatches(
-            self.producer_for, self.sink, self.outputs_done, exactly_once=self.exactly_once
+            self.producer_for,
+            self.sink,
+            partial(self.outputs_done, hold),
+            hold,
+            exactly_once=self.exactly_once,
         )
 
     async def send_output(self, sends: TaskBatches, output: Output[Ref]) -> None:
@@ -364,21 +392,31 @@ class Collector:
         if not out.add(partition, output.key, value, timestamp, headers, output):
             await out.add_to_next(partition, output.key, value, timestamp, headers, output)
 
-    def outputs_done(self, outputs: list[Output[Ref]], failure: BaseException | None) -> None:
-        """A record batch of a stateful step's outputs was acknowledged (or failed: each output
-        is then dealt with as a single record's failed send)."""
+    def outputs_done(
+        self,
+        hold: BatchHold[TopicPartition] | None,
+        outputs: list[Output[Ref]],
+        failure: BaseException | None,
+    ) -> None:
+        """A record batch of a stateful step's outputs was acknowledged, or failed: each output
+        is then dealt with as a single record's failed send, its contributors holding their own
+        offsets from now (the fetched batch's hold can end)."""
         if failure is not None:
             for output in outputs:
+                if hold is not None:
+                    self.hold_offsets(output.contributors)
                 self._settle(self.sink, output, (), 1, failure)
-            return
-        stats = self.stats
-        stats.acked += len(outputs)
-        now = time.perf_counter()
-        observe = stats.latency_seconds.observe
-        acked = self.acked
-        for output in outputs:
-            observe(now - output.origin.received)
-            acked(output.contributors)
+        else:
+            stats = self.stats
+            stats.acked += len(outputs)
+            now = time.perf_counter()
+            observe = stats.latency_seconds.observe
+            done = self.acked if hold is None else self.uncount
+            for output in outputs:
+                observe(now - output.origin.received)
+                done(output.contributors)
+        if hold is not None:
+            hold.done()
 
 
 class RecordBatches:
@@ -453,8 +491,8 @@ class RecordBatches:
 
 class TaskBatches:
     """A group's `RecordBatches` to one topic, per producer: the shared one, or in exactly-once
-    mode the task's (`producer_for(task)`, the input partition's); the group's hold, if any, is
-    sealed with them."""
+    mode the task's (`producer_for(task)`, the input partition's); each batch sent counts in the
+    group's hold, if any."""
 
     __slots__ = ("_by_task", "exactly_once", "hold", "on_done", "producer_for", "topic")
 
@@ -485,12 +523,10 @@ class TaskBatches:
         return batches
 
     async def seal(self) -> None:
-        """Send every open batch; the hold ends once all are acknowledged."""
+        """Send every open batch (the caller seals the hold once nothing more is sent)."""
         for batches in self._by_task.values():
             await batches.seal()
         self._by_task.clear()
-        if self.hold is not None:
-            self.hold.sealed()
 
 
 def _batch_done(

@@ -95,7 +95,7 @@ class StepState:
         self.tombstones: list[Entry[Ref]] = []  # removals whose deliveries were acked
         #: Entries put since the last flush, and whether an earlier flush wrote them.
         self.dirty: dict[bytes, tuple[Entry[Ref], bool]] = {}
-        self._cover: BatchHold[TopicPartition] | None = None  # offsets the next flush releases
+        self._hold: BatchHold[TopicPartition] | None = None  # what the next flush seals
         self.partitions = 1  # the changelog's
         self.full = False
 
@@ -112,16 +112,21 @@ class StepState:
 
     # -- changelog writes -------------------------------------------------------------------
 
-    def cover(self, tp: TopicPartition, offset: int) -> None:
-        """Hold `tp` from `offset` until the state changes of its records processed from now
-        on are in the changelog (the next `flush` is acknowledged)."""
-        if self._cover is None:
-            self._cover = BatchHold(self.tracker, self.generation)
-        self._cover.hold_from(tp, offset)
+    def hold(self) -> BatchHold[TopicPartition]:
+        """The hold of the records processed since the last flush: the step holds each fetched
+        batch's partitions in it from their first offset, and counts in it the record batches
+        of the outputs it sends; the next flush counts its changelog writes in it too, and
+        seals it. So those offsets are released only once everything the records caused is
+        acknowledged: their outputs, and the entries they left in the state. (An entry put and
+        removed between two flushes is never written: every output carrying it was sent in
+        the same period, so this hold keeps its offset until they are acknowledged.)"""
+        if self._hold is None:
+            self._hold = BatchHold(self.tracker, self.generation)
+        return self._hold
 
     def put(self, entry: Entry[Ref]) -> None:
         """`entry` entered the state or changed: it is written at the next `flush` (the record
-        that caused it is `cover`ed until then). Written as it is then: changes in between
+        that caused it is held in `hold()` until then). Written as it is then: changes in between
         (an outer join's `matched` flag) cost no second write."""
         ident = entry.ident
         size = len(entry.value) + len(entry.token.key or b"")
@@ -137,8 +142,8 @@ class StepState:
 
     def remove(self, entry: Entry[Ref]) -> None:
         """`entry` left the state. Never written (it came and went between two flushes): nothing
-        to write, the offsets of its records are held by their deliveries. Else its tombstone
-        follows the deliveries that carry its data."""
+        to write, its offset is held in `hold()` until the period's outputs are acknowledged.
+        Else its tombstone follows the deliveries that carry its data."""
         ident = entry.ident
         old = self.entries.pop(ident, None)
         if old is not None:
@@ -166,10 +171,10 @@ class StepState:
 
     async def flush(self) -> None:
         """Write what changed since the last flush, as record batches per changelog partition:
-        the entries put (the offsets `cover`ed meanwhile are released once all are
-        acknowledged), and the tombstones of removed entries whose deliveries were
-        acknowledged."""
-        hold, self._cover = self._cover, None
+        the entries put (the offsets held in `hold()` meanwhile are released once these and
+        the period's outputs are acknowledged), and the tombstones of removed entries whose
+        deliveries were acknowledged."""
+        hold, self._hold = self._hold, None
         dirty, self.dirty = self.dirty, {}
         tombstones, self.tombstones = self.tombstones, []
         if hold is None and not dirty and not tombstones:
@@ -199,6 +204,8 @@ class StepState:
             await self._add(sends, entry.token.tp.partition, entry.ident, None, partitions)
         self.stats.state_writes += len(dirty)
         await sends.seal()
+        if hold is not None:
+            hold.sealed()
 
     @staticmethod
     async def _add(
@@ -216,7 +223,7 @@ class StepState:
         failure: BaseException | None,
     ) -> None:
         """A record batch of the changelog was acknowledged, or failed: the pipeline is then
-        rebuilt from the changelog (the offsets it covers stay held)."""
+        rebuilt from the changelog (the offsets of its hold stay held)."""
         if failure is None:
             if hold is not None:
                 hold.done()

@@ -115,6 +115,7 @@ class Step:
         self.assigned = asyncio.Event()
         self.log = logger.bind(pipeline=topology.name, step=spec.index)
         self._routing = routes_of(spec)
+        self._prefixes: dict[tuple[str, int, TopicPartition], bytes] = {}
         self._progress = Progress()
         self._stopping = asyncio.Event()
         self._failure: StepFailed | None = None
@@ -307,6 +308,7 @@ class Step:
         if fetched:
             stats.convert_seconds.observe_many((time.perf_counter() - t0) / fetched, fetched)
         await sends.seal()
+        hold.sealed()
 
     # -- the stateful path (joins, gates, batches; cycle-guarded chains) --------------------
 
@@ -315,50 +317,58 @@ class Step:
         the stages in slices of `SLICE_RECORDS` (joins and gates: across partitions in
         timestamp order, on stream time); each slice's outputs go out as record batches per
         sink partition, holding their contributors' offsets until acknowledged; its state
-        changes wait for the state's next flush (`StepState.flush`), and each partition is
-        held from the batch's first offset until that flush is acknowledged."""
-        stats, state = self.stats, self.state
-        hold = BatchHold(self.tracker, self._current_generation)
-        cover = state.cover if state is not None else hold.hold_from
-        for tp, records in batch.items():
-            cover(tp, records[0].offset)
-            self.tracker.skip(tp, records[-1].offset)
+        changes wait for the state's next flush (`StepState.flush`). Each partition is held
+        from the batch's first offset in one hold per state flush (`StepState.hold`) until
+        every output sent and every state change written since the previous flush is
+        acknowledged; a step with no state holds it until the batch's outputs are."""
         if not batch:
             return
+        stats, state = self.stats, self.state
+        if state is not None:
+            hold = state.hold()
+        else:
+            hold = BatchHold(self.tracker, self._current_generation)
+        for tp, records in batch.items():
+            hold.hold_from(tp, records[0].offset)
+            self.tracker.skip(tp, records[-1].offset)
         if self._timed:
             ordered = self.pacing.ordered(batch, await self.pacing.begin(batch))
         else:
             ordered = self.pacing.in_fetch_order(batch)
-        t0 = time.perf_counter()
+        t0 = received = time.perf_counter()
         result: Result = Changes()
         wall = now_ms()
         # Joins and gates before every source has been read: no stream time yet. Batches and
         # cycle guards run on the wall clock.
         unknown = NO_STREAM_TIME if self._timed else wall
         n = 0
+        take = self._take
         for tp, record, stream in ordered:
             n += 1
             if not n % SLICE_RECORDS:
-                await self._emit(result, wall)
+                await self._emit(result, wall, hold)
                 result = Changes()
                 await asyncio.sleep(0)
                 wall = now_ms()
                 unknown = NO_STREAM_TIME if self._timed else wall
-            self._take(tp, record, unknown if stream is None else stream, wall, result)
-        await self._emit(result, wall)
-        hold.sealed()  # a step with no state: its outputs hold their records now
+                received = time.perf_counter()
+            take(tp, record, unknown if stream is None else stream, wall, received, result)
+        await self._emit(result, wall, hold)
+        if state is None:
+            hold.sealed()
         stats.records_in += n
         if n:
             stats.convert_seconds.observe_many((time.perf_counter() - t0) / n, n)
 
     def _take(
         self, tp: TopicPartition, record: ConsumerRecord[Any, Any], now: int, wall: int,
-        result: Result,
+        received: float, result: Result,
     ) -> None:  # fmt: skip
-        """One record through the step's stages (`now`: stream time); what it causes is added
-        to `result`. A record that does not convert becomes an output for the error topic."""
-        ref = Ref(tp, record.offset, record.key, record.headers, record.timestamp,
-                  time.perf_counter(), self._generation)  # fmt: skip
+        """One record through the step's stages (`now`: stream time; `received`: when its
+        slice was taken, for the latency histogram); what it causes is added to `result`. A
+        record that does not convert becomes an output for the error topic."""
+        ref = Ref(tp, record.offset, record.key, record.headers, record.timestamp, received,
+                  self._generation)  # fmt: skip
         routing = self._routing.get(tp.topic)
         if routing is None:
             self.stats.filtered += 1
@@ -381,20 +391,16 @@ class Step:
                         tp.topic, tp.partition, record.offset,
                     )  # fmt: skip
                     continue
-                name = (
-                    changelog.source_ident(feed.index, tp.topic, tp.partition, record.offset)
-                    if self.state is not None
-                    else b""
-                )
+                name = b""
+                if self.state is not None:
+                    name = self._prefix("s", feed.index, tp) + b"%d" % record.offset
                 result.extend(self.stages.add(feed.index, ref, value, now, wall, name))
             for gate in routing.triggers:
                 if (hdr.PIPELINE, gate.pipeline) not in headers:
                     continue
                 matched = True
                 if convert(record.value, _TRIGGER_CHAIN, gate.spec.tensors) is not None:
-                    name = changelog.trigger_ident(
-                        gate.index, tp.topic, tp.partition, record.offset
-                    )
+                    name = self._prefix("t", gate.index, tp) + b"%d" % record.offset
                     result.extend(self.stages.add_trigger(gate.index, ref, now, wall, name))
         except WireError as exc:
             reason = f"{tp.topic}[{tp.partition}]@{record.offset}: {exc}"
@@ -402,19 +408,35 @@ class Step:
         if not matched:
             self.stats.filtered += 1
 
-    async def _emit(self, result: Result, wall: int) -> None:
+    def _prefix(self, kind: str, index: int, tp: TopicPartition) -> bytes:
+        """The start of the state entry names of a source's or trigger's records of `tp`."""
+        prefix = self._prefixes.get((kind, index, tp))
+        if prefix is None:
+            prefix = changelog.ident_prefix(kind, index, tp.topic, tp.partition)
+            self._prefixes[(kind, index, tp)] = prefix
+        return prefix
+
+    async def _emit(
+        self, result: Result, wall: int, hold: BatchHold[TopicPartition] | None = None
+    ) -> None:
         """Send `result`'s outputs (record batches to the sink; errors one by one to the error
-        topic), then hand its state changes to the state (written at its next flush)."""
+        topic), then hand its state changes to the state (written at its next flush). With
+        `hold` (that of the records that caused them), the outputs count in it; else (windows
+        and batches closed by the clock) each output holds its contributors' offsets."""
         collector = self.collector
         if result.outputs:
-            sends = collector.outputs()
+            sends = collector.outputs(hold)
             for output in result.outputs:
-                collector.hold_all(output.contributors)
                 error = output.error or self.stages.revisit(output, wall)
                 if error:
+                    collector.hold_all(output.contributors)
                     await collector.send_error(output.origin, error, output.contributors)
+                    continue
+                if hold is None:
+                    collector.hold_all(output.contributors)
                 else:
-                    await collector.send_output(sends, output)
+                    collector.count(output.contributors)
+                await collector.send_output(sends, output)
             await sends.seal()
         state = self.state
         if state is None:
@@ -425,7 +447,7 @@ class Step:
             state.remove(entry)
         if self.stages.batcher is not None and state.full:
             # A batch that cannot grow is sent now rather than holding fetching forever.
-            await self._emit(self.stages.flush_batch(wall, wall), wall)
+            await self._emit(self.stages.flush_batch(wall, wall), wall, hold)
 
     async def _after_batch(self) -> None:
         """Close windows and batches, send what left the state, pace the sources."""

@@ -205,6 +205,7 @@ async def test_a_fetch_is_held_once_per_partition_until_every_record_batch_is_ac
         if not out.add(0, r.key, r.value, r.timestamp, [], item):
             await out.add_to_next(0, r.key, r.value, r.timestamp, [], item)
     await sends.seal()
+    hold.sealed()
     assert producer.batches == [(SINK, 0, 2), (SINK, 0, 2), (SINK, 0, 1)]
     producer.held[0].set_result(None)
     producer.held[1].set_result(None)
@@ -227,6 +228,7 @@ async def test_a_failed_record_batch_is_retried_record_by_record() -> None:
     for r in records:
         assert out.add(0, r.key, r.value, r.timestamp, [], (r.value, A0, r))
     await sends.seal()
+    hold.sealed()
     await settle()
     assert [(r.attempt, r.output.value) for r in h.collector.retries] == [
         (2, b"v0"),

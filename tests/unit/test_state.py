@@ -74,7 +74,7 @@ async def test_a_write_waits_for_the_flush_and_holds_the_covered_offsets_until_a
     h = Harness(producer)
     h.state.partitions = 2
     cause = h.ref(A1, 5)
-    h.state.cover(A1, 5)
+    h.state.hold().hold_from(A1, 5)
     h.tracker.skip(A1, 5)
     h.state.put(entry(cause))
     assert producer.sent == [], "written at the next flush"
@@ -106,7 +106,7 @@ async def test_an_entry_that_comes_and_goes_between_two_flushes_is_never_written
     producer = FakeProducer()
     h = Harness(producer)
     ref = h.ref(A0, 5)
-    h.state.cover(A0, 5)
+    h.state.hold().hold_from(A0, 5)
     h.tracker.skip(A0, 5)
     gone = entry(ref, b"s0/a/0/5")
     h.state.put(gone)
@@ -125,14 +125,14 @@ async def test_an_entry_that_comes_and_goes_between_two_flushes_is_never_written
 async def test_a_failed_write_fails_the_step_unless_its_partition_was_revoked() -> None:
     h = Harness(FakeProducer(failing={LOG: KafkaTimeoutError()}))
     cause = h.ref(A0, 1)
-    h.state.cover(A0, 1)
+    h.state.hold().hold_from(A0, 1)
     h.state.put(entry(cause))
     await h.state.flush()
     await settle()
     assert str(h.failures[0]).startswith(f"cannot write state to {LOG}")
     assert h.tracker.committable() == {}, "the record's offset stays held"
     h.failures.clear()
-    h.state.cover(A0, 2)
+    h.state.hold().hold_from(A0, 2)
     h.state.put(entry(cause, b"s0/a/0/2"))
     await h.state.flush()
     h.generation += 1

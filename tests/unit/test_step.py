@@ -14,6 +14,7 @@ from dataflow.proto.inference import (
     ModelInferResponse,
     ModelInferResponseInferOutputTensor,
 )
+from dataflow.state import StateOptions
 from dataflow.step import Step
 from tests.unit.fakes import ERRORS, NS, FakeConsumer, FakeProducer, Sent, record, settle, topology
 
@@ -102,3 +103,40 @@ async def test_a_batch_fetched_before_a_revocation_holds_nothing_after_it() -> N
     producer.ack_all()
     await settle()
     assert A0 not in step.tracker.committable(), "the revoked partition's holds are forgotten"
+
+
+async def test_a_partner_that_left_the_state_unwritten_is_held_until_its_pair_is_acked() -> None:
+    # a@0 waits in the window, b@0 joins it (the pair's ack held back), then records 8 s
+    # later close both windows before any flush: neither entry is ever written to the
+    # changelog, so a@0's offset must stay held by the pair's delivery, not by a write.
+    b = f"{NS}.model.b.outputs"
+    B0 = TopicPartition(b, 0)
+    t = topology(["a", "b"], "c")
+    producer = FakeProducer(hold_acks=True)
+    consumer = FakeConsumer({A0, B0}, highwaters={A0: 2, B0: 2})
+
+    async def ensure(*args: Any) -> None:
+        pass
+
+    options = StateOptions("g-changelog", ensure, lambda: None)  # type: ignore[arg-type,return-value]
+    step = Step(t, t.steps[0], consumer, producer, ERRORS, ensure, state=options)  # type: ignore[arg-type]
+    await step.start()
+    step.pacing.clock.assign({A0, B0})
+    await step._process_stateful({A0: [record(A0, 0, response(1), b"0.k", 1_000)]})
+    await step._process_stateful({B0: [record(B0, 0, response(2), b"0.k", 1_000)]})
+    late = {
+        A0: [record(A0, 1, response(3), b"0.x", 9_000)],
+        B0: [record(B0, 1, response(4), b"0.x", 9_000)],
+    }
+    await step._process_stateful(late)
+    assert step.stats.state_unwritten == 2, "a@0 and b@0 came and went"
+    await step.state.flush()  # type: ignore[union-attr]
+    pair = next(n for n, (topic, _, _) in enumerate(producer.batches) if topic == SINK)
+    for n, future in enumerate(producer.held):
+        if n != pair:
+            future.set_result(None)
+    await settle()
+    assert step.tracker.committable() == {}, "held until the pair is acknowledged"
+    producer.held[pair].set_result(None)
+    await settle()
+    assert step.tracker.committable() == {A0: 2, B0: 2}
