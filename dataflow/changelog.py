@@ -19,6 +19,7 @@ Pure: encoding and decoding only, no I/O.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -102,6 +103,11 @@ def _chunk(data: bytes) -> bytes:
     return _LEN.pack(len(data)) + data
 
 
+@functools.lru_cache(maxsize=256)
+def _topic_chunk(topic: str) -> bytes:
+    return _chunk(topic.encode())
+
+
 def encode(
     kind: EntryKind | str,
     index: int,
@@ -116,11 +122,14 @@ def encode(
 ) -> bytes:
     """The changelog value of one entry."""
     flags = (_MATCHED if matched else 0) | (_NO_KEY if key is None else 0)
+    key = key or b""
     parts = [
         _HEAD.pack(_VERSION, kind.encode(), index, timestamp_ms, flags, partition, offset),
-        _chunk(topic.encode()),
-        _chunk(key or b""),
-        _chunk(value),
+        _topic_chunk(topic),
+        _LEN.pack(len(key)),
+        key,
+        _LEN.pack(len(value)),
+        value,
         _LEN.pack(len(headers)),
     ]
     for name, hvalue in headers:

@@ -27,7 +27,7 @@ from typing import NamedTuple
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from dataflow import changelog
-from dataflow.collector import TaskBatches
+from dataflow.collector import RecordBatches, TaskBatches
 from dataflow.context import StepContext
 from dataflow.errors import StepFailed
 from dataflow.kafka import read_latest
@@ -183,6 +183,8 @@ class StepState:
         on_done = partial(self._written, hold)
         sends = TaskBatches(self.producer_for, topic, on_done, hold, exactly_once=self.exactly_once)
         partitions = self.partitions
+        batches: dict[int, RecordBatches] = {}  # by input partition
+        writes: list[tuple[int, bytes, bytes | None]] = []
         for ident, (entry, _) in dirty.items():
             token = entry.token
             value = changelog.encode(
@@ -197,24 +199,21 @@ class StepState:
                 token.tp.partition,
                 token.offset,
             )
-            await self._add(sends, token.tp.partition, ident, value, partitions)
+            writes.append((token.tp.partition, ident, value))
         for entry in tombstones:
-            if entry.ident in self.entries:
-                continue  # written again since (the same record consumed again)
-            await self._add(sends, entry.token.tp.partition, entry.ident, None, partitions)
+            if entry.ident not in self.entries:  # else written again since (consumed again)
+                writes.append((entry.token.tp.partition, entry.ident, None))
+        for task, name, data in writes:
+            out = batches.get(task)
+            if out is None:
+                out = batches[task] = await sends.get(task)
+            partition = task % partitions
+            if not out.add(partition, name, data, None, [], name):
+                await out.add_to_next(partition, name, data, None, [], name)
         self.stats.state_writes += len(dirty)
         await sends.seal()
         if hold is not None:
             hold.sealed()
-
-    @staticmethod
-    async def _add(
-        sends: TaskBatches, task: int, ident: bytes, value: bytes | None, partitions: int
-    ) -> None:
-        out = await sends.get(task)
-        partition = task % partitions
-        if not out.add(partition, ident, value, None, [], ident):
-            await out.add_to_next(partition, ident, value, None, [], ident)
 
     def _written(
         self,
