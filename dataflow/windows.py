@@ -5,11 +5,6 @@ takes `now_ms`, the step's stream time (see "Window clock" below), and optionall
 wall clock; the step calls `expire` after every batch and on a timer set from
 `next_wall_deadline()`.
 
-Records are opaque bytes; merging is injected. No I/O, no clock: every method that needs the time
-takes `now_ms`, the step's stream time (see "Window clock" below), and optionally `wall_ms`, the
-wall clock; the step calls `expire` after every batch and on a timer set from
-`next_wall_deadline()`.
-
 Token and release contract (at-least-once):
 
 * Every record handed in carries an opaque `token` (the step tracks its offset and headers).
