@@ -73,7 +73,7 @@ JoinType = Literal["inner", "outer", "any"]
 JOIN_TYPES: frozenset[str] = frozenset(("inner", "outer", "any"))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Output(Generic[T]):
     """A record to send on.
 
@@ -96,6 +96,31 @@ class Output(Generic[T]):
     origin: T
     contributors: tuple[T, ...]
     error: str = ""
+
+    def __init__(
+        self,
+        key: bytes | None,
+        value: bytes,
+        timestamp_ms: int,
+        origin: T,
+        contributors: tuple[T, ...],
+        error: str = "",
+    ) -> None:
+        # The __init__ a frozen dataclass generates sets each field with object.__setattr__ (a
+        # global lookup and a call each: about 0.9 µs per output); calling the slots' own
+        # setters directly is about twice as fast, and assignment still raises afterwards.
+        _set_key(self, key)
+        _set_value(self, value)
+        _set_timestamp_ms(self, timestamp_ms)
+        _set_origin(self, origin)
+        _set_contributors(self, contributors)
+        _set_error(self, error)
+
+
+_set_key, _set_value, _set_timestamp_ms, _set_origin, _set_contributors, _set_error = (
+    getattr(Output, name).__set__
+    for name in ("key", "value", "timestamp_ms", "origin", "contributors", "error")
+)
 
 
 class EntryKind(StrEnum):
