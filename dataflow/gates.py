@@ -125,7 +125,7 @@ class TriggerGate(Windowed[T]):
         if triggers is not None:
             self._pass(record, triggers, step)
             return step
-        if window.beyond_grace(deadline, now_ms):
+        if deadline <= now_ms and window.beyond_grace(deadline, now_ms):
             self.late += 1
             reason = late_reason("trigger", timestamp_ms, now_ms, window)
             step.outputs.append(Output(key, b"", timestamp_ms, token, held, reason))
@@ -204,7 +204,7 @@ class TriggerGate(Windowed[T]):
         trigger = Entry(_TRIGGER, trigger_index, key, b"", timestamp_ms, token, ident, deadline)
         sides = sides_of(self._triggers, key, self._n)
         side = sides[trigger_index]
-        late = window.beyond_grace(deadline, now_ms)
+        late = deadline <= now_ms and window.beyond_grace(deadline, now_ms)
         if ident and side:
             window.replace(side, ident, step, late)
         side.append(trigger)

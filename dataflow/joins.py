@@ -170,8 +170,9 @@ class Joiner(Windowed[T]):
             self._match(record, sides, step)
         # Past its window, a record is kept only to wait for a partner (the grace period);
         # past the grace too, it only matches what is held.
-        late = window.beyond_grace(deadline, now_ms)  # implies its window closed
-        kept = deadline > now_ms or not (late or record.matched)
+        closed = deadline <= now_ms
+        late = closed and window.beyond_grace(deadline, now_ms)
+        kept = not closed or not (late or record.matched)
         side = sides[source_index]
         if ident and side:
             window.replace(side, ident, step, not kept)
