@@ -14,7 +14,6 @@ keeps one batch store per stream task, so a batch never mixes records of two par
 from __future__ import annotations
 
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
 from functools import partial
 from typing import Generic, TypeVar
 
@@ -34,14 +33,10 @@ def _check(size: int | None, window_ms: int | None) -> None:
         raise ValueError(f"window_ms must be >= 1, got {window_ms}")
 
 
-@dataclass(frozen=True, slots=True)
-class _Item(Generic[T]):
-    entry: Entry[T]
-    key: bytes | None
-    value: bytes
-    timestamp_ms: int
-    token: T
-    rows: int
+_BATCH = EntryKind.BATCH  # an enum member costs a class attribute lookup per use
+
+_Item = tuple[Entry[T], bytes | None, int]
+"""A request in a batch: its entry, its key (None when the record had none), its rows."""
 
 
 class Batcher(Generic[T]):
@@ -110,12 +105,14 @@ class Batcher(Generic[T]):
         Returns:
             The emitted batch, if any, and the tokens released with it.
         """
-        step = self.expire(now_ms)
-        entry = Entry(EntryKind.BATCH, -1, key or b"", value, timestamp_ms, token, ident)
+        step: Result[T] = Result([], [], [], [])
+        if self._items and self._deadline is not None and self._deadline <= now_ms:
+            self._emit(step)  # as `expire(now_ms)`
+        entry = Entry(_BATCH, -1, key or b"", value, timestamp_ms, token, ident)
         self._append(entry, key, now_ms)
         step.stored.append(entry)
         if self._size is not None and self._row_count >= self._size:
-            step.extend(self._emit())
+            self._emit(step)
         return step
 
     def load(self, entry: Entry[T], key: bytes | None, now_ms: int) -> None:
@@ -131,10 +128,9 @@ class Batcher(Generic[T]):
     def _append(self, entry: Entry[T], key: bytes | None, now_ms: int) -> None:
         if not self._items and self._window_ms is not None:
             self._deadline = now_ms + self._window_ms
-        value = entry.value
-        item = _Item(entry, key, value, entry.timestamp_ms, entry.token, self._rows(value))
-        self._items.append(item)
-        self._row_count += item.rows
+        rows = self._rows(entry.value)
+        self._items.append((entry, key, rows))
+        self._row_count += rows
 
     def full(self) -> Result[T]:
         """Emit the open batch now (the step's state is full: back-pressure, never a drop).
@@ -142,7 +138,7 @@ class Batcher(Generic[T]):
         Returns:
             The emitted batch, if any, and the tokens released with it.
         """
-        return self._emit() if self._items else Result()
+        return self._emit(Result()) if self._items else Result()
 
     def expire(self, now_ms: int) -> Result[T]:
         """Emit the partial batch if its window ended at or before `now_ms`.
@@ -154,24 +150,28 @@ class Batcher(Generic[T]):
             The emitted batch, if any, and the tokens released with it.
         """
         if self._deadline is not None and self._deadline <= now_ms and self._items:
-            return self._emit()
+            return self._emit(Result())
         return Result()
 
-    def _emit(self) -> Result[T]:
+    def _emit(self, step: Result[T]) -> Result[T]:
+        """Emit the open batch (not empty) into `step`, which it returns."""
         items = self._items
         self._items = []
         self._row_count = 0
         self._deadline = None
-        last = items[-1]
-        tokens = [item.token for item in items]
+        entries = [item[0] for item in items]
+        tokens = [entry.token for entry in entries]
         try:
-            merged, error = self._merge([item.value for item in items]), ""
+            merged, error = self._merge([entry.value for entry in entries]), ""
         except Exception as exc:  # the batch goes to the error topic; the batcher carries on
             merged, error = b"", f"cannot batch: {exc}"
         # Timestamped as the latest of its parts (Kafka Streams' rule for derived records).
-        latest = max(item.timestamp_ms for item in items)
-        output = Output(last.key, merged, latest, last.token, tuple(tokens), error)
-        return Result([output], tokens, [], [item.entry for item in items])
+        latest = max(entry.timestamp_ms for entry in entries)
+        last, last_key, _ = items[-1]
+        step.outputs.append(Output(last_key, merged, latest, last.token, tuple(tokens), error))
+        step.released += tokens
+        step.removed += entries
+        return step
 
     def discard(self, predicate: Callable[[T], bool]) -> list[T]:
         """Drop held requests whose token satisfies `predicate`, with no output.
@@ -185,10 +185,10 @@ class Batcher(Generic[T]):
         Returns:
             The tokens released, in arrival order.
         """
-        kept = [item for item in self._items if not predicate(item.token)]
-        released = [item.token for item in self._items if predicate(item.token)]
+        kept = [item for item in self._items if not predicate(item[0].token)]
+        released = [item[0].token for item in self._items if predicate(item[0].token)]
         self._items = kept
-        self._row_count = sum(item.rows for item in kept)
+        self._row_count = sum(rows for _, _, rows in kept)
         if not kept:
             self._deadline = None
         return released
@@ -276,9 +276,12 @@ class PartitionBatcher(Generic[T]):
         Returns:
             The batch of this partition emitted, if any, and the tokens released with it.
         """
-        part, batcher = self._batcher(token)
+        part = self._partition(token)
+        batcher = self._open.get(part)
+        if batcher is None:
+            batcher = self._open[part] = self._new()
         step = batcher.add(key, value, timestamp_ms, token, now_ms, ident=ident)
-        if not batcher.held():
+        if not batcher._items:  # emitted: only open batches are kept
             del self._open[part]
         return step
 

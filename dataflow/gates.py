@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from dataflow.windows import (
     JOIN_TYPES,
@@ -16,8 +16,12 @@ from dataflow.windows import (
     JoinType,
     Output,
     Result,
+    Sides,
     Window,
+    Windowed,
+    drop_from_sides,
     late_reason,
+    sides_of,
     span_ok,
 )
 
@@ -26,9 +30,11 @@ __all__ = ["TriggerGate"]
 T = TypeVar("T")
 
 _DATA = -1  # source index of trigger-gate data records
+_TRIGGER = EntryKind.TRIGGER  # an enum member costs a class attribute lookup per use
+_GATE_DATA = EntryKind.GATE_DATA
 
 
-class TriggerGate(Generic[T]):
+class TriggerGate(Windowed[T]):
     """Lets data records through only with a matching trigger (spec 4.7).
 
     A trigger matches a data record with the same key whose timestamp is within `window_ms`.
@@ -71,18 +77,11 @@ class TriggerGate(Generic[T]):
                 f"triggers_join_type must be one of {sorted(JOIN_TYPES)}, "
                 f"got {triggers_join_type!r}"
             )
+        super().__init__(Window(window_ms, grace_ms))
         self._n = n_triggers
         self._all_needed = triggers_join_type == "inner"
-        self._window: Window[T] = Window(window_ms, grace_ms)
-        self._triggers: dict[bytes, list[list[Entry[T]]]] = {}
+        self._triggers: dict[bytes, Sides[T]] = {}
         self._waiting: dict[bytes, list[Entry[T]]] = {}
-        #: Records that arrived behind stream time by more than W + grace.
-        self.late = 0
-
-    @property
-    def window_ms(self) -> int:
-        """The window W in milliseconds."""
-        return self._window.window_ms
 
     def add_data(
         self,
@@ -113,27 +112,30 @@ class TriggerGate(Generic[T]):
             Outputs to send and tokens released (windows that closed by `now_ms` included).
         """
         held = (token,) if contributors is None else tuple(contributors)
-        step = self.expire(now_ms)
-        window = self._window
-        deadline = window.deadline(timestamp_ms)
-        late = deadline <= now_ms
+        step = self._start(now_ms)
         if key is None:
             step.released.extend(held)
             return step
+        window = self._window
+        deadline = window.deadline(timestamp_ms)
         record = Entry(
-            EntryKind.GATE_DATA, _DATA, key, value, timestamp_ms, token, ident, deadline, None, held
+            _GATE_DATA, _DATA, key, value, timestamp_ms, token, ident, deadline, None, held
         )
         triggers = self._find(record)
         if triggers is not None:
             self._pass(record, triggers, step)
             return step
-        if late and window.beyond_grace(deadline, now_ms):
+        if deadline <= now_ms and window.beyond_grace(deadline, now_ms):
             self.late += 1
             reason = late_reason("trigger", timestamp_ms, now_ms, window)
             step.outputs.append(Output(key, b"", timestamp_ms, token, held, reason))
             step.released.extend(held)
             return step
-        self._waiting.setdefault(key, []).append(record)
+        waiting = self._waiting.get(key)
+        if waiting is None:
+            self._waiting[key] = [record]
+        else:
+            waiting.append(record)
         window.push(record, wall_ms)
         step.stored.append(record)
         return step
@@ -193,29 +195,25 @@ class TriggerGate(Generic[T]):
         """
         if not 0 <= trigger_index < self._n:
             raise IndexError(f"trigger_index {trigger_index} not in 0..{self._n - 1}")
-        step = self.expire(now_ms)
-        window = self._window
-        deadline = window.deadline(timestamp_ms)
-        late = deadline <= now_ms
+        step = self._start(now_ms)
         if key is None:
             step.released.append(token)
             return step
-        trigger = Entry(
-            EntryKind.TRIGGER, trigger_index, key, b"", timestamp_ms, token, ident, deadline
-        )
-        sides = self._triggers.get(key)
-        if sides is None:
-            sides = [[] for _ in range(self._n)]
-            self._triggers[key] = sides
-        late = late and window.beyond_grace(deadline, now_ms)
-        if ident:
-            window.replace(sides[trigger_index], ident, step, late)
-        sides[trigger_index].append(trigger)
+        window = self._window
+        deadline = window.deadline(timestamp_ms)
+        trigger = Entry(_TRIGGER, trigger_index, key, b"", timestamp_ms, token, ident, deadline)
+        sides = sides_of(self._triggers, key, self._n)
+        side = sides[trigger_index]
+        late = deadline <= now_ms and window.beyond_grace(deadline, now_ms)
+        if ident and side:
+            window.replace(side, ident, step, late)
+        side.append(trigger)
         passed = len(step.outputs)
-        self._release_waiting(key, step)
+        if key in self._waiting:
+            self._release_waiting(key, step)
         if late:
             self.late += 1
-            sides[trigger_index].remove(trigger)
+            side.remove(trigger)
             if not any(sides):
                 del self._triggers[key]
             if len(step.outputs) == passed:  # it let nothing through
@@ -260,11 +258,7 @@ class TriggerGate(Generic[T]):
                 entry.contributors = (entry.token,)
             self._waiting.setdefault(entry.key, []).append(entry)
         else:
-            sides = self._triggers.get(entry.key)
-            if sides is None:
-                sides = [[] for _ in range(self._n)]
-                self._triggers[entry.key] = sides
-            sides[entry.source].append(entry)
+            sides_of(self._triggers, entry.key, self._n)[entry.source].append(entry)
         window.push(entry, wall_ms)
 
     def _find(self, record: Entry[T]) -> list[Entry[T]] | None:
@@ -272,32 +266,33 @@ class TriggerGate(Generic[T]):
         if sides is None:
             return None
         w = self._window.window_ms
-        near = [
-            [t for t in side if abs(t.timestamp_ms - record.timestamp_ms) <= w] for side in sides
-        ]
-        if not self._all_needed:
-            for side in near:
-                if side:
-                    return [side[0]]
+        low = record.timestamp_ms - w
+        high = record.timestamp_ms + w
+        if self._n == 1 or not self._all_needed:
+            # One trigger suffices: the first held within W, of the first source that has one.
+            for side in sides:
+                for t in side:
+                    if low <= t.timestamp_ms <= high:
+                        return [t]
             return None
+        near = [[t for t in side if low <= t.timestamp_ms <= high] for side in sides]
         if not all(near):
             return None
         for combo in itertools.product(*near):
-            if span_ok(itertools.chain((t.timestamp_ms for t in combo), (record.timestamp_ms,)), w):
+            if span_ok([record.timestamp_ms, *(t.timestamp_ms for t in combo)], w):
                 return list(combo)
         return None
 
     @staticmethod
     def _pass(data: Entry[T], triggers: list[Entry[T]], step: Result[T]) -> None:
-        step.outputs.append(
-            Output(
-                data.key,
-                data.value,
-                max(data.timestamp_ms, *(t.timestamp_ms for t in triggers)),
-                data.token,
-                data.contributors + tuple(t.token for t in triggers),
-            )
-        )
+        if len(triggers) == 1:
+            trigger = triggers[0]
+            timestamp = max(data.timestamp_ms, trigger.timestamp_ms)
+            tokens = (*data.contributors, trigger.token)
+        else:
+            timestamp = max(data.timestamp_ms, *(t.timestamp_ms for t in triggers))
+            tokens = data.contributors + tuple(t.token for t in triggers)
+        step.outputs.append(Output(data.key, data.value, timestamp, data.token, tokens))
         step.released.extend(data.contributors)
 
     def expire(self, now_ms: int, wall_ms: int | None = None) -> Result[T]:
@@ -312,9 +307,10 @@ class TriggerGate(Generic[T]):
         Returns:
             Tokens released (never outputs).
         """
-        step: Result[T] = Result()
+        step: Result[T] = Result([], [], [], [])
         window = self._window
-        while (record := window.pop_due(now_ms, wall_ms)) is not None:
+        pop_due = window.pop_due
+        while (record := pop_due(now_ms, wall_ms)) is not None:
             if not record.grace and window.grace_ms:
                 window.grace(record)  # kept for a late trigger, or late data
                 continue
@@ -329,10 +325,7 @@ class TriggerGate(Generic[T]):
             if not waiting:
                 del self._waiting[record.key]
             return record.contributors
-        sides = self._triggers[record.key]
-        sides[record.source].remove(record)
-        if not any(sides):
-            del self._triggers[record.key]
+        drop_from_sides(self._triggers, record)
         return (record.token,)
 
     def discard(self, predicate: Callable[[T], bool]) -> list[T]:
@@ -354,15 +347,3 @@ class TriggerGate(Generic[T]):
                 self._window.kill(record)
                 released.extend(self._remove(record))
         return released
-
-    def held(self) -> int:
-        """The number of records held: waiting data plus triggers."""
-        return self._window.count
-
-    def next_deadline(self) -> int | None:
-        """When the next held record's window closes on the window's clock, None if none held."""
-        return self._window.next_deadline()
-
-    def next_wall_deadline(self) -> int | None:
-        """When the next held record's window closes on the wall clock (if given), or None."""
-        return self._window.next_wall_deadline()

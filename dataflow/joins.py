@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Sequence
-from functools import reduce
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from dataflow.windows import (
     JOIN_TYPES,
@@ -17,9 +16,13 @@ from dataflow.windows import (
     JoinType,
     Output,
     Result,
+    Sides,
     Window,
+    Windowed,
     check_window,
+    drop_from_sides,
     late_reason,
+    sides_of,
     span_ok,
 )
 
@@ -30,8 +33,10 @@ T = TypeVar("T")
 ANY_WINDOW_MS = 1
 """The window of an `any` join, whatever the step's: the reference's `JoinWindows.of(1 ms)`."""
 
+_JOIN = EntryKind.JOIN  # an enum member costs a class attribute lookup per use
 
-class Joiner(Generic[T]):
+
+class Joiner(Windowed[T]):
     """A windowed n-ary join on the record key (spec 4.5, with the reference's weaknesses fixed).
 
     Values are always folded left to right in source order, `merge(merge(v1, v2), v3)`, whatever
@@ -91,22 +96,18 @@ class Joiner(Generic[T]):
         if join_type not in JOIN_TYPES:
             raise ValueError(f"join_type must be one of {sorted(JOIN_TYPES)}, got {join_type!r}")
         check_window(window_ms)
+        any_join = join_type == "any"
+        window = ANY_WINDOW_MS if any_join else window_ms
+        grace = 0 if any_join else grace_ms
+        super().__init__(Window(window, grace))
         self._n = n_sources
         self._type = join_type
+        self._outer = join_type == "outer"
+        self._any = any_join
         self._merge = merge
-        window = ANY_WINDOW_MS if join_type == "any" else window_ms
-        grace = 0 if join_type == "any" else grace_ms
-        self._window: Window[T] = Window(window, grace)
-        self._by_key: dict[bytes, list[list[Entry[T]]]] = {}
+        self._by_key: dict[bytes, Sides[T]] = {}
         #: `any` only: the records held, by (key, source, timestamp).
         self._near: dict[tuple[bytes, int, int], list[Entry[T]]] = {}
-        #: Records that arrived behind stream time by more than W + grace.
-        self.late = 0
-
-    @property
-    def window_ms(self) -> int:
-        """The join window W in milliseconds (`ANY_WINDOW_MS` for an `any` join)."""
-        return self._window.window_ms
 
     def add(
         self,
@@ -143,51 +144,53 @@ class Joiner(Generic[T]):
         Raises:
             IndexError: If `source_index` is out of range.
         """
-        if not 0 <= source_index < self._n:
-            raise IndexError(f"source_index {source_index} not in 0..{self._n - 1}")
-        step = self.expire(now_ms)
-        if self._type == "any":
+        n = self._n
+        if not 0 <= source_index < n:
+            raise IndexError(f"source_index {source_index} not in 0..{n - 1}")
+        step = self._start(now_ms)
+        if self._any:
             self._add_any(
                 source_index, key, value, timestamp_ms, token, now_ms, wall_ms, ident, step
             )
             return step
-        window = self._window
-        deadline = window.deadline(timestamp_ms)
-        closed = deadline <= now_ms
         if key is None:
-            if self._type == "outer":
+            if self._outer:
                 step.outputs.append(Output(key, value, timestamp_ms, token, (token,)))
             step.released.append(token)
             return step
-        record = Entry(
-            EntryKind.JOIN, source_index, key, value, timestamp_ms, token, ident, deadline
-        )
-        sides = self._by_key.get(key)
-        if sides is None:
-            sides = [[] for _ in range(self._n)]
-            self._by_key[key] = sides
-        self._match(record, sides, step)
+        window = self._window
+        deadline = window.deadline(timestamp_ms)
+        record = Entry(_JOIN, source_index, key, value, timestamp_ms, token, ident, deadline)
+        sides = sides_of(self._by_key, key, n)
+        if n == 2:
+            other = sides[1 - source_index]
+            if other:
+                self._match_pair(record, other, step)
+        else:
+            self._match(record, sides, step)
         # Past its window, a record is kept only to wait for a partner (the grace period);
         # past the grace too, it only matches what is held.
+        closed = deadline <= now_ms
         late = closed and window.beyond_grace(deadline, now_ms)
-        kept = not late and not (closed and record.matched)
-        if ident:
-            window.replace(sides[source_index], ident, step, not kept)
-        if not kept:
-            if late:
-                self.late += 1
-            if not record.matched and self._type == "outer":
-                step.outputs.append(self._output([record], token))
-            elif not record.matched:
-                reason = self._late_reason(timestamp_ms, now_ms)
-                step.outputs.append(Output(key, b"", timestamp_ms, token, (token,), reason))
-            step.released.append(token)
-            if not any(sides):
-                del self._by_key[key]
+        kept = not closed or not (late or record.matched)
+        side = sides[source_index]
+        if ident and side:
+            window.replace(side, ident, step, not kept)
+        if kept:
+            side.append(record)
+            window.push(record, wall_ms)
+            step.stored.append(record)
             return step
-        sides[source_index].append(record)
-        window.push(record, wall_ms)
-        step.stored.append(record)
+        if late:
+            self.late += 1
+        if not record.matched and self._outer:
+            step.outputs.append(self._output([record], token))
+        elif not record.matched:
+            reason = self._late_reason(timestamp_ms, now_ms)
+            step.outputs.append(Output(key, b"", timestamp_ms, token, (token,), reason))
+        step.released.append(token)
+        if not any(sides):
+            del self._by_key[key]
         return step
 
     def _add_any(
@@ -208,9 +211,7 @@ class Joiner(Generic[T]):
             return
         window = self._window
         deadline = window.deadline(timestamp_ms)
-        record = Entry(
-            EntryKind.JOIN, source_index, key, value, timestamp_ms, token, ident, deadline
-        )
+        record = Entry(_JOIN, source_index, key, value, timestamp_ms, token, ident, deadline)
         if ident:  # the same record read again (a seek back): the new copy replaces the old
             bucket = self._near.get((key, source_index, timestamp_ms))
             for old in bucket or ():
@@ -260,19 +261,34 @@ class Joiner(Generic[T]):
         window = self._window
         entry.alive = True
         entry.deadline_ms = window.deadline(entry.timestamp_ms)
-        sides = self._by_key.get(entry.key)
-        if sides is None:
-            sides = [[] for _ in range(self._n)]
-            self._by_key[entry.key] = sides
-        for old in sides[entry.source]:
+        side = sides_of(self._by_key, entry.key, self._n)[entry.source]
+        for old in side:
             if entry.ident and old.ident == entry.ident:
                 window.kill(old)
-                sides[entry.source].remove(old)
+                side.remove(old)
                 break
-        sides[entry.source].append(entry)
+        side.append(entry)
         window.push(entry, wall_ms)
 
-    def _match(self, record: Entry[T], sides: list[list[Entry[T]]], step: Result[T]) -> None:
+    def _match_pair(self, record: Entry[T], other: list[Entry[T]], step: Result[T]) -> None:
+        """`_match` for two sources: one output per record of `other` within W of `record`."""
+        w = self._window.window_ms
+        low = record.timestamp_ms - w
+        high = record.timestamp_ms + w
+        outer = self._outer
+        first = record.source == 0
+        for r in other:
+            if low <= r.timestamp_ms <= high:
+                if outer and not r.matched:
+                    step.stored.append(r)  # its flag changed: an outer join reads it
+                r.matched = True
+                record.matched = True
+                if first:
+                    step.outputs.append(self._pair(record, r, record.token))
+                else:
+                    step.outputs.append(self._pair(r, record, record.token))
+
+    def _match(self, record: Entry[T], sides: Sides[T], step: Result[T]) -> None:
         w = self._window.window_ms
         choices: list[list[Entry[T]]] = []
         for index, side in enumerate(sides):
@@ -283,22 +299,39 @@ class Joiner(Generic[T]):
             if not near:
                 return
             choices.append(near)
-        outer = self._type == "outer"
+        outer = self._outer
         for combo in itertools.product(*choices):
-            if span_ok((r.timestamp_ms for r in combo), w):
+            if span_ok([r.timestamp_ms for r in combo], w):
                 for r in combo:
                     if outer and not r.matched and r is not record:
                         step.stored.append(r)  # its flag changed: an outer join reads it
                     r.matched = True
                 step.outputs.append(self._output(combo, record.token))
 
+    def _pair(self, left: Entry[T], right: Entry[T], origin: T) -> Output[T]:
+        """`_output` for two records, in source order."""
+        timestamp = (
+            left.timestamp_ms if left.timestamp_ms >= right.timestamp_ms else right.timestamp_ms
+        )
+        tokens = (left.token, right.token)
+        try:
+            value = self._merge(left.value, right.value)
+        except Exception as exc:  # the state is intact: report the pair, do not raise
+            return Output(left.key, b"", timestamp, origin, tokens, f"cannot join: {exc}")
+        return Output(left.key, value, timestamp, origin, tokens)
+
     def _output(
         self, records: Sequence[Entry[T]], origin: T, contributors: tuple[T, ...] | None = None
     ) -> Output[T]:
+        if len(records) == 2 and contributors is None:
+            return self._pair(records[0], records[1], origin)
         timestamp = max(r.timestamp_ms for r in records)
         tokens = tuple(r.token for r in records) if contributors is None else contributors
+        merge = self._merge
+        value = records[0].value
         try:
-            value = reduce(self._merge, (r.value for r in records[1:]), records[0].value)
+            for r in records[1:]:
+                value = merge(value, r.value)
         except Exception as exc:  # the state is intact: report the set, do not raise
             return Output(records[0].key, b"", timestamp, origin, tokens, f"cannot join: {exc}")
         return Output(records[0].key, value, timestamp, origin, tokens)
@@ -315,42 +348,46 @@ class Joiner(Generic[T]):
         Returns:
             Outputs to send and tokens released.
         """
-        step: Result[T] = Result()
+        step: Result[T] = Result([], [], [], [])
         window = self._window
-        while (record := window.pop_due(now_ms, wall_ms)) is not None:
-            if self._type == "any":  # released when it arrived, never in the changelog
+        pop_due = window.pop_due
+        outer = self._outer
+        by_key = self._by_key
+        while (record := pop_due(now_ms, wall_ms)) is not None:
+            if self._any:  # released when it arrived, never in the changelog
                 self._drop_near(record)
                 continue
-            sides = self._by_key[record.key]
+            sides = by_key[record.key]
             if not record.grace and not record.matched and window.grace_ms:
                 # Its window closed with no partner: an outer join emits it alone now, and
                 # either kind keeps it for the grace period, so a partner delayed (a broker
                 # failover, a slow model) still joins it.
-                if self._type == "outer":
+                if outer:
                     step.outputs.append(self._partial(record, sides, step))
                     step.stored.append(record)
                 window.grace(record)
                 continue
             sides[record.source].remove(record)
-            if self._type == "outer" and not record.matched:
+            if outer and not record.matched:
                 step.outputs.append(self._partial(record, sides, step))
             step.released.append(record.token)
             step.removed.append(record)
             if not any(sides):
-                del self._by_key[record.key]
+                del by_key[record.key]
         return step
 
-    def _partial(self, record: Entry[T], sides: list[list[Entry[T]]], step: Result[T]) -> Output[T]:
+    def _partial(self, record: Entry[T], sides: Sides[T], step: Result[T]) -> Output[T]:
         w = self._window.window_ms
         group = [record]
+        low = high = record.timestamp_ms  # the group's span
         for index, side in enumerate(sides):
             if index == record.source:
                 continue
             for other in side:
-                if not other.matched and span_ok(
-                    itertools.chain((r.timestamp_ms for r in group), (other.timestamp_ms,)), w
-                ):
+                t = other.timestamp_ms
+                if not other.matched and max(high, t) - min(low, t) <= w:
                     group.append(other)
+                    low, high = min(low, t), max(high, t)
                     step.stored.append(other)
                     break
         group.sort(key=lambda r: r.source)
@@ -373,24 +410,9 @@ class Joiner(Generic[T]):
         for record in self._window.live():
             if predicate(record.token):
                 self._window.kill(record)
-                if self._type == "any":  # released when it arrived
+                if self._any:  # released when it arrived
                     self._drop_near(record)
                     continue
-                sides = self._by_key[record.key]
-                sides[record.source].remove(record)
-                if not any(sides):
-                    del self._by_key[record.key]
+                drop_from_sides(self._by_key, record)
                 released.append(record.token)
         return released
-
-    def held(self) -> int:
-        """The number of records held in windows."""
-        return self._window.count
-
-    def next_deadline(self) -> int | None:
-        """When the next held record's window closes on the window's clock, None if none held."""
-        return self._window.next_deadline()
-
-    def next_wall_deadline(self) -> int | None:
-        """When the next held record's window closes on the wall clock (if given), or None."""
-        return self._window.next_wall_deadline()
