@@ -122,6 +122,14 @@ class TriggerGate(Windowed[T]):
             _GATE_DATA, _DATA, key, value, timestamp_ms, token, ident, deadline, None, held
         )
         triggers = self._find(record)
+        if ident:
+            # The same record consumed again (after a restart, its entry restored): the new
+            # copy replaces the old, which leaves the state unless the new one waits in its
+            # place.
+            gone = triggers is not None or (
+                deadline <= now_ms and window.beyond_grace(deadline, now_ms)
+            )
+            self._replace_waiting(key, ident, step, gone)
         if triggers is not None:
             self._pass(record, triggers, step)
             return step
@@ -260,6 +268,21 @@ class TriggerGate(Windowed[T]):
         else:
             sides_of(self._triggers, entry.key, self._n)[entry.source].append(entry)
         window.push(entry, wall_ms)
+
+    def _replace_waiting(self, key: bytes, ident: bytes, step: Result[T], gone: bool) -> None:
+        waiting = self._waiting.get(key)
+        if not waiting:
+            return
+        for old in waiting:
+            if old.ident == ident:
+                self._window.kill(old)
+                waiting.remove(old)
+                if not waiting:
+                    del self._waiting[key]
+                step.released.extend(old.contributors)
+                if gone:
+                    step.removed.append(old)
+                return
 
     def _find(self, record: Entry[T]) -> list[Entry[T]] | None:
         sides = self._triggers.get(record.key)
