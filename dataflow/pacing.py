@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import operator
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -38,8 +39,7 @@ UNHEARD_MS = 3000
 Batch = dict[TopicPartition, list[ConsumerRecord[Any, Any]]]
 
 
-def _first(item: tuple[int, TopicPartition, ConsumerRecord[Any, Any]]) -> int:
-    return item[0]
+_FIRST = operator.itemgetter(0)
 
 
 def now_ms() -> int:
@@ -114,7 +114,7 @@ class Pacing:
             )
         else:
             parts = [[(r.timestamp, tp, r) for r in records] for tp, records in batch.items()]
-            merged = heapq.merge(*parts, key=_first)
+            merged = heapq.merge(*parts, key=_FIRST)
         for timestamp, tp, record in merged:
             position = record.offset + 1
             positions[tp] = position
