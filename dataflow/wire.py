@@ -910,6 +910,46 @@ def to_raw(value: bytes, *, request: bool) -> bytes:
     return b"".join(out)
 
 
+def _top_spans(
+    value: bytes, kinds: bytes
+) -> tuple[_Span | None, list[_Span], list[_Span], list[_Span]] | None:
+    """(last id field, parameter fields, tensor fields, raw values) of a message whose every
+    top-level field has a one-byte tag the table `kinds` knows; None otherwise, or when it is
+    malformed (the general path then decides, and says why)."""
+    n = len(value)
+    pos = 0
+    ident: _Span | None = None
+    params: list[_Span] = []
+    tensors: list[_Span] = []
+    raws: list[_Span] = []
+    try:
+        while pos < n:
+            fs = pos
+            kind = kinds[value[pos]]
+            if not kind:
+                return None
+            ln = value[pos + 1]
+            if ln < 0x80:
+                pos += 2
+            else:
+                ln, pos = _varint(value, pos + 1)
+            end = pos + ln
+            if end > n:
+                return None
+            if kind == _K_TENSOR:
+                tensors.append((fs, end))
+            elif kind == _K_RAW:
+                raws.append((pos, end))
+            elif kind == _K_ID:
+                ident = (fs, end)
+            elif kind == _K_PARAM:
+                params.append((fs, end))
+            pos = end
+    except (IndexError, WireError):
+        return None
+    return ident, params, tensors, raws
+
+
 def merge_join(left: bytes, right: bytes, *, request: bool) -> bytes:
     """Join two converted messages with the same key (spec 4.5).
 
@@ -929,11 +969,29 @@ def merge_join(left: bytes, right: bytes, *, request: bool) -> bytes:
     Raises:
         WireError: Malformed protobuf, or an unknown datatype on a side that needs conversion.
     """
+    raw_tag = _TAG_RAW_REQUEST if request else _TAG_RAW_RESPONSE
+    kinds = _REQUEST_KINDS if request else _RESPONSE_KINDS
+    fast_left = _top_spans(left, kinds)
+    fast_right = _top_spans(right, kinds) if fast_left is not None else None
+    if fast_left is not None and fast_right is not None:
+        # Both sides in the usual shape (as `convert` writes them), raw contents on both or
+        # neither: the fields are copied as they are.
+        l_id, l_params, l_tensors, l_raws = fast_left
+        _, _, r_tensors, r_raws = fast_right
+        if bool(l_raws) == bool(r_raws):
+            ls, rs = _view(left), _view(right)
+            pieces: list[_Piece] = [] if l_id is None else [ls[l_id[0] : l_id[1]]]
+            pieces.extend(ls[s:e] for s, e in l_params)
+            pieces.extend(ls[s:e] for s, e in l_tensors)
+            pieces.extend(rs[s:e] for s, e in r_tensors)
+            for src, raws in ((ls, l_raws), (rs, r_raws)):
+                for s, e in raws:
+                    pieces.extend(_raw_field(raw_tag, src[s:e]))
+            return b"".join(pieces)
     lm = _Message(left, request)
     rm = _Message(right, request)
     ls = _view(left)
     rs = _view(right)
-    raw_tag = _TAG_RAW_REQUEST if request else _TAG_RAW_RESPONSE
     out: list[_Piece] = []
     if lm.ids:
         s, e = lm.ids[-1]
