@@ -103,3 +103,18 @@ def test_table_names_a_catchup_that_never_finished(bench: ModuleType) -> None:
     assert "did not catch up within 61 s: 1,234 of 4,000 outputs (no new output for 60 s)" in text
     ratio = next(line for line in text.splitlines() if "hogs / without" in line)
     assert ratio.split("|")[4].strip() == "-", ratio  # no engine ratio without a rate
+
+
+@pytest.mark.parametrize("kind", ["join", "batch", "trigger"])
+def test_the_in_process_step_bench_runs_every_kind(kind: str) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "scripts" / "bench_step.py"
+    done = subprocess.run(
+        [sys.executable, str(script), kind, "2000"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    outputs = {"join": 2000, "batch": 200, "trigger": 2000}[kind]
+    assert "2000 ids" in done.stdout and f"; {outputs} outputs," in done.stdout, done.stdout
