@@ -7,9 +7,11 @@ error topic, and releases offsets when the broker acknowledges:
 
 * every delivery owns one hold on each contributor's offset, taken before it starts (`hold_all`)
   and handed on through retries and error routing, released only by the broker's ack (`acked`);
-* a record batch of the stateless path holds each input partition's offsets once for the whole
-  fetch (`FetchSend`), released once every batch sent from it is acknowledged; a batch that
-  fails is retried record by record;
+* record batches (`RecordBatches`, per producer `TaskBatches`) carry the outputs of both paths
+  and the state's changelog writes; they count in a `BatchHold` that holds each input
+  partition once (a stateless fetch's, or a stateful step's hold per state flush), released
+  once every batch counted in it is acknowledged; a batch that fails is retried record by
+  record, each record then holding its own offset;
 * an output the broker refuses as too large is sent again alone, and to the error topic if it
   is still refused (`RetryKind.ALONE`).
 

@@ -3,8 +3,11 @@
 Kafka Streams' `ProcessorStateManager`. The state itself is the pure state machines of
 `dataflow.stages` (join windows, trigger gates, batches); this module keeps their bookkeeping:
 
-* every entry a stage keeps is written to the step's compacted changelog (`dataflow.changelog`),
-  and the offset of the record being processed stays held until the write is acknowledged;
+* every entry a stage keeps is written to the step's compacted changelog (`dataflow.changelog`)
+  at the next flush (before each commit), as record batches; the records processed since the
+  previous flush stay held (`hold()`) until the flush and their outputs are acknowledged; an
+  entry that enters and leaves between two flushes is never written (Kafka Streams' record
+  cache does the same);
 * an entry that leaves the state gets a tombstone, written only once the deliveries that carry
   its data are acknowledged (`Ref.deferred`), so a crash in between restores it;
 * newly assigned partitions are restored from the changelog before the step reads them; the

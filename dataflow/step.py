@@ -6,12 +6,13 @@ contributed to was acknowledged by the broker. Records that cannot be converted 
 pipeline's error topic with a reason; the step carries on.
 
 The step is Kafka Streams' `StreamTask`: it owns the loop, the routing of records to sources
-and triggers, the two entry paths (a stateless step a fetched batch at a time; a stateful or
-cycle-guarded step record by record, in time order for joins and gates), the one
-flush-and-commit procedure, and the rebalance handlers. Its parts:
+and triggers, the two entry paths (both a fetched batch at a time: a stateless step straight
+from filter to record batches; a stateful or cycle-guarded step through its stages in slices,
+in timestamp order for joins and gates), the one flush-and-commit procedure, and the rebalance
+handlers. Its parts:
 
-* `dataflow.collector`: sending, retries, the error topic, holds released on ack;
-* `dataflow.state`: what a stateful step holds, its changelog, restore;
+* `dataflow.collector`: record batches, retries, the error topic, holds released on ack;
+* `dataflow.state`: what a stateful step holds, its changelog write cache, restore;
 * `dataflow.pacing`: positions, end offsets, lag, stream time, held-back sources;
 * `dataflow.stages`: the pure join, batch, gate and cycle guard.
 """
@@ -316,8 +317,8 @@ class Step:
         """A stateful (or cycle-guarded) step, a fetched batch at a time: its records go through
         the stages in slices of `SLICE_RECORDS` (joins and gates: across partitions in
         timestamp order, on stream time); each slice's outputs go out as record batches per
-        sink partition, holding their contributors' offsets until acknowledged; its state
-        changes wait for the state's next flush (`StepState.flush`). Each partition is held
+        sink partition, counted in the hold below; its state changes wait for the state's next
+        flush (`StepState.flush`). Each partition is held
         from the batch's first offset in one hold per state flush (`StepState.hold`) until
         every output sent and every state change written since the previous flush is
         acknowledged; a step with no state holds it until the batch's outputs are."""
