@@ -364,9 +364,9 @@ class Collector:
         )
 
     def outputs(self, hold: BatchHold[TopicPartition] | None) -> TaskBatches:
-        """Record batches for a stateful step's outputs (`send_output`). With `hold` (the
-        fetched batch they came from holds its partitions until they are acknowledged), their
-        contributors are only `count`ed; else each holds its offset (`hold_all`)."""
+        """Record batches for a stateful step's outputs (`send_output`). With `hold` (that of
+        the records they came from, released once they are acknowledged), their contributors
+        are only `count`ed; else each holds its offset (`hold_all`)."""
         return TaskBatches(
             self.producer_for,
             self.sink,
@@ -376,8 +376,8 @@ class Collector:
         )
 
     async def send_output(self, sends: TaskBatches, output: Output[Ref]) -> None:
-        """Append `output` to the sink's record batches in `sends` (its contributors are held
-        by the caller, until `outputs_done` hears of the batch's ack)."""
+        """Append `output` to the sink's record batches in `sends` (the caller counts or holds
+        its contributors, until `outputs_done` hears of the batch's ack)."""
         origin = output.origin
         headers = self.rewrite.apply(origin.headers)
         partition = (
@@ -402,7 +402,7 @@ class Collector:
     ) -> None:
         """A record batch of a stateful step's outputs was acknowledged, or failed: each output
         is then dealt with as a single record's failed send, its contributors holding their own
-        offsets from now (the fetched batch's hold can end)."""
+        offsets from now (so the hold the batch counted in can end)."""
         if failure is not None:
             for output in outputs:
                 if hold is not None:
