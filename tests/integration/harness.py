@@ -107,6 +107,10 @@ def _env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+#: Times a child is started on fresh ports when one it was given was taken meanwhile.
+PORT_ATTEMPTS = 3
+
+
 @dataclass
 class Proxy:
     """The proxy scheduler as a child process, with its control API."""
@@ -121,26 +125,42 @@ class Proxy:
         return f"http://127.0.0.1:{self.control_port}"
 
     def start(self, *pipelines: Path) -> Proxy:
-        args = [
-            sys.executable,
-            "-m",
-            "dataflow.proxy",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(self.port),
-            "--control-port",
-            str(self.control_port),
-            # Its own durable state: same folder and port, same proxy across a restart.
-            "--state-dir",
-            str(self.tmp / f"proxy-{self.port}.state"),
-        ]
-        if pipelines:
-            args += ["--pipelines", *map(str, pipelines)]
-        self.process = Process("proxy", args, _env({}), self.tmp / f"proxy-{self.port}.log")
-        self.process.start()
-        wait_until(self._answers, 20, "the proxy control API")
-        return self
+        """Start the proxy and wait for its control API. A port taken between `free_port()`
+        and the proxy's bind (a client's outgoing connection may get it: CI saw a 3-broker
+        cluster's) is given up for two fresh ones, at most PORT_ATTEMPTS times."""
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            args = [
+                sys.executable,
+                "-m",
+                "dataflow.proxy",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--control-port",
+                str(self.control_port),
+                # Its own durable state: same folder and port, same proxy across a restart.
+                "--state-dir",
+                str(self.tmp / f"proxy-{self.port}.state"),
+            ]
+            if pipelines:
+                args += ["--pipelines", *map(str, pipelines)]
+            self.process = Process("proxy", args, _env({}), self.tmp / f"proxy-{self.port}.log")
+            self.process.start()
+            if wait_until(self._up_or_gone, 20, "the proxy control API") == "up":
+                return self
+            self.process.stop()  # reaped: no zombie, no ResourceWarning later
+            output = self.process.output()
+            if "Address already in use" not in output or attempt == PORT_ATTEMPTS:
+                raise AssertionError(f"the proxy exited at start:\n{output[-2000:]}")
+            self.port, self.control_port = free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _up_or_gone(self) -> str:
+        if self._answers():
+            return "up"
+        assert self.process is not None and self.process.proc is not None
+        return "gone" if self.process.proc.poll() is not None else ""
 
     def _answers(self) -> bool:
         try:

@@ -402,3 +402,22 @@ async def test_serve_refuses_a_bad_pipeline_file(tmp_path: Path) -> None:
     )
     assert code == 2
     assert f"{bad}: steps: a pipeline needs at least one step" in err
+
+
+def test_the_harness_gives_a_taken_port_up_for_a_fresh_one(tmp_path: Path) -> None:
+    # CI saw a proxy's port taken between free_port() and its bind (a 3-broker cluster's
+    # connections were opening meanwhile): the harness starts it again on fresh ports.
+    import socket
+
+    from tests.integration.harness import Proxy
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proxy = Proxy(tmp_path, port=port).start()
+        try:
+            assert proxy.port != port and proxy.status() == []
+            assert "Address already in use" in (tmp_path / f"proxy-{port}.log").read_text()
+        finally:
+            proxy.stop()
