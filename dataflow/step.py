@@ -14,6 +14,7 @@ handlers. Its parts:
 * `dataflow.collector`: record batches, retries, the error topic, holds released on ack;
 * `dataflow.state`: what a stateful step holds, its changelog write cache, restore;
 * `dataflow.pacing`: positions, end offsets, lag, stream time, held-back sources;
+* `dataflow.processor`: one record of a stateful step through routing, conversion and stages;
 * `dataflow.stages`: the pure join, batch, gate and cycle guard.
 """
 
@@ -24,13 +25,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
 from aiokafka.errors import KafkaError
 from loguru import logger
 
-from dataflow import changelog, membership, tracing
 from dataflow import headers as hdr
+from dataflow import membership, tracing
 from dataflow.collector import Collector, partition_for
 from dataflow.commits import Committer
 from dataflow.confluent import framing
@@ -39,15 +40,15 @@ from dataflow.cycles import RevisitGuard
 from dataflow.errors import StepFailed
 from dataflow.offsets import BatchHold, OffsetTracker
 from dataflow.pacing import SLICE_RECORDS, Batch, Pacing, now_ms
+from dataflow.processor import RecordProcessor
 from dataflow.progress import Progress
 from dataflow.stages import Ref, Result, StepStages
 from dataflow.state import StateOptions, StepState
 from dataflow.stats import StepStats
 from dataflow.topology import StepSpec, Topology, routes_of
 from dataflow.transactions import Transactions
-from dataflow.windows import Output
 from dataflow.windows import Result as Changes
-from dataflow.wire import ChainType, WireError, convert
+from dataflow.wire import WireError, convert
 
 if TYPE_CHECKING:
     from dataflow.confluent import Registry
@@ -57,9 +58,6 @@ __all__ = ["StateOptions", "Step", "StepFailed", "partition_for"]
 
 #: Stream time before every source of a join or gate has been read: no window closes on it.
 NO_STREAM_TIME = -(2**62)
-
-# Trigger records parse as responses whatever their topic (spec 4.7).
-_TRIGGER_CHAIN = ChainType.OUTPUT_INPUT
 
 
 class Step:
@@ -116,7 +114,6 @@ class Step:
         self.assigned = asyncio.Event()
         self.log = logger.bind(pipeline=topology.name, step=spec.index)
         self._routing = routes_of(spec)
-        self._prefixes: dict[tuple[str, int, TopicPartition], bytes] = {}
         self._progress = Progress()
         self._stopping = asyncio.Event()
         self._failure: StepFailed | None = None
@@ -146,6 +143,14 @@ class Step:
         )
         self.state = (
             StepState(context, state, self.stages) if state and self.stages.stateful else None
+        )
+        self.processor = RecordProcessor(
+            self._routing,
+            self.stages,
+            self.state is not None,
+            self.stats,
+            self.log,
+            self._current_generation,
         )
         self.collector = Collector(
             context,
@@ -343,7 +348,7 @@ class Step:
         # cycle guards run on the wall clock.
         unknown = NO_STREAM_TIME if self._timed else wall
         n = 0
-        take = self._take
+        take = self.processor.take
         for tp, record, stream in ordered:
             n += 1
             if not n % SLICE_RECORDS:
@@ -360,62 +365,6 @@ class Step:
         stats.records_in += n
         if n:
             stats.convert_seconds.observe_many((time.perf_counter() - t0) / n, n)
-
-    def _take(
-        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], now: int, wall: int,
-        received: float, result: Result,
-    ) -> None:  # fmt: skip
-        """One record through the step's stages (`now`: stream time; `received`: when its
-        slice was taken, for the latency histogram); what it causes is added to `result`. A
-        record that does not convert becomes an output for the error topic."""
-        ref = Ref(tp, record.offset, record.key, record.headers, record.timestamp, received,
-                  self._generation)  # fmt: skip
-        routing = self._routing.get(tp.topic)
-        if routing is None:
-            self.stats.filtered += 1
-            return
-        headers = record.headers
-        matched = False
-        try:
-            for feed in routing.sources:
-                if (hdr.PIPELINE, feed.pipeline) not in headers:
-                    continue
-                matched = True
-                source = feed.spec
-                value = convert(record.value, source.chain, source.tensors, source.renames)
-                if value is None:
-                    # No tensor left after selection, or an empty message: the reference
-                    # drops these.
-                    self.stats.empty += 1
-                    self.log.debug(
-                        "{}[{}]@{} converted to nothing: no output",
-                        tp.topic, tp.partition, record.offset,
-                    )  # fmt: skip
-                    continue
-                name = b""
-                if self.state is not None:
-                    name = self._prefix("s", feed.index, tp) + b"%d" % record.offset
-                result.extend(self.stages.add(feed.index, ref, value, now, wall, name))
-            for gate in routing.triggers:
-                if (hdr.PIPELINE, gate.pipeline) not in headers:
-                    continue
-                matched = True
-                if convert(record.value, _TRIGGER_CHAIN, gate.spec.tensors) is not None:
-                    name = self._prefix("t", gate.index, tp) + b"%d" % record.offset
-                    result.extend(self.stages.add_trigger(gate.index, ref, now, wall, name))
-        except WireError as exc:
-            reason = f"{tp.topic}[{tp.partition}]@{record.offset}: {exc}"
-            result.outputs.append(Output(ref.key, b"", ref.timestamp, ref, (ref,), reason))
-        if not matched:
-            self.stats.filtered += 1
-
-    def _prefix(self, kind: str, index: int, tp: TopicPartition) -> bytes:
-        """The start of the state entry names of a source's or trigger's records of `tp`."""
-        prefix = self._prefixes.get((kind, index, tp))
-        if prefix is None:
-            prefix = changelog.ident_prefix(kind, index, tp.topic, tp.partition)
-            self._prefixes[(kind, index, tp)] = prefix
-        return prefix
 
     async def _emit(
         self, result: Result, wall: int, hold: BatchHold[TopicPartition] | None = None

@@ -1,0 +1,111 @@
+"""What a stateful (or cycle-guarded) step does with one record: route, convert, its stages.
+
+Kafka Streams' processor nodes, as the step's loop calls them: the record goes to each source
+and trigger of the step whose `pipeline` header it carries, is converted on the wire, and goes
+through the step's stages (`dataflow.stages`); what that causes (outputs, state changes) is
+added to the slice's `Result`. Pure: no I/O, the clocks are passed in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiokafka import ConsumerRecord, TopicPartition
+
+from dataflow import changelog
+from dataflow import headers as hdr
+from dataflow.stages import Ref, Result, StepStages
+from dataflow.stats import StepStats
+from dataflow.topology import Routes
+from dataflow.windows import Output
+from dataflow.wire import ChainType, WireError, convert
+
+# Trigger records parse as responses whatever their topic (spec 4.7).
+_TRIGGER_CHAIN = ChainType.OUTPUT_INPUT
+
+
+class RecordProcessor:
+    """One step's per-record processing (module docstring).
+
+    Args:
+        routing: what each source topic's records feed (`topology.routes_of`).
+        stages: the step's stages.
+        named: the stages' entries get names (the step keeps a changelog).
+        stats: the step's counters.
+        log: the step's logger.
+        generation: the step's partition generation now.
+    """
+
+    def __init__(
+        self,
+        routing: dict[str, Routes],
+        stages: StepStages,
+        named: bool,
+        stats: StepStats,
+        log: Any,
+        generation: Callable[[], int],
+    ) -> None:
+        self.routing = routing
+        self.stages = stages
+        self.named = named
+        self.stats = stats
+        self.log = log
+        self.generation = generation
+        self._prefixes: dict[tuple[str, int, TopicPartition], bytes] = {}
+
+    def take(
+        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], now: int, wall: int,
+        received: float, result: Result,
+    ) -> None:  # fmt: skip
+        """One record through the step's stages (`now`: stream time; `received`: when its
+        slice was taken, for the latency histogram); what it causes is added to `result`. A
+        record that does not convert becomes an output for the error topic."""
+        ref = Ref(tp, record.offset, record.key, record.headers, record.timestamp, received,
+                  self.generation())  # fmt: skip
+        routing = self.routing.get(tp.topic)
+        if routing is None:
+            self.stats.filtered += 1
+            return
+        headers = record.headers
+        matched = False
+        try:
+            for feed in routing.sources:
+                if (hdr.PIPELINE, feed.pipeline) not in headers:
+                    continue
+                matched = True
+                source = feed.spec
+                value = convert(record.value, source.chain, source.tensors, source.renames)
+                if value is None:
+                    # No tensor left after selection, or an empty message: the reference
+                    # drops these.
+                    self.stats.empty += 1
+                    self.log.debug(
+                        "{}[{}]@{} converted to nothing: no output",
+                        tp.topic, tp.partition, record.offset,
+                    )  # fmt: skip
+                    continue
+                name = b""
+                if self.named:
+                    name = self._prefix("s", feed.index, tp) + b"%d" % record.offset
+                result.extend(self.stages.add(feed.index, ref, value, now, wall, name))
+            for gate in routing.triggers:
+                if (hdr.PIPELINE, gate.pipeline) not in headers:
+                    continue
+                matched = True
+                if convert(record.value, _TRIGGER_CHAIN, gate.spec.tensors) is not None:
+                    name = self._prefix("t", gate.index, tp) + b"%d" % record.offset
+                    result.extend(self.stages.add_trigger(gate.index, ref, now, wall, name))
+        except WireError as exc:
+            reason = f"{tp.topic}[{tp.partition}]@{record.offset}: {exc}"
+            result.outputs.append(Output(ref.key, b"", ref.timestamp, ref, (ref,), reason))
+        if not matched:
+            self.stats.filtered += 1
+
+    def _prefix(self, kind: str, index: int, tp: TopicPartition) -> bytes:
+        """The start of the state entry names of a source's or trigger's records of `tp`."""
+        prefix = self._prefixes.get((kind, index, tp))
+        if prefix is None:
+            prefix = changelog.ident_prefix(kind, index, tp.topic, tp.partition)
+            self._prefixes[(kind, index, tp)] = prefix
+        return prefix
