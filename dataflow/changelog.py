@@ -33,8 +33,7 @@ __all__ = [
     "decode",
     "encode",
     "ident",
-    "source_ident",
-    "trigger_ident",
+    "ident_prefix",
 ]
 
 #: Topic configuration of a changelog: compacted, rolled and cleaned often, so a restore reads
@@ -61,26 +60,16 @@ def changelog_topic(group: str) -> str:
     return f"{group}-changelog"
 
 
-def ident(kind: str, index: int, topic: str, partition: int, offset: int, n: int = 0) -> bytes:
-    """The name (changelog key) of the entry that holds one input record."""
-    base = f"{kind}{index}/{topic}/{partition}/{offset}"
-    return (base if n == 0 else f"{base}/{n}").encode()
-
-
-def source_ident(index: int, topic: str, partition: int, offset: int) -> bytes:
-    """The name of the entry that holds a record of source `index`."""
-    return ident("s", index, topic, partition, offset)
-
-
-def trigger_ident(index: int, topic: str, partition: int, offset: int) -> bytes:
-    """The name of the entry that holds a record of trigger `index`."""
-    return ident("t", index, topic, partition, offset)
-
-
 def ident_prefix(kind: str, index: int, topic: str, partition: int) -> bytes:
     """What the names of one source's (`kind` "s") or trigger's ("t") entries of one
     partition start with: the name of the entry of offset `o` is the prefix + `b"%d" % o`."""
     return f"{kind}{index}/{topic}/{partition}/".encode()
+
+
+def ident(kind: str, index: int, topic: str, partition: int, offset: int, n: int = 0) -> bytes:
+    """The name (changelog key) of the entry that holds one input record."""
+    name = ident_prefix(kind, index, topic, partition) + b"%d" % offset
+    return name if n == 0 else name + b"/%d" % n
 
 
 @dataclass(frozen=True, slots=True)
