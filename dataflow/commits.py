@@ -1,7 +1,11 @@
 """Committing what a step has safely done: its consumer offsets, or its tasks' transactions.
 
 At-least-once, the offsets committed are the offset tracker's low-water marks (nothing held
-at or past them), at most every `COMMIT_INTERVAL` unless forced. Exactly-once, each task's
+at or past them), at most every `COMMIT_INTERVAL` unless forced; a stateful step's changelog
+writes go out at most every `STATE_FLUSH_INTERVAL` (Kafka Streams' record cache, flushed on its
+commit), so a state entry that comes and goes within that second is never written nor
+tombstoned: the offsets of the records processed since the last flush stay held until the next
+one is acknowledged, and a crash replays at most about that much more. Exactly-once, each task's
 transaction commits with the step's consumed positions once everything sent in it is
 acknowledged, and the state's changelog writes (with the tombstones those acks released) go
 into the same transaction.
@@ -23,6 +27,8 @@ from dataflow.transactions import Transactions
 
 #: Seconds between commits while records keep arriving.
 COMMIT_INTERVAL = 0.2
+#: Seconds between a stateful step's changelog flushes, at-least-once (module docstring).
+STATE_FLUSH_INTERVAL = 1.0
 
 
 class Committer:
@@ -35,8 +41,9 @@ class Committer:
         transactions: the step's tasks' transactions, or None (at-least-once).
         log: the step's logger.
         failure: the step's failure so far, or None.
-        flush_state: writes a stateful step's pending changelog writes (`StepState.flush`),
-            before each commit; None for a stateless step.
+        flush_state: writes a stateful step's pending changelog writes (`StepState.flush`):
+            exactly-once before each commit, at-least-once before a commit at most every
+            `STATE_FLUSH_INTERVAL` (and before every forced one); None for a stateless step.
     """
 
     def __init__(
@@ -57,6 +64,7 @@ class Committer:
         self.failure = failure
         self.flush_state = flush_state
         self._last = 0.0
+        self._flushed = 0.0
 
     async def commit(self, force: bool) -> None:
         """Commit what is safe (`force`: whatever the time since the last commit).
@@ -71,9 +79,10 @@ class Committer:
         if not force and now - self._last < COMMIT_INTERVAL:
             return
         self._last = now
-        if self.flush_state is not None:
-            # The state's writes since the last commit go out now; the offsets they hold are
+        if self.flush_state is not None and (force or now - self._flushed >= STATE_FLUSH_INTERVAL):
+            # The state's writes since the last flush go out now; the offsets they hold are
             # committed by a later commit, once acknowledged.
+            self._flushed = now
             await self.flush_state()
         offsets = self.tracker.committable()
         if not offsets:

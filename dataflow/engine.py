@@ -95,7 +95,7 @@ class Engine:
         """Connect to Kafka, then subscribe to the scheduler."""
         await self.producer.start()
         await self.admin.start()
-        _settle_garbage_collector()
+        settle_garbage_collector()
         self._broker_watch = asyncio.create_task(self.broker.run(), name="broker-watch")
         self._subscription = asyncio.create_task(self.subscriber.run(), name="subscriber")
         self._watchdog = asyncio.create_task(self.watchdog.run(), name="watchdog")
@@ -502,7 +502,7 @@ def _attributes(topology: Topology) -> dict[str, object]:
     }
 
 
-def _settle_garbage_collector() -> None:
+def settle_garbage_collector() -> None:
     """Keep full garbage collections short: they stop the event loop for as long as they scan.
 
     What the process holds once started (modules, settings, clients: ~70,000 objects) is frozen

@@ -10,8 +10,9 @@ A real `dataflow.step.Step` (its stages, state, collector, pacing and committer)
 batches of 1,000 records per source from the unit tests' stand-in consumer, and sends into real
 aiokafka record batch builders whose sends are acknowledged at once. The backlog pattern of
 `scripts/bench`'s stateful parts: id i keyed `0.<i>`, timestamps 0.5 ms apart; the state is
-flushed (a commit) every `--flush` fetched batches (3: as a step at ~20,000 pairs/s flushing
-every 0.2 s), so the figures do not move with the machine's speed. `--held`: one source only
+flushed (a commit) every `--flush` fetched batches (20: as a step at ~20,000 pairs/s flushing
+every second, `dataflow.commits.STATE_FLUSH_INTERVAL`), so the figures do not move with the
+machine's speed. The garbage collector is set as the engine sets it. `--held`: one source only
 (nothing joins, nothing expires), then tracemalloc's bytes per held entry after the flush: the
 entry, its token, window heaps, the key's sides and the state's bookkeeping. Figures are CPU
 time of this process (`time.process_time`); `scripts/bench` measures the whole engine against
@@ -37,6 +38,7 @@ from aiokafka import TopicPartition
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 import dataflow.commits
+from dataflow.engine import settle_garbage_collector
 from dataflow.proto.inference import (
     InferTensorContents,
     ModelInferResponse,
@@ -160,7 +162,7 @@ async def run(kind: str, n: int, flush_every: int, held: bool, profile: bool) ->
                                 headers) for i in ids]  # fmt: skip
         fetches.append(fetch)
     dataflow.commits.COMMIT_INTERVAL = float("inf")  # flushed every `flush_every` fetches
-    gc.collect()
+    settle_garbage_collector()
     if held:
         tracemalloc.start()
         before = tracemalloc.get_traced_memory()[0]
@@ -199,7 +201,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("kind", choices=["join", "batch", "trigger"])
     parser.add_argument("n", type=int, nargs="?", default=100_000, help="ids (100,000)")
-    parser.add_argument("--flush", type=int, default=3, help="fetches between state flushes")
+    parser.add_argument("--flush", type=int, default=20, help="fetches between state flushes")
     parser.add_argument("--held", action="store_true", help="bytes per held entry instead")
     parser.add_argument("--profile", action="store_true", help="cProfile, top 25 by own time")
     args = parser.parse_args()

@@ -9,6 +9,7 @@ import pytest
 from aiokafka import TopicPartition
 from loguru import logger
 
+from dataflow import commits
 from dataflow.commits import Committer
 from dataflow.errors import StepFailed
 from dataflow.offsets import OffsetTracker
@@ -88,9 +89,30 @@ async def test_a_failed_step_aborts_its_transaction() -> None:
     assert log == [("abort", "g-0")]
 
 
-async def test_the_state_is_flushed_before_each_commit() -> None:
+async def test_the_state_is_flushed_before_a_commit() -> None:
     consumer = FakeConsumer({A0})
     writes = ["entry"]
     c = committer(consumer, OffsetTracker(), writes=writes)
     await c.commit(force=False)
     assert writes == []
+
+
+async def test_at_least_once_the_state_is_flushed_at_most_every_flush_interval(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(commits, "COMMIT_INTERVAL", 0.0)
+    monkeypatch.setattr(commits, "STATE_FLUSH_INTERVAL", 3600.0)
+    tracker: OffsetTracker[TopicPartition] = OffsetTracker()
+    consumer = FakeConsumer({A0})
+    writes = ["entry"]
+    c = committer(consumer, tracker, writes=writes)
+    await c.commit(force=False)
+    assert writes == [], "the first commit flushes"
+    writes.append("next")
+    tracker.hold(A0, 0)
+    tracker.release(A0, 0)
+    await c.commit(force=False)
+    assert writes == ["next"], "not flushed again within the flush interval"
+    assert consumer.commits == [{A0: 1}], "but what is released is committed"
+    await c.commit(force=True)
+    assert writes == [], "a forced commit (drain, revocation) always flushes"
