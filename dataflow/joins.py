@@ -120,6 +120,7 @@ class Joiner(Windowed[T]):
         *,
         wall_ms: int | None = None,
         ident: bytes = b"",
+        into: Result[T] | None = None,
     ) -> Result[T]:
         """Feed one record from source `source_index`.
 
@@ -137,6 +138,8 @@ class Joiner(Windowed[T]):
                 when `expire` is given `wall_ms`.
             ident: The entry's name; an entry of the same name already held (the same record
                 consumed again after a restart) is replaced, not joined with.
+            into: A result to add to (a caller feeding many records gathers them in one),
+                returned; else a new one.
 
         Returns:
             Outputs to send and tokens released.
@@ -147,7 +150,12 @@ class Joiner(Windowed[T]):
         n = self._n
         if not 0 <= source_index < n:
             raise IndexError(f"source_index {source_index} not in 0..{n - 1}")
-        step = self._start(now_ms)
+        if into is None:
+            step = self._start(now_ms)
+        else:
+            step = into
+            if self._window.due(now_ms):
+                step.extend(self.expire(now_ms))
         if self._any:
             self._add_any(
                 source_index, key, value, timestamp_ms, token, now_ms, wall_ms, ident, step

@@ -88,7 +88,7 @@ class RecordProcessor:
                 name = b""
                 if self.named:
                     name = self._prefix("s", feed.index, tp) + b"%d" % record.offset
-                result.extend(self.stages.add(feed.index, ref, value, now, wall, name))
+                self.stages.add(feed.index, ref, value, now, wall, name, result)
             for gate in routing.triggers:
                 if (hdr.PIPELINE, gate.pipeline) not in headers:
                     continue

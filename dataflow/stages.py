@@ -122,9 +122,31 @@ class StepStages:
         return RevisitGuard(topology.max_step_revisits) if topology.allow_cycles else None
 
     def add(
+        self,
+        index: int,
+        ref: Ref,
+        value: bytes,
+        now_ms: int,
+        wall_ms: int,
+        ident: bytes,
+        into: Result | None = None,
+    ) -> Result:
+        """A converted record of source `index` (`now_ms`: stream time; `ident`: its entry);
+        what it causes is added to `into` when given (and returned)."""
+        if self.joiner is not None and self.gate is None:
+            return self.joiner.add(
+                index, ref.key, value, ref.timestamp, ref, now_ms, wall_ms=wall_ms, ident=ident,
+                into=into,
+            )  # fmt: skip
+        step = self._add(index, ref, value, now_ms, wall_ms, ident)
+        if into is None:
+            return step
+        into.extend(step)
+        return into
+
+    def _add(
         self, index: int, ref: Ref, value: bytes, now_ms: int, wall_ms: int, ident: bytes
     ) -> Result:
-        """A converted record of source `index` (`now_ms`: stream time; `ident`: its entry)."""
         if self.joiner is not None:
             step = self.joiner.add(
                 index, ref.key, value, ref.timestamp, ref, now_ms, wall_ms=wall_ms, ident=ident

@@ -25,7 +25,6 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -66,11 +65,9 @@ class StateOptions:
     grace_ms: int = 0
 
 
-class Held(NamedTuple):
-    """An entry held in state: its input partition and its key and value bytes."""
-
-    partition: int
-    size: int
+Held = tuple[int, int]
+"""An entry held in state: (its input partition, its key and value bytes). A plain tuple: a
+named tuple's constructor is a Python call, and one is made per entry."""
 
 
 class StepState:
@@ -136,10 +133,10 @@ class StepState:
         old = self.entries.get(ident)
         written = False
         if old is not None:
-            self.stats.state_bytes -= old.size
+            self.stats.state_bytes -= old[1]
             prior = self.dirty.get(ident)
             written = prior[1] if prior is not None else True  # not dirty: in the changelog
-        self.entries[ident] = Held(entry.token.tp.partition, size)
+        self.entries[ident] = (entry.token.tp.partition, size)
         self.stats.state_bytes += size
         self.dirty[ident] = (entry, written)
 
@@ -150,7 +147,7 @@ class StepState:
         ident = entry.ident
         old = self.entries.pop(ident, None)
         if old is not None:
-            self.stats.state_bytes -= old.size
+            self.stats.state_bytes -= old[1]
         pending = self.dirty.pop(ident, None)
         if pending is not None and not pending[1]:
             self.stats.state_unwritten += 1
@@ -263,10 +260,10 @@ class StepState:
         if gone:
             self.stages.discard(lambda ref: ref.tp.partition in gone)
             for name, held in list(self.entries.items()):
-                if held.partition in gone:
+                if held[0] in gone:
                     del self.entries[name]
                     self.dirty.pop(name, None)
-                    self.stats.state_bytes -= held.size
+                    self.stats.state_bytes -= held[1]
         new = now_owned - self.owned
         self.owned = now_owned
         if not new:
@@ -309,7 +306,7 @@ class StepState:
             )
             self.stages.load(entry, wall)
             size = len(restored.value) + len(restored.key or b"")
-            self.entries[name] = Held(restored.partition, size)
+            self.entries[name] = (restored.partition, size)
             self.stats.state_bytes += size
             loaded += 1
         self.stats.restored += loaded

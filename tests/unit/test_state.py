@@ -15,7 +15,7 @@ from dataflow.context import StepContext
 from dataflow.errors import StepFailed
 from dataflow.offsets import OffsetTracker
 from dataflow.stages import Ref, StepStages
-from dataflow.state import Held, StateOptions, StepState
+from dataflow.state import StateOptions, StepState
 from dataflow.stats import StepStats
 from dataflow.windows import Entry, EntryKind
 from tests.unit.fakes import FakeProducer, settle, topology
@@ -78,7 +78,7 @@ async def test_a_write_waits_for_the_flush_and_holds_the_covered_offsets_until_a
     h.tracker.skip(A1, 5)
     h.state.put(entry(cause))
     assert producer.sent == [], "written at the next flush"
-    assert h.state.entries == {b"s0/a/1/5": Held(1, 6)} and h.stats.state_bytes == 6
+    assert h.state.entries == {b"s0/a/1/5": (1, 6)} and h.stats.state_bytes == 6
     await h.state.flush()
     [sent] = producer.sent
     assert sent.topic == LOG and sent.key == b"s0/a/1/5" and sent.partition == 1
@@ -194,7 +194,7 @@ async def test_restore_loads_new_partitions_and_drops_those_gone() -> None:
     h.state._read = read  # type: ignore[method-assign]
     await h.state.restore({A0}, lambda: 0)
     assert asked == [{0}] and h.state.owned == {0}
-    assert h.state.entries == {b"s0/a/0/1": Held(0, 2)} and h.stats.restored == 1
+    assert h.state.entries == {b"s0/a/0/1": (0, 2)} and h.stats.restored == 1
     assert h.stages.held() == 1
     [restored] = loaded
     assert restored.kind == EntryKind.JOIN and restored.token.restored
