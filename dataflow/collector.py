@@ -364,7 +364,7 @@ class Collector:
         )
 
     def outputs(self, hold: BatchHold[TopicPartition] | None) -> TaskBatches:
-        """Record batches for a stateful step's outputs (`send_output`). With `hold` (that of
+        """Record batches for a stateful step's outputs (`send_outputs`). With `hold` (that of
         the records they came from, released once they are acknowledged), their contributors
         are only `count`ed; else each holds its offset (`hold_all`)."""
         return TaskBatches(
@@ -375,24 +375,36 @@ class Collector:
             exactly_once=self.exactly_once,
         )
 
-    async def send_output(self, sends: TaskBatches, output: Output[Ref]) -> None:
-        """Append `output` to the sink's record batches in `sends` (the caller counts or holds
-        its contributors, until `outputs_done` hears of the batch's ack)."""
-        origin = output.origin
-        headers = self.rewrite.apply(origin.headers)
-        partition = (
-            partition_for(output.key, self.sink_partitions) if self.sink_partitions > 1 else 0
-        )
-        value = self.frame + output.value if self.frame else output.value
-        if self.trace is not None:
-            span = self.trace.output(output, headers, self.sink, False, ())
-            if span is not None:
-                span.end()
-        self.stats.records_out += 1
-        out = await sends.get(origin.tp.partition)
-        timestamp = output.timestamp_ms if output.timestamp_ms >= 0 else None
-        if not out.add(partition, output.key, value, timestamp, headers, output):
-            await out.add_to_next(partition, output.key, value, timestamp, headers, output)
+    async def send_outputs(
+        self, sends: TaskBatches, outputs: list[Output[Ref]], counted: bool
+    ) -> None:
+        """Append `outputs` to the sink's record batches in `sends`. Each contributor is
+        `count`ed when `counted` (the hold of the records it came from covers its offset),
+        else holds its own offset (`hold_all`), until `outputs_done` hears of the batch's
+        ack."""
+        rewrite, frame, trace = self.rewrite.apply, self.frame, self.trace
+        sink_partitions = self.sink_partitions
+        self.stats.records_out += len(outputs)
+        shared = None if sends.exactly_once else await sends.get(0)
+        for output in outputs:
+            if counted:
+                for ref in output.contributors:
+                    ref.pending += 1
+            else:
+                self.hold_all(output.contributors)
+            origin = output.origin
+            headers = rewrite(origin.headers)
+            key = output.key
+            partition = partition_for(key, sink_partitions) if sink_partitions > 1 else 0
+            value = frame + output.value if frame else output.value
+            if trace is not None:
+                span = trace.output(output, headers, self.sink, False, ())
+                if span is not None:
+                    span.end()
+            out = shared if shared is not None else await sends.get(origin.tp.partition)
+            timestamp = output.timestamp_ms if output.timestamp_ms >= 0 else None
+            if not out.add(partition, key, value, timestamp, headers, output):
+                await out.add_to_next(partition, key, value, timestamp, headers, output)
 
     def outputs_done(
         self,

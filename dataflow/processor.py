@@ -1,4 +1,4 @@
-"""What a stateful (or cycle-guarded) step does with one record: route, convert, its stages.
+"""What a stateful (or cycle-guarded) step does with its records: route, convert, its stages.
 
 Kafka Streams' processor nodes, as the step's loop calls them: the record goes to each source
 and trigger of the step whose `pipeline` header it carries, is converted on the wire, and goes
@@ -8,7 +8,7 @@ added to the slice's `Result`. Pure: no I/O, the clocks are passed in.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from aiokafka import ConsumerRecord, TopicPartition
@@ -52,60 +52,78 @@ class RecordProcessor:
         self.stats = stats
         self.log = log
         self.generation = generation
-        self._prefixes: dict[tuple[str, int, TopicPartition], bytes] = {}
+        self._prefixes: dict[tuple[int, TopicPartition], bytes] = {}  # trigger i: -1 - i
 
     def take(
-        self, tp: TopicPartition, record: ConsumerRecord[Any, Any], now: int, wall: int,
-        received: float, result: Result,
-    ) -> None:  # fmt: skip
-        """One record through the step's stages (`now`: stream time; `received`: when its
-        slice was taken, for the latency histogram); what it causes is added to `result`. A
-        record that does not convert becomes an output for the error topic."""
-        ref = Ref(tp, record.offset, record.key, record.headers, record.timestamp, received,
-                  self.generation())  # fmt: skip
-        routing = self.routing.get(tp.topic)
-        if routing is None:
-            self.stats.filtered += 1
-            return
-        headers = record.headers
-        matched = False
-        try:
-            for feed in routing.sources:
-                if (hdr.PIPELINE, feed.pipeline) not in headers:
-                    continue
-                matched = True
-                source = feed.spec
-                value = convert(record.value, source.chain, source.tensors, source.renames)
-                if value is None:
-                    # No tensor left after selection, or an empty message: the reference
-                    # drops these.
-                    self.stats.empty += 1
-                    self.log.debug(
-                        "{}[{}]@{} converted to nothing: no output",
-                        tp.topic, tp.partition, record.offset,
-                    )  # fmt: skip
-                    continue
-                name = b""
-                if self.named:
-                    name = self._prefix("s", feed.index, tp) + b"%d" % record.offset
-                self.stages.add(feed.index, ref, value, now, wall, name, result)
-            for gate in routing.triggers:
-                if (hdr.PIPELINE, gate.pipeline) not in headers:
-                    continue
-                matched = True
-                if convert(record.value, _TRIGGER_CHAIN, gate.spec.tensors) is not None:
-                    name = self._prefix("t", gate.index, tp) + b"%d" % record.offset
-                    result.extend(self.stages.add_trigger(gate.index, ref, now, wall, name))
-        except WireError as exc:
-            reason = f"{tp.topic}[{tp.partition}]@{record.offset}: {exc}"
-            result.outputs.append(Output(ref.key, b"", ref.timestamp, ref, (ref,), reason))
-        if not matched:
-            self.stats.filtered += 1
+        self,
+        items: Iterable[tuple[TopicPartition, ConsumerRecord[Any, Any], int | None]],
+        unknown: int,
+        wall: int,
+        received: float,
+        result: Result,
+    ) -> int:
+        """Records through the step's stages, each with its stream time (`unknown` stands for
+        a stream time not known yet; `received`: when the slice was taken, for the latency
+        histogram); what they cause is added to `result`. A record that does not convert
+        becomes an output for the error topic. Returns how many records were taken."""
+        generation = self.generation()
+        routes = self.routing.get
+        stats = self.stats
+        add = self.stages.add
+        add_trigger = self.stages.add_trigger
+        named = self.named
+        pipeline = hdr.PIPELINE
+        taken = 0
+        for tp, record, stream in items:
+            taken += 1
+            routing = routes(tp.topic)
+            if routing is None:
+                stats.filtered += 1
+                continue
+            now = unknown if stream is None else stream
+            headers = record.headers
+            ref = Ref(tp, record.offset, record.key, headers, record.timestamp, received,
+                      generation)  # fmt: skip
+            matched = False
+            try:
+                for feed in routing.sources:
+                    if (pipeline, feed.pipeline) not in headers:
+                        continue
+                    matched = True
+                    source = feed.spec
+                    value = convert(record.value, source.chain, source.tensors, source.renames)
+                    if value is None:
+                        # No tensor left after selection, or an empty message: the reference
+                        # drops these.
+                        stats.empty += 1
+                        self.log.debug(
+                            "{}[{}]@{} converted to nothing: no output",
+                            tp.topic, tp.partition, record.offset,
+                        )  # fmt: skip
+                        continue
+                    name = b""
+                    if named:
+                        name = self._prefix(feed.index, tp) + b"%d" % record.offset
+                    add(feed.index, ref, value, now, wall, name, result)
+                for gate in routing.triggers:
+                    if (pipeline, gate.pipeline) not in headers:
+                        continue
+                    matched = True
+                    if convert(record.value, _TRIGGER_CHAIN, gate.spec.tensors) is not None:
+                        name = self._prefix(gate.index, tp, "t") + b"%d" % record.offset
+                        result.extend(add_trigger(gate.index, ref, now, wall, name))
+            except WireError as exc:
+                reason = f"{tp.topic}[{tp.partition}]@{record.offset}: {exc}"
+                result.outputs.append(Output(ref.key, b"", ref.timestamp, ref, (ref,), reason))
+            if not matched:
+                stats.filtered += 1
+        return taken
 
-    def _prefix(self, kind: str, index: int, tp: TopicPartition) -> bytes:
-        """The start of the state entry names of a source's or trigger's records of `tp`."""
-        prefix = self._prefixes.get((kind, index, tp))
+    def _prefix(self, index: int, tp: TopicPartition, kind: str = "s") -> bytes:
+        """The start of the state entry names of a source's (or trigger's) records of `tp`."""
+        key = (index, tp) if kind == "s" else (-1 - index, tp)
+        prefix = self._prefixes.get(key)
         if prefix is None:
             prefix = changelog.ident_prefix(kind, index, tp.topic, tp.partition)
-            self._prefixes[(kind, index, tp)] = prefix
+            self._prefixes[key] = prefix
         return prefix

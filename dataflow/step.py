@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
+from itertools import islice
 from typing import TYPE_CHECKING, Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -341,24 +342,21 @@ class Step:
             ordered = self.pacing.ordered(batch, await self.pacing.begin(batch))
         else:
             ordered = self.pacing.in_fetch_order(batch)
-        t0 = received = time.perf_counter()
-        result: Result = Changes()
-        wall = now_ms()
-        # Joins and gates before every source has been read: no stream time yet. Batches and
-        # cycle guards run on the wall clock.
-        unknown = NO_STREAM_TIME if self._timed else wall
+        t0 = time.perf_counter()
         n = 0
         take = self.processor.take
-        for tp, record, stream in ordered:
-            n += 1
-            if not n % SLICE_RECORDS:
-                await self._emit(result, wall, hold)
-                result = Changes()
-                await asyncio.sleep(0)
-                wall = now_ms()
-                unknown = NO_STREAM_TIME if self._timed else wall
-                received = time.perf_counter()
-            take(tp, record, unknown if stream is None else stream, wall, received, result)
+        while True:
+            wall = now_ms()
+            # Joins and gates before every source has been read: no stream time yet. Batches
+            # and cycle guards run on the wall clock.
+            unknown = NO_STREAM_TIME if self._timed else wall
+            result: Result = Changes()
+            taken = take(islice(ordered, SLICE_RECORDS), unknown, wall, time.perf_counter(), result)
+            n += taken
+            if taken < SLICE_RECORDS:
+                break
+            await self._emit(result, wall, hold)
+            await asyncio.sleep(0)
         await self._emit(result, wall, hold)
         if state is None:
             hold.sealed()
@@ -375,19 +373,19 @@ class Step:
         and batches closed by the clock) each output holds its contributors' offsets."""
         collector = self.collector
         if result.outputs:
-            sends = collector.outputs(hold)
+            guard = self.stages.guard
+            good = []
             for output in result.outputs:
-                error = output.error or self.stages.revisit(output, wall)
+                error = output.error or (guard is not None and self.stages.revisit(output, wall))
                 if error:
                     collector.hold_all(output.contributors)
                     await collector.send_error(output.origin, error, output.contributors)
-                    continue
-                if hold is None:
-                    collector.hold_all(output.contributors)
                 else:
-                    collector.count(output.contributors)
-                await collector.send_output(sends, output)
-            await sends.seal()
+                    good.append(output)
+            if good:
+                sends = collector.outputs(hold)
+                await collector.send_outputs(sends, good, counted=hold is not None)
+                await sends.seal()
         state = self.state
         if state is None:
             return
