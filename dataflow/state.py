@@ -124,41 +124,48 @@ class StepState:
             self._hold = BatchHold(self.tracker, self.generation)
         return self._hold
 
-    def put(self, entry: Entry[Ref]) -> None:
-        """`entry` entered the state or changed: it is written at the next `flush` (the record
-        that caused it is held in `hold()` until then). Written as it is then: changes in between
-        (an outer join's `matched` flag) cost no second write."""
-        ident = entry.ident
-        size = len(entry.value) + len(entry.token.key or b"")
-        old = self.entries.get(ident)
-        written = False
-        if old is not None:
-            self.stats.state_bytes -= old[1]
-            prior = self.dirty.get(ident)
-            written = prior[1] if prior is not None else True  # not dirty: in the changelog
-        self.entries[ident] = (entry.token.tp.partition, size)
-        self.stats.state_bytes += size
-        self.dirty[ident] = (entry, written)
+    def put(self, entries: list[Entry[Ref]]) -> None:
+        """`entries` entered the state or changed: each is written at the next `flush` (the
+        record that caused it is held in `hold()` until then). Written as it is then: changes
+        in between (an outer join's `matched` flag) cost no second write."""
+        held, dirty = self.entries, self.dirty
+        grown = 0
+        for entry in entries:
+            ident = entry.ident
+            token = entry.token
+            size = len(entry.value) + len(token.key or b"")
+            old = held.get(ident)
+            written = False
+            if old is not None:
+                grown -= old[1]
+                prior = dirty.get(ident)
+                written = prior[1] if prior is not None else True  # not dirty: in the changelog
+            held[ident] = (token.tp.partition, size)
+            grown += size
+            dirty[ident] = (entry, written)
+        self.stats.state_bytes += grown
 
-    def remove(self, entry: Entry[Ref]) -> None:
-        """`entry` left the state. Never written (it came and went between two flushes): nothing
-        to write, its offset is held in `hold()` until the period's outputs are acknowledged.
-        Else its tombstone follows the deliveries that carry its data."""
-        ident = entry.ident
-        old = self.entries.pop(ident, None)
-        if old is not None:
-            self.stats.state_bytes -= old[1]
-        pending = self.dirty.pop(ident, None)
-        if pending is not None and not pending[1]:
-            self.stats.state_unwritten += 1
-            return
-        token = entry.token
-        if token.pending > 0:
-            if token.deferred is None:
-                token.deferred = []
-            token.deferred.append(entry)
-        else:
-            self.tombstones.append(entry)
+    def remove(self, entries: list[Entry[Ref]]) -> None:
+        """`entries` left the state. One never written (it came and went between two flushes):
+        nothing to write, its offset is held in `hold()` until the period's outputs are
+        acknowledged. Else its tombstone follows the deliveries that carry its data."""
+        held, dirty, stats = self.entries, self.dirty, self.stats
+        for entry in entries:
+            ident = entry.ident
+            old = held.pop(ident, None)
+            if old is not None:
+                stats.state_bytes -= old[1]
+            pending = dirty.pop(ident, None)
+            if pending is not None and not pending[1]:
+                stats.state_unwritten += 1
+                continue
+            token = entry.token
+            if token.pending > 0:
+                if token.deferred is None:
+                    token.deferred = []
+                token.deferred.append(entry)
+            else:
+                self.tombstones.append(entry)
 
     def released(self, entries: list[Entry[Ref]]) -> None:
         """The deliveries that carried `entries`' data were acknowledged."""

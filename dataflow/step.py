@@ -389,10 +389,8 @@ class Step:
         state = self.state
         if state is None:
             return
-        for entry in result.stored:
-            state.put(entry)
-        for entry in result.removed:
-            state.remove(entry)
+        state.put(result.stored)
+        state.remove(result.removed)
         if self.stages.batcher is not None and state.full:
             # A batch that cannot grow is sent now rather than holding fetching forever.
             await self._emit(self.stages.flush_batch(wall, wall), wall, hold)

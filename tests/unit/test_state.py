@@ -76,7 +76,7 @@ async def test_a_write_waits_for_the_flush_and_holds_the_covered_offsets_until_a
     cause = h.ref(A1, 5)
     h.state.hold().hold_from(A1, 5)
     h.tracker.skip(A1, 5)
-    h.state.put(entry(cause))
+    h.state.put([entry(cause)])
     assert producer.sent == [], "written at the next flush"
     assert h.state.entries == {b"s0/a/1/5": (1, 6)} and h.stats.state_bytes == 6
     await h.state.flush()
@@ -94,9 +94,9 @@ async def test_an_entry_written_once_goes_out_as_it_is_at_the_flush() -> None:
     producer = FakeProducer()
     h = Harness(producer)
     kept = entry(h.ref(A0, 5), b"s0/a/0/5")
-    h.state.put(kept)
+    h.state.put([kept])
     kept.matched = True  # an outer join's flag changed before the flush
-    h.state.put(kept)
+    h.state.put([kept])
     await h.state.flush()
     [sent] = producer.sent
     assert sent.value is not None and changelog.decode(sent.value).matched
@@ -109,10 +109,10 @@ async def test_an_entry_that_comes_and_goes_between_two_flushes_is_never_written
     h.state.hold().hold_from(A0, 5)
     h.tracker.skip(A0, 5)
     gone = entry(ref, b"s0/a/0/5")
-    h.state.put(gone)
+    h.state.put([gone])
     ref.pending = 1  # the output carrying it is in flight: it holds the offset itself
     h.tracker.hold(A0, 5)
-    h.state.remove(gone)
+    h.state.remove([gone])
     await h.state.flush()
     await settle()
     assert producer.sent == [] and h.stats.state_unwritten == 1
@@ -126,14 +126,14 @@ async def test_a_failed_write_fails_the_step_unless_its_partition_was_revoked() 
     h = Harness(FakeProducer(failing={LOG: KafkaTimeoutError()}))
     cause = h.ref(A0, 1)
     h.state.hold().hold_from(A0, 1)
-    h.state.put(entry(cause))
+    h.state.put([entry(cause)])
     await h.state.flush()
     await settle()
     assert str(h.failures[0]).startswith(f"cannot write state to {LOG}")
     assert h.tracker.committable() == {}, "the record's offset stays held"
     h.failures.clear()
     h.state.hold().hold_from(A0, 2)
-    h.state.put(entry(cause, b"s0/a/0/2"))
+    h.state.put([entry(cause, b"s0/a/0/2")])
     await h.state.flush()
     h.generation += 1
     await settle()
@@ -145,10 +145,10 @@ async def test_a_removal_waits_for_the_deliveries_that_carry_its_data() -> None:
     h = Harness(producer)
     ref = h.ref(A0, 5)
     kept = entry(ref, b"s0/a/0/5")
-    h.state.put(kept)
+    h.state.put([kept])
     await h.state.flush()
     ref.pending = 1  # an output carrying it is in flight
-    h.state.remove(kept)
+    h.state.remove([kept])
     assert ref.deferred == [kept] and h.state.tombstones == [] and h.stats.state_bytes == 0
     h.state.released(ref.deferred)
     await h.state.flush()
@@ -160,10 +160,10 @@ async def test_a_tombstone_is_skipped_when_the_entry_was_written_again() -> None
     h = Harness(producer)
     ref = h.ref(A0, 5)
     old = entry(ref, b"s0/a/0/5")
-    h.state.put(old)
+    h.state.put([old])
     await h.state.flush()
-    h.state.remove(old)
-    h.state.put(entry(ref, b"s0/a/0/5"))  # the same record consumed again
+    h.state.remove([old])
+    h.state.put([entry(ref, b"s0/a/0/5")])  # the same record consumed again
     await h.state.flush()
     assert [s.value is None for s in producer.sent] == [False, False]
 
@@ -207,7 +207,7 @@ async def test_restore_loads_new_partitions_and_drops_those_gone() -> None:
 async def test_the_state_is_full_at_its_bound_and_says_so_once() -> None:
     h = Harness(FakeProducer(), max_records=2)
     for n in range(2):
-        h.state.put(entry(h.ref(A0, n), b"s0/a/0/%d" % n))
+        h.state.put([entry(h.ref(A0, n), b"s0/a/0/%d" % n)])
     assert h.state.check_full() and h.stats.state_full == 1
     assert h.state.check_full() and h.stats.state_full == 1, "counted when it becomes full"
     assert h.stats.state_records == 2
