@@ -94,6 +94,7 @@ class TriggerGate(Windowed[T]):
         contributors: Sequence[T] | None = None,
         wall_ms: int | None = None,
         ident: bytes = b"",
+        into: Result[T] | None = None,
     ) -> Result[T]:
         """Feed one data record.
 
@@ -107,12 +108,13 @@ class TriggerGate(Windowed[T]):
                 stage; the gate releases these instead of `token`. Defaults to `(token,)`.
             wall_ms: The wall clock at arrival (see `Joiner.add`).
             ident: The entry's name if it has to wait.
+            into: A result to add to, returned (see `Joiner.add`).
 
         Returns:
             Outputs to send and tokens released (windows that closed by `now_ms` included).
         """
         held = (token,) if contributors is None else tuple(contributors)
-        step = self._start(now_ms)
+        step = self._into(now_ms, into)
         if key is None:
             step.released.extend(held)
             return step
@@ -183,6 +185,7 @@ class TriggerGate(Windowed[T]):
         *,
         wall_ms: int | None = None,
         ident: bytes = b"",
+        into: Result[T] | None = None,
     ) -> Result[T]:
         """Feed one trigger record (its payload is not needed).
 
@@ -194,6 +197,7 @@ class TriggerGate(Windowed[T]):
             now_ms: The window clock.
             wall_ms: The wall clock at arrival (see `Joiner.add`).
             ident: The entry's name.
+            into: A result to add to, returned (see `Joiner.add`).
 
         Returns:
             Outputs (data that this trigger lets through) and tokens released.
@@ -203,7 +207,7 @@ class TriggerGate(Windowed[T]):
         """
         if not 0 <= trigger_index < self._n:
             raise IndexError(f"trigger_index {trigger_index} not in 0..{self._n - 1}")
-        step = self._start(now_ms)
+        step = self._into(now_ms, into)
         if key is None:
             step.released.append(token)
             return step

@@ -150,12 +150,7 @@ class Joiner(Windowed[T]):
         n = self._n
         if not 0 <= source_index < n:
             raise IndexError(f"source_index {source_index} not in 0..{n - 1}")
-        if into is None:
-            step = self._start(now_ms)
-        else:
-            step = into
-            if self._window.due(now_ms):
-                step.extend(self.expire(now_ms))
+        step = self._into(now_ms, into)
         if self._any:
             self._add_any(
                 source_index, key, value, timestamp_ms, token, now_ms, wall_ms, ident, step

@@ -111,7 +111,7 @@ class RecordProcessor:
                     matched = True
                     if convert(record.value, _TRIGGER_CHAIN, gate.spec.tensors) is not None:
                         name = self._prefix(gate.index, tp, "t") + b"%d" % record.offset
-                        result.extend(add_trigger(gate.index, ref, now, wall, name))
+                        add_trigger(gate.index, ref, now, wall, name, result)
             except WireError as exc:
                 reason = f"{tp.topic}[{tp.partition}]@{record.offset}: {exc}"
                 result.outputs.append(Output(ref.key, b"", ref.timestamp, ref, (ref,), reason))

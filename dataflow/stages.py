@@ -138,6 +138,13 @@ class StepStages:
                 index, ref.key, value, ref.timestamp, ref, now_ms, wall_ms=wall_ms, ident=ident,
                 into=into,
             )  # fmt: skip
+        if self.gate is not None and self.joiner is None and self.batcher is None:
+            # A source record straight into the gate: what `_through_gate` does with it
+            # (under the same entry name), without the output in between.
+            name = (ident or b"d") + b"/0/" + _origin_name(ref)
+            return self.gate.add_data(
+                ref.key, value, ref.timestamp, ref, now_ms, wall_ms=wall_ms, ident=name, into=into
+            )
         step = self._add(index, ref, value, now_ms, wall_ms, ident)
         if into is None:
             return step
@@ -160,12 +167,24 @@ class StepStages:
             step = Changes([output], [ref])
         return self._through_gate(step, now_ms, wall_ms, ident)
 
-    def add_trigger(self, index: int, ref: Ref, now_ms: int, wall_ms: int, ident: bytes) -> Result:
-        """A record of trigger `index` that carries the trigger's tensors."""
+    def add_trigger(
+        self,
+        index: int,
+        ref: Ref,
+        now_ms: int,
+        wall_ms: int,
+        ident: bytes,
+        into: Result | None = None,
+    ) -> Result:
+        """A record of trigger `index` that carries the trigger's tensors (added to `into`
+        when given)."""
         if self.gate is None:
-            return Changes([], [ref])
+            if into is None:
+                return Changes([], [ref])
+            into.released.append(ref)
+            return into
         return self.gate.add_trigger(
-            index, ref.key, ref.timestamp, ref, now_ms, wall_ms=wall_ms, ident=ident
+            index, ref.key, ref.timestamp, ref, now_ms, wall_ms=wall_ms, ident=ident, into=into
         )
 
     def expire(self, now_ms: int | None, wall_ms: int, caught_up: bool) -> Result:

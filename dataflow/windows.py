@@ -423,3 +423,12 @@ class Windowed(Generic[T]):
     def next_wall_deadline(self) -> int | None:
         """When the next held record's window closes on the wall clock (if given), or None."""
         return self._window.next_wall_deadline()
+
+    def _into(self, now_ms: int, into: Result[T] | None) -> Result[T]:
+        """`_start`, adding to `into` when given (a caller feeding many records gathers what
+        they cause in one result)."""
+        if into is None:
+            return self._start(now_ms)
+        if self._window.due(now_ms):
+            into.extend(self.expire(now_ms))
+        return into
