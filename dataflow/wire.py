@@ -950,6 +950,26 @@ def _top_spans(
     return ident, params, tensors, raws
 
 
+def _laid_out(
+    ident: _Span | None, params: list[_Span], tensors: list[_Span], value: bytes
+) -> bool:
+    """True when `value` is exactly `ident`, `params` and `tensors`, one after the other."""
+    pos = 0
+    if ident is not None:
+        if ident[0] != 0:
+            return False
+        pos = ident[1]
+    for s, e in params:
+        if s != pos:
+            return False
+        pos = e
+    for s, e in tensors:
+        if s != pos:
+            return False
+        pos = e
+    return pos == len(value)
+
+
 def merge_join(left: bytes, right: bytes, *, request: bool) -> bytes:
     """Join two converted messages with the same key (spec 4.5).
 
@@ -978,6 +998,12 @@ def merge_join(left: bytes, right: bytes, *, request: bool) -> bytes:
         # neither: the fields are copied as they are.
         l_id, l_params, l_tensors, l_raws = fast_left
         _, _, r_tensors, r_raws = fast_right
+        if not l_raws and not r_raws and r_tensors and _laid_out(l_id, l_params, l_tensors, left):
+            # The usual join: left is exactly its id, parameters and tensors, in that order,
+            # so the result is left followed by right's tensors.
+            start, end = r_tensors[0][0], r_tensors[-1][1]
+            if end - start == sum(e - s for s, e in r_tensors):  # contiguous
+                return left + right[start:end]
         if bool(l_raws) == bool(r_raws):
             ls, rs = _view(left), _view(right)
             pieces: list[_Piece] = [] if l_id is None else [ls[l_id[0] : l_id[1]]]

@@ -650,6 +650,32 @@ def test_join_of_two_converted_demo_records() -> None:
     assert out[: len(ID_FIELD) + len(TENSOR0)] == ID_FIELD + TENSOR0
 
 
+def test_join_of_laid_out_sides_matches_the_field_by_field_join() -> None:
+    def tensor(name: str, n: int) -> Input:
+        contents = InferTensorContents(int_contents=[n])
+        return Input(name=name, datatype="INT32", shape=[1], contents=contents)
+
+    params = {"a": InferParameter(string_param="l")}
+    laid_out = bytes(ModelInferRequest(id="L", parameters=params, inputs=[tensor("l", 1)]))
+    named = bytes(ModelInferRequest(model_name="m", id="L", parameters=params,
+                                    inputs=[tensor("l", 1)]))  # fmt: skip
+    # Right's tensors with a parameter between them (protobuf concatenation merges).
+    scattered = (
+        bytes(ModelInferRequest(id="R", inputs=[tensor("r1", 2)]))
+        + bytes(ModelInferRequest(parameters={"b": InferParameter(bool_param=True)}))
+        + bytes(ModelInferRequest(inputs=[tensor("r2", 3)]))
+    )
+    together = bytes(ModelInferRequest(id="R", inputs=[tensor("r1", 2), tensor("r2", 3)]))
+    expected = bytes(
+        ModelInferRequest(
+            id="L", parameters=params, inputs=[tensor("l", 1), tensor("r1", 2), tensor("r2", 3)]
+        )
+    )
+    for left in (laid_out, named):
+        for right in (scattered, together):
+            assert wire.merge_join(left, right, request=True) == expected
+
+
 def test_join_rejects_malformed_sides() -> None:
     with pytest.raises(WireError):
         wire.merge_join(DEMO[:-3], DEMO, request=False)
