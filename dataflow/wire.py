@@ -950,9 +950,7 @@ def _top_spans(
     return ident, params, tensors, raws
 
 
-def _laid_out(
-    ident: _Span | None, params: list[_Span], tensors: list[_Span], value: bytes
-) -> bool:
+def _laid_out(ident: _Span | None, params: list[_Span], tensors: list[_Span], value: bytes) -> bool:
     """True when `value` is exactly `ident`, `params` and `tensors`, one after the other."""
     pos = 0
     if ident is not None:
