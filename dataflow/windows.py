@@ -337,19 +337,22 @@ class Window(Generic[T]):
         seq = self._seq
         self._seq = seq + 1
         deadline = record.deadline_ms
-        fifo = self._fifo
-        if not fifo or deadline >= fifo[-1][0]:
-            fifo.append((deadline, seq, record))
+        fifo, heap = self._fifo, self._heap
+        if fifo and deadline < fifo[-1][0]:
+            heapq.heappush(heap, (deadline, seq, record))
         else:
-            heapq.heappush(self._heap, (deadline, seq, record))
+            fifo.append((deadline, seq, record))
+        wall: int | None
         if wall_ms is not None:
-            record.wall_deadline_ms = wall_ms + self.window_ms
-        if (wall := record.wall_deadline_ms) is not None:
-            fifo = self._wall_fifo
-            if not fifo or wall >= fifo[-1][0]:
-                fifo.append((wall, seq, record))
+            record.wall_deadline_ms = wall = wall_ms + self.window_ms
+        else:
+            wall = record.wall_deadline_ms
+        wall_fifo, wall_heap = self._wall_fifo, self._wall_heap
+        if wall is not None:
+            if wall_fifo and wall < wall_fifo[-1][0]:
+                heapq.heappush(wall_heap, (wall, seq, record))
             else:
-                heapq.heappush(self._wall_heap, (wall, seq, record))
+                wall_fifo.append((wall, seq, record))
         self.count = count = self.count + 1
         # Records leave by one clock and stay queued on the other until they reach its front:
         # while a source lags, windows close on stream time only, and every closed record would
@@ -357,10 +360,10 @@ class Window(Generic[T]):
         # keeps both clocks' queues (and the memory they hold) in proportion to what is held:
         # O(1) amortised.
         limit = _COMPACT_FACTOR * count + _COMPACT_FLOOR
-        if len(self._fifo) + len(self._heap) > limit:
-            self._fifo, self._heap = _compact(self._fifo, self._heap, False)
-        if len(self._wall_fifo) + len(self._wall_heap) > limit:
-            self._wall_fifo, self._wall_heap = _compact(self._wall_fifo, self._wall_heap, True)
+        if len(fifo) + len(heap) > limit:
+            self._fifo, self._heap = _compact(fifo, heap, False)
+        if len(wall_fifo) + len(wall_heap) > limit:
+            self._wall_fifo, self._wall_heap = _compact(wall_fifo, wall_heap, True)
 
     def grace(self, record: Entry[T]) -> None:
         """Keep a record whose window just closed (`pop_due`) for the grace period."""
@@ -411,7 +414,15 @@ class Window(Generic[T]):
                 return record
         if wall_ms is not None:
             fifo, heap = self._wall_fifo, self._wall_heap
-            while (item := _pop(fifo, heap, wall_ms)) is not None:
+            while True:
+                if heap:
+                    item = _pop(fifo, heap, wall_ms)
+                    if item is None:
+                        break
+                elif fifo and fifo[0][0] <= wall_ms:
+                    item = fifo.popleft()
+                else:
+                    break
                 deadline, _, record = item
                 if record.alive and deadline == record.wall_deadline_ms:
                     record.alive = False
