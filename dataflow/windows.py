@@ -293,9 +293,10 @@ class Window(Generic[T]):
 
     Each clock queues items `(deadline, sequence number, record)` in two places: a FIFO (a
     deque) takes every item whose deadline is >= that of the FIFO's last item, so it stays
-    sorted and costs O(1) a push and a pop; a heap takes the others. Deadlines come almost always
-    in order (stream-time deadlines are `timestamp + W + 1` and records arrive in timestamp
-    order; wall deadlines follow the wall clock), so the heap is mostly empty. The next item is
+    sorted, O(1) to push and to pop; a heap takes the others. Deadlines come almost always in
+    order (stream-time deadlines are `timestamp + W + 1` and records arrive in timestamp order;
+    wall deadlines follow the wall clock), so the heap holds only stragglers and the records
+    `grace` pushes again behind later deadlines (with `grace_ms` < W, most of them). Next out is
     the smaller of the two fronts by `(deadline, sequence number)`: records with the same
     deadline leave in the order they were pushed, wherever they are queued. An item is stale
     once its record is dead or its deadline on that clock moved (into the grace period): stale
