@@ -43,6 +43,7 @@ forgets them; see `Joiner`).
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -235,23 +236,51 @@ def drop_from_sides(table: dict[bytes, Sides[T]], record: Entry[T]) -> None:
         del table[record.key]
 
 
-#: A window's heaps are rebuilt without their dead records once longer than this many times the
-#: live records (plus a floor).
+#: A clock's queue (its FIFO and heap together) is rebuilt without its stale items once longer
+#: than this many times the live records (plus a floor).
 _COMPACT_FACTOR = 2
 _COMPACT_FLOOR = 64
 
 _Item = tuple[int, int, Entry[T]]
-"""A heap item: (deadline on the heap's clock, push sequence number, record)."""
+"""A queued item: (deadline on its clock, push sequence number, record)."""
 
 
-def _alive(heap: list[_Item[T]], wall: bool) -> list[_Item[T]]:
-    """The heap without its stale items (see `Window`), as a heap."""
-    if wall:
-        kept = [item for item in heap if item[2].alive and item[0] == item[2].wall_deadline_ms]
-    else:
-        kept = [item for item in heap if item[2].alive and item[0] == item[2].deadline_ms]
+def _fresh(item: _Item[T], wall: bool) -> bool:
+    """The item is not stale: its record is alive and its deadline on that clock is the item's."""
+    record = item[2]
+    return record.alive and item[0] == (record.wall_deadline_ms if wall else record.deadline_ms)
+
+
+def _compact(
+    fifo: deque[_Item[T]], heap: list[_Item[T]], wall: bool
+) -> tuple[deque[_Item[T]], list[_Item[T]]]:
+    """A clock's FIFO and heap without their stale items (see `Window`): still in order, a heap."""
+    kept = [item for item in heap if _fresh(item, wall)]
     heapq.heapify(kept)
-    return kept
+    return deque([item for item in fifo if _fresh(item, wall)]), kept
+
+
+def _front(fifo: deque[_Item[T]], heap: list[_Item[T]], wall: bool) -> int | None:
+    """The smallest deadline of a clock's fresh items, None if it has none; drops the stale
+    items that were in front of it."""
+    while fifo and not _fresh(fifo[0], wall):
+        fifo.popleft()
+    while heap and not _fresh(heap[0], wall):
+        heapq.heappop(heap)
+    if heap:
+        return min(fifo[0][0], heap[0][0]) if fifo else heap[0][0]
+    return fifo[0][0] if fifo else None
+
+
+def _pop(fifo: deque[_Item[T]], heap: list[_Item[T]], limit: int) -> _Item[T] | None:
+    """A clock's smallest item (by deadline, then push order) if its deadline is <= `limit`,
+    taken off its FIFO or heap; None if there is none."""
+    if heap:
+        # (deadline, seq) decides; seq is unique, so the records are never compared.
+        if fifo and fifo[0] < heap[0]:
+            return fifo.popleft() if fifo[0][0] <= limit else None
+        return heapq.heappop(heap) if heap[0][0] <= limit else None
+    return fifo.popleft() if fifo and fifo[0][0] <= limit else None
 
 
 class Window(Generic[T]):
@@ -262,10 +291,17 @@ class Window(Generic[T]):
     `expire` is given `wall_ms`). `grace` moves both deadlines `grace_ms` later once, when a
     record's window closed but it is kept for a late partner.
 
-    Each clock has a heap of `(deadline, sequence number, record)`: records with the same
-    deadline leave in the order they were pushed. A heap item is stale once its record is dead
-    or its deadline on that clock moved (into the grace period): stale items are skipped when
-    they reach the top, and dropped all at once when they outnumber the live records.
+    Each clock queues items `(deadline, sequence number, record)` in two places: a FIFO (a
+    deque) takes every item whose deadline is >= that of the FIFO's last item, so it stays
+    sorted, O(1) to push and to pop; a heap takes the others. Deadlines come almost always in
+    order (stream-time deadlines are `timestamp + W + 1` and records arrive in timestamp order;
+    wall deadlines follow the wall clock), so the heap holds only stragglers and the records
+    `grace` pushes again behind later deadlines (with `grace_ms` < W, most of them). Next out is
+    the smaller of the two fronts by `(deadline, sequence number)`: records with the same
+    deadline leave in the order they were pushed, wherever they are queued. An item is stale
+    once its record is dead or its deadline on that clock moved (into the grace period): stale
+    items are skipped when they reach the front, and dropped all at once when a clock's FIFO and
+    heap together outnumber the live records.
     """
 
     def __init__(self, window_ms: int, grace_ms: int = 0) -> None:
@@ -274,8 +310,12 @@ class Window(Generic[T]):
             raise ValueError(f"grace_ms must be >= 0, got {grace_ms}")
         self.window_ms = window_ms
         self.grace_ms = grace_ms
+        # The window's own clock: in-order items, then the rest.
+        self._fifo: deque[_Item[T]] = deque()
         self._heap: list[_Item[T]] = []
-        self._wall: list[_Item[T]] = []
+        # The wall clock, likewise.
+        self._wall_fifo: deque[_Item[T]] = deque()
+        self._wall_heap: list[_Item[T]] = []
         self._seq = 0
         self.count = 0
 
@@ -290,29 +330,41 @@ class Window(Generic[T]):
 
     def due(self, now_ms: int) -> bool:
         """True when `pop_due(now_ms)` may find something (a stale item may be all it finds)."""
-        heap = self._heap
-        return bool(heap) and heap[0][0] <= now_ms
+        fifo, heap = self._fifo, self._heap
+        return bool((fifo and fifo[0][0] <= now_ms) or (heap and heap[0][0] <= now_ms))
 
     def push(self, record: Entry[T], wall_ms: int | None = None) -> None:
         """Hold `record` until its deadline (and, given `wall_ms`, W of wall clock after it)."""
         seq = self._seq
         self._seq = seq + 1
-        heapq.heappush(self._heap, (record.deadline_ms, seq, record))
+        deadline = record.deadline_ms
+        fifo, heap = self._fifo, self._heap
+        if fifo and deadline < fifo[-1][0]:
+            heapq.heappush(heap, (deadline, seq, record))
+        else:
+            fifo.append((deadline, seq, record))
+        wall: int | None
         if wall_ms is not None:
             record.wall_deadline_ms = wall = wall_ms + self.window_ms
-            heapq.heappush(self._wall, (wall, seq, record))
-        elif (wall_deadline := record.wall_deadline_ms) is not None:
-            heapq.heappush(self._wall, (wall_deadline, seq, record))
+        else:
+            wall = record.wall_deadline_ms
+        wall_fifo, wall_heap = self._wall_fifo, self._wall_heap
+        if wall is not None:
+            if wall_fifo and wall < wall_fifo[-1][0]:
+                heapq.heappush(wall_heap, (wall, seq, record))
+            else:
+                wall_fifo.append((wall, seq, record))
         self.count = count = self.count + 1
-        # Records leave by one clock and stay in the other heap until they reach its top: while
-        # a source lags, windows close on stream time only, and every closed record would stay
-        # in the wall-clock heap. Dropping the dead ones once they outnumber the live keeps
-        # both heaps (and the memory they hold) in proportion to what is held: O(1) amortised.
+        # Records leave by one clock and stay queued on the other until they reach its front:
+        # while a source lags, windows close on stream time only, and every closed record would
+        # stay in the wall clock's queue. Dropping the stale items once they outnumber the live
+        # keeps both clocks' queues (and the memory they hold) in proportion to what is held:
+        # O(1) amortised.
         limit = _COMPACT_FACTOR * count + _COMPACT_FLOOR
-        if len(self._heap) > limit:
-            self._heap = _alive(self._heap, False)
-        if len(self._wall) > limit:
-            self._wall = _alive(self._wall, True)
+        if len(fifo) + len(heap) > limit:
+            self._fifo, self._heap = _compact(fifo, heap, False)
+        if len(wall_fifo) + len(wall_heap) > limit:
+            self._wall_fifo, self._wall_heap = _compact(wall_fifo, wall_heap, True)
 
     def grace(self, record: Entry[T]) -> None:
         """Keep a record whose window just closed (`pop_due`) for the grace period."""
@@ -346,17 +398,33 @@ class Window(Generic[T]):
 
     def pop_due(self, now_ms: int, wall_ms: int | None = None) -> Entry[T] | None:
         """The next live record whose window closed by `now_ms` (or `wall_ms`), marked dead."""
-        heap = self._heap
-        while heap and heap[0][0] <= now_ms:
-            deadline, _, record = heapq.heappop(heap)
+        fifo, heap = self._fifo, self._heap
+        while True:
+            if heap:
+                item = _pop(fifo, heap, now_ms)
+                if item is None:
+                    break
+            elif fifo and fifo[0][0] <= now_ms:  # `_pop`, inlined: the common case
+                item = fifo.popleft()
+            else:
+                break
+            deadline, _, record = item
             if record.alive and deadline == record.deadline_ms:  # else a stale item
                 record.alive = False
                 self.count -= 1
                 return record
         if wall_ms is not None:
-            heap = self._wall
-            while heap and heap[0][0] <= wall_ms:
-                deadline, _, record = heapq.heappop(heap)
+            fifo, heap = self._wall_fifo, self._wall_heap
+            while True:
+                if heap:
+                    item = _pop(fifo, heap, wall_ms)
+                    if item is None:
+                        break
+                elif fifo and fifo[0][0] <= wall_ms:
+                    item = fifo.popleft()
+                else:
+                    break
+                deadline, _, record = item
                 if record.alive and deadline == record.wall_deadline_ms:
                     record.alive = False
                     self.count -= 1
@@ -364,23 +432,13 @@ class Window(Generic[T]):
         return None
 
     def next_deadline(self) -> int | None:
-        heap = self._heap
-        while heap and not ((record := heap[0][2]).alive and heap[0][0] == record.deadline_ms):
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        return _front(self._fifo, self._heap, False)
 
     def next_wall_deadline(self) -> int | None:
-        heap = self._wall
-        while heap and not ((record := heap[0][2]).alive and heap[0][0] == record.wall_deadline_ms):
-            heapq.heappop(heap)
-        return heap[0][0] if heap else None
+        return _front(self._wall_fifo, self._wall_heap, True)
 
     def live(self) -> list[Entry[T]]:
-        return [
-            item[2]
-            for item in sorted(self._heap)
-            if item[2].alive and item[0] == item[2].deadline_ms
-        ]
+        return [item[2] for item in sorted([*self._fifo, *self._heap]) if _fresh(item, False)]
 
 
 class Windowed(Generic[T]):
@@ -407,8 +465,9 @@ class Windowed(Generic[T]):
     def _start(self, now_ms: int) -> Result[T]:
         """The result of a call at `now_ms` so far: what `expire(now_ms)` gives, without the
         call when nothing is due (the common case: a record arriving within the window)."""
-        heap = self._window._heap  # `Window.due`, inlined: this runs for every record
-        if heap and heap[0][0] <= now_ms:
+        window = self._window  # `Window.due`, inlined: this runs for every record
+        fifo = window._fifo
+        if (fifo and fifo[0][0] <= now_ms) or ((heap := window._heap) and heap[0][0] <= now_ms):
             return self.expire(now_ms)
         return Result([], [], [], [])
 

@@ -14,7 +14,7 @@ flushed (a commit) every `--flush` fetched batches (20: as a step at ~20,000 pai
 every second, `dataflow.commits.STATE_FLUSH_INTERVAL`), so the figures do not move with the
 machine's speed. The garbage collector is set as the engine sets it. `--held`: one source only
 (nothing joins, nothing expires), then tracemalloc's bytes per held entry after the flush: the
-entry, its token, window heaps, the key's sides and the state's bookkeeping. Figures are CPU
+entry, its token, window queues, the key's sides and the state's bookkeeping. Figures are CPU
 time of this process (`time.process_time`); `scripts/bench` measures the whole engine against
 the raw aiokafka loop.
 """

@@ -142,9 +142,9 @@ def test_a_full_batch_is_sent_early() -> None:
     assert b.held() == 0
 
 
-def test_records_closed_on_stream_time_do_not_pile_up_in_the_wall_clock_heap() -> None:
+def test_records_closed_on_stream_time_do_not_pile_up_in_the_wall_clock_queue() -> None:
     """While a source lags, windows close on stream time only; the closed records must not
-    stay referenced by the wall-clock heap (a join catching up held every record it had
+    stay referenced by the wall clock's queue (a join catching up held every record it had
     read: 183,745 entries after 23 s, and full garbage collections of a second)."""
     j = joiner()
     for i in range(10_000):
@@ -153,5 +153,5 @@ def test_records_closed_on_stream_time_do_not_pile_up_in_the_wall_clock_heap() -
         j.expire(ts)  # stream time follows the records; the wall clock is never consulted
     window = j._window
     assert j.held() <= 2 * W // 10 + 2
-    assert len(window._wall) <= 2 * window.count + 64
-    assert len(window._heap) <= 2 * window.count + 64
+    assert len(window._wall_fifo) + len(window._wall_heap) <= 2 * window.count + 64
+    assert len(window._fifo) + len(window._heap) <= 2 * window.count + 64
