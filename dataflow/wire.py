@@ -1059,6 +1059,13 @@ def batch_rows(value: bytes) -> int:
     Raises:
         WireError: Malformed protobuf.
     """
+    spans = _top_spans(value, _REQUEST_KINDS)
+    if spans is not None and spans[2]:
+        fs, fe = spans[2][0]
+        vs = fs + 2 if value[fs + 1] < 0x80 else _varint(value, fs + 1)[1]
+        tensor = _plain_tensor(value, vs, fe)
+        if tensor is not None:
+            return tensor[2][0]
     for field, wt, fs, vs, ve in _fields(value, 0, len(value)):
         if field != 5:
             continue
@@ -1078,15 +1085,106 @@ def batch_rows(value: bytes) -> int:
 
 
 class _Group:
-    """The tensors of one name across a batch."""
+    """The tensors of one name across a batch: the first one's datatype (its contents field)
+    and dimensions after the first, the rows so far, the parameters and the data."""
 
-    __slots__ = ("data", "first", "params", "rows")
+    __slots__ = ("data", "datatype", "dims", "field", "params", "rows")
 
-    def __init__(self, first: _Tensor) -> None:
-        self.first = first
+    def __init__(self, datatype: bytes, shape: Sequence[int]) -> None:
+        self.datatype = datatype
+        self.field = _CONTENTS_FIELD[datatype][0]
+        self.dims = shape[1:]
         self.rows = 0
         self.params: dict[bytes, _Piece] = {}
         self.data: list[_Piece] = []
+
+
+def _plain_tensor(buf: bytes, vs: int, ve: int) -> tuple[bytes, bytes, list[int], int, int] | None:
+    """(name, datatype, shape, contents value start, end) of a tensor in the usual shape: one
+    each of name, a known datatype, a non-empty packed shape of one-byte dimensions, and at most
+    one contents field, all with one-byte tags and lengths, no parameters or other fields;
+    None for anything else (the general path decides, and says why when it is malformed)."""
+    name: bytes | None = None
+    datatype: bytes | None = None
+    shape: list[int] | None = None
+    cs = ce = -1
+    pos = vs
+    try:
+        while pos < ve:
+            tag = buf[pos]
+            ln = buf[pos + 1]
+            if ln >= 0x80:
+                return None
+            start = pos + 2
+            pos = start + ln
+            if pos > ve:
+                return None
+            if tag == 0x0A and name is None:
+                name = buf[start:pos]
+            elif tag == 0x12 and datatype is None:
+                datatype = buf[start:pos]
+            elif tag == 0x1A and shape is None:
+                dims = buf[start:pos]
+                if not dims or max(dims) >= 0x80:
+                    return None
+                shape = list(dims)
+            elif tag == 0x2A and cs < 0:
+                cs, ce = start, pos
+            else:
+                return None
+    except IndexError:
+        return None
+    if name is None or datatype not in _DATATYPES or shape is None:
+        return None
+    return name, datatype, shape, cs, ce
+
+
+def _plain_payload(buf: bytes, cs: int, ce: int, field: int) -> bytes | None:
+    """The packed payload of contents field `field` when the contents message at buf[cs:ce]
+    is just that one field (one-byte length, whole elements); b"" when there are no contents;
+    None for anything else."""
+    if cs < 0 or cs == ce:
+        return b""
+    if field == 8 or buf[cs] != (field << 3) | 2:
+        return None
+    ln = buf[cs + 1]
+    if ln >= 0x80 or cs + 2 + ln != ce:
+        return None
+    width = _CONTENTS_WIRE[field][1]
+    if width and ln % width:
+        return None
+    return buf[cs + 2 : ce]
+
+
+def _plain_groups(values: Sequence[bytes]) -> dict[bytes, _Group] | None:
+    """`merge_batch`'s tensor groups when every request and tensor is in the usual shape (no
+    raw contents, `_plain_tensor`, `_plain_payload`): one pass over each request, no decoded
+    views; None otherwise."""
+    groups: dict[bytes, _Group] = {}
+    for value in values:
+        spans = _top_spans(value, _REQUEST_KINDS)
+        if spans is None or spans[3]:
+            return None
+        for fs, fe in spans[2]:
+            vs = fs + 2 if value[fs + 1] < 0x80 else _varint(value, fs + 1)[1]
+            tensor = _plain_tensor(value, vs, fe)
+            if tensor is None:
+                return None
+            name, datatype, shape, cs, ce = tensor
+            group = groups.get(name)
+            if group is None:
+                try:
+                    name.decode()
+                except UnicodeDecodeError:
+                    return None
+                group = groups[name] = _Group(datatype, shape)
+            payload = _plain_payload(value, cs, ce, group.field)
+            if payload is None:
+                return None
+            group.rows += shape[0]
+            if payload:
+                group.data.append(payload)
+    return groups
 
 
 def merge_batch(values: Sequence[bytes]) -> bytes:
@@ -1111,6 +1209,9 @@ def merge_batch(values: Sequence[bytes]) -> bytes:
     """
     if not values:
         raise ValueError("merge_batch needs at least one request")
+    plain = _plain_groups(values)
+    if plain is not None:
+        return _batched(_Message(values[-1], True), plain, False)
     msgs = [_Message(v, True) for v in values]
     any_raw = any(m.raws for m in msgs)
     groups: dict[bytes, _Group] = {}
@@ -1122,7 +1223,7 @@ def merge_batch(values: Sequence[bytes]) -> bytes:
                 raise WireError(f"tensor {tensor.name_text!r} has no shape to batch along")
             group = groups.get(tensor.name)
             if group is None:
-                group = groups[tensor.name] = _Group(tensor)
+                group = groups[tensor.name] = _Group(tensor.datatype, tensor.shape)
             group.rows += tensor.shape[0]
             for key, (s, e) in tensor.params:
                 group.params[key] = src[s:e]
@@ -1134,10 +1235,13 @@ def merge_batch(values: Sequence[bytes]) -> bytes:
                     group.data.append(src[s:e])
                 # else: a tensor beyond its request's raw count has no data (spec 4.3 edge)
             else:
-                field = _CONTENTS_FIELD[group.first.datatype][0]
-                group.data.extend(tensor.values(field))
+                group.data.extend(tensor.values(group.field))
+    return _batched(msgs[-1], groups, any_raw)
 
-    last = msgs[-1]
+
+def _batched(last: _Message, groups: dict[bytes, _Group], any_raw: bool) -> bytes:
+    """The merged request: `last`'s model name, version, id and parameters, then each group's
+    tensor, then (`any_raw`) each group's raw contents."""
     lsrc = _view(last.buf)
     out: list[_Piece] = []
     for spans in (last.names, last.versions, last.ids):
@@ -1148,18 +1252,17 @@ def merge_batch(values: Sequence[bytes]) -> bytes:
         out.append(lsrc[s:e])
     raw_blobs: list[list[_Piece]] = []
     for name, group in groups.items():
-        first = group.first
         body: list[_Piece] = []
         if name:
             body.extend((b"\x0a", _enc_varint(len(name)), name))
-        body.extend((b"\x12", _enc_varint(len(first.datatype)), first.datatype))
-        shape = b"".join(_enc_varint(d) for d in [group.rows, *first.shape[1:]])
+        body.extend((b"\x12", _enc_varint(len(group.datatype)), group.datatype))
+        shape = b"".join(_enc_varint(d) for d in [group.rows, *group.dims])
         body.extend((b"\x1a", _enc_varint(len(shape)), shape))
         body.extend(group.params.values())
         if any_raw:
             raw_blobs.append(group.data)
         else:
-            field = _CONTENTS_FIELD[first.datatype][0]
+            field = group.field
             contents: list[_Piece] = []
             if field == 8:
                 for element in group.data:

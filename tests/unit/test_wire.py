@@ -721,6 +721,54 @@ def test_batch_vector_2_merges_three_empty_requests() -> None:
     assert wire.batch_rows(out) == 0
 
 
+def _plain_batches() -> list[list[bytes]]:
+    """Batches the usual-shape path takes, and near misses it leaves to the general path."""
+
+    def tensor(name: str, datatype: str, shape: list[int], **contents: Any) -> Input:
+        return Input(name=name, datatype=datatype, shape=shape,
+                     contents=InferTensorContents(**contents) if contents else None)  # fmt: skip
+
+    def req(i: int, *tensors: Input, **params: InferParameter) -> bytes:
+        return bytes(ModelInferRequest(model_name="m", id=str(i), parameters=params,
+                                       inputs=list(tensors)))  # fmt: skip
+
+    a = tensor("a", "INT32", [1, 2], int_contents=[1, 2])
+    b = tensor("b", "FP32", [2], fp32_contents=[0.5, 1.5])
+    empty = tensor("a", "INT32", [0, 2])
+    big = tensor("a", "INT32", [200, 1], int_contents=list(range(200)))
+    other_type = tensor("a", "INT64", [1, 2], int64_contents=[3, 4])
+    with_param = Input(name="a", datatype="INT32", shape=[1, 2],
+                       parameters={"p": InferParameter(bool_param=True)},
+                       contents=InferTensorContents(int_contents=[5, 6]))  # fmt: skip
+    return [
+        [req(1, a, b), req(2, a, b), req(3, b, a)],
+        [req(1, a), req(2, empty), req(3, a, p=InferParameter(string_param="x"))],
+        [req(1, a), req(2, big)],
+        [req(1, a), req(2, other_type)],
+        [req(1, a), req(2, with_param)],
+        [req(1, tensor("", "BYTES", [2], bytes_contents=[b"x", b"yz"])), req(2, a)],
+    ]
+
+
+def test_the_usual_shape_takes_the_plain_path() -> None:
+    usual, with_params, big, *_ = _plain_batches()
+    assert wire._plain_groups(usual) is not None
+    assert wire._plain_groups(with_params) is not None, "top-level parameters are the last's"
+    assert wire._plain_groups(big) is None, "a length over one byte: the general path"
+
+
+@pytest.mark.parametrize("batch", _plain_batches())
+def test_batches_of_the_usual_shape_merge_as_the_general_path_does(
+    batch: list[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fast = wire.merge_batch(batch)
+    rows = [wire.batch_rows(v) for v in batch]
+    monkeypatch.setattr(wire, "_plain_groups", lambda values: None)
+    monkeypatch.setattr(wire, "_plain_tensor", lambda buf, vs, ve: None)
+    assert fast == wire.merge_batch(batch)
+    assert rows == [wire.batch_rows(v) for v in batch]
+
+
 def test_batch_vector_3_merges_three_raw_requests() -> None:
     out = wire.merge_batch([raw_image_request(str(i), [12.34]) for i in (1, 2, 3)])
     expected = raw_image_request("3", [12.34] * 3)
