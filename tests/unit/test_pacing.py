@@ -118,3 +118,24 @@ def _set() -> asyncio.Event:
     event = asyncio.Event()
     event.set()
     return event
+
+
+async def test_ties_go_in_partition_order_and_a_partition_out_of_time_order_keeps_its_own() -> None:
+    consumer = FakeConsumer({A0, B0}, highwaters={A0: 3, B0: 3})
+    p = pacing(consumer)
+    p.clock.assign([A0, B0])
+    in_order = {
+        A0: [record(A0, i, b"a%d" % i, timestamp=t) for i, t in enumerate((10, 20, 20))],
+        B0: [record(B0, i, b"b%d" % i, timestamp=t) for i, t in enumerate((10, 20, 30))],
+    }
+    seen = [r.value for _, r, _ in p.ordered(in_order, await p.begin(in_order))]
+    assert seen == [b"a0", b"b0", b"a1", b"a2", b"b1", b"b2"], "ties: a's first, as listed"
+    backwards = {  # a's producer clock went back: a's records still go in offset order
+        A0: [record(A0, i, b"a%d" % i, timestamp=t) for i, t in enumerate((50, 15, 60))],
+        B0: [record(B0, i, b"b%d" % i, timestamp=t) for i, t in enumerate((10, 20, 30))],
+    }
+    p = pacing(consumer)
+    p.clock.assign([A0, B0])
+    seen = [r.value for _, r, _ in p.ordered(backwards, await p.begin(backwards))]
+    assert [v for v in seen if v[:1] == b"a"] == [b"a0", b"a1", b"a2"]
+    assert seen == [b"b0", b"b1", b"b2", b"a0", b"a1", b"a2"]
