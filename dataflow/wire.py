@@ -527,6 +527,17 @@ def convert(
                             de = pos = ds + ln
                     if pos > ve:
                         raise _malformed("tensor field runs past the end of the tensor", vs)
+                    # the usual tail: a shape, then contents ending the tensor
+                    if pos + 1 < ve and value[pos] == 0x1A and value[pos + 1] < 0x80:
+                        cfs = pos + 2 + value[pos + 1]
+                        if (
+                            cfs + 1 < ve
+                            and value[cfs] == 0x2A
+                            and value[cfs + 1] < 0x80
+                            and cfs + 2 + value[cfs + 1] == ve
+                        ):
+                            has_contents = True
+                            pos = ve
             while pos < ve:
                 tfs = pos
                 kind = tkinds[value[pos]]
