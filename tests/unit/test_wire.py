@@ -326,6 +326,40 @@ def test_unknown_tensor_fields_are_dropped() -> None:
     assert wire.convert(value, ChainType.OUTPUT_INPUT) == b"\x2a\x09\x0a\x01a\x12\x04BOOL"
 
 
+@pytest.mark.parametrize("seed", range(5))
+def test_responses_of_many_layouts_convert_to_the_requests_they_decode_to(seed: int) -> None:
+    import random
+
+    rng = random.Random(seed)
+    for _ in range(200):
+        tensors = []
+        for t in range(rng.randint(1, 3)):
+            n = rng.choice([0, 1, 3, 150])  # 150 INT64s: lengths over one byte
+            tensor = Output(name=f"t{t}" * rng.randint(1, 2), datatype="INT64")
+            if rng.random() < 0.8:
+                tensor.shape = [n] if rng.random() < 0.5 else [1, n]
+            if rng.random() < 0.3:
+                tensor.parameters = {"k": InferParameter(int64_param=t)}
+            if n and rng.random() < 0.9:
+                tensor.contents = InferTensorContents(int64_contents=list(range(n)))
+            tensors.append(tensor)
+        source = ModelInferResponse(model_name="m", id=str(rng.random()), outputs=tensors)
+        value = wire.convert(bytes(source), ChainType.OUTPUT_INPUT, None)
+        assert request(value) == ModelInferRequest(
+            id=source.id,
+            inputs=[
+                Input(
+                    name=t.name,
+                    datatype=t.datatype,
+                    shape=t.shape,
+                    parameters=t.parameters,
+                    contents=t.contents,
+                )
+                for t in tensors
+            ],
+        )
+
+
 def test_unpacked_shape_is_accepted() -> None:
     tensor = b"\x0a\x01a\x12\x04BOOL\x18\x02\x18\x03"
     value = b"\x2a" + bytes([len(tensor)]) + tensor
