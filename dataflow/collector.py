@@ -145,14 +145,8 @@ class Collector:
             if ref.generation == generation and not ref.restored:  # else: no hold to take
                 self.tracker.hold(ref.tp, ref.offset)
 
-    def count(self, refs: Iterable[Ref]) -> None:
-        """A delivery carrying `refs` starts, under a hold of the batch they came from: each
-        counts it (their state removals wait for it), holding no offset of its own."""
-        for ref in refs:
-            ref.pending += 1
-
     def uncount(self, refs: Iterable[Ref]) -> None:
-        """A `count`ed delivery carrying `refs` was acknowledged."""
+        """A counted delivery carrying `refs` (`send_outputs`) was acknowledged."""
         for ref in refs:
             ref.pending -= 1
             if ref.pending <= 0 and ref.deferred:
@@ -160,7 +154,7 @@ class Collector:
                 ref.deferred = None
 
     def hold_offsets(self, refs: Iterable[Ref]) -> None:
-        """A `count`ed delivery carrying `refs` failed: from now on each holds its own offset
+        """A counted delivery carrying `refs` failed: from now on each holds its own offset
         until it is retried and acknowledged (`acked`)."""
         generation = self.generation()
         for ref in refs:
@@ -366,7 +360,7 @@ class Collector:
     def outputs(self, hold: BatchHold[TopicPartition] | None) -> TaskBatches:
         """Record batches for a stateful step's outputs (`send_outputs`). With `hold` (that of
         the records they came from, released once they are acknowledged), their contributors
-        are only `count`ed; else each holds its offset (`hold_all`)."""
+        are only counted; else each holds its offset (`hold_all`)."""
         return TaskBatches(
             self.producer_for,
             self.sink,
@@ -378,9 +372,10 @@ class Collector:
     async def send_outputs(
         self, sends: TaskBatches, outputs: list[Output[Ref]], counted: bool
     ) -> None:
-        """Append `outputs` to the sink's record batches in `sends`. Each contributor is
-        `count`ed when `counted` (the hold of the records it came from covers its offset),
-        else holds its own offset (`hold_all`), until `outputs_done` hears of the batch's
+        """Append `outputs` to the sink's record batches in `sends`. When `counted` (the hold
+        of the records they came from covers their offsets), each contributor counts the
+        delivery in `pending` (its state removals wait for it), holding no offset of its own;
+        else each holds its own offset (`hold_all`); until `outputs_done` hears of the batch's
         ack."""
         rewrite, frame, trace = self.rewrite.apply, self.frame, self.trace
         sink_partitions = self.sink_partitions
