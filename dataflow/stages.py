@@ -141,7 +141,7 @@ class StepStages:
         if self.gate is not None and self.joiner is None and self.batcher is None:
             # A source record straight into the gate: what `_through_gate` does with it
             # (under the same entry name), without the output in between.
-            name = (ident or b"d") + b"/0/" + _origin_name(ref)
+            name = _gate_name(ident, 0, ref)
             return self.gate.add_data(
                 ref.key, value, ref.timestamp, ref, now_ms, wall_ms=wall_ms, ident=name, into=into
             )
@@ -160,11 +160,9 @@ class StepStages:
             )
         elif self.batcher is not None:
             step = self.batcher.add(ref.key, value, ref.timestamp, ref, wall_ms, ident=ident)
-        else:
-            output = Output(ref.key, value, ref.timestamp, ref, (ref,))
-            if self.gate is None:
-                return Changes([output], [])
-            step = Changes([output], [ref])
+        else:  # a cycle-guarded chain step: no stage holds the record (a gate-only step
+            # goes straight to its gate in `add`)
+            return Changes([Output(ref.key, value, ref.timestamp, ref, (ref,))], [])
         return self._through_gate(step, now_ms, wall_ms, ident)
 
     def add_trigger(
@@ -222,7 +220,7 @@ class StepStages:
             if output.error:  # a failed merge goes straight to the error topic
                 gated.outputs.append(output)
                 continue
-            name = (ident or b"d") + b"/" + str(n).encode() + b"/" + _origin_name(output.origin)
+            name = _gate_name(ident, n, output.origin)
             gated.extend(self.gate.add_output(output, now_ms, wall_ms=wall_ms, ident=name))
         return gated
 
@@ -273,5 +271,8 @@ def _tp_of(ref: Ref) -> Any:
     return ref.tp
 
 
-def _origin_name(ref: Ref) -> bytes:
-    return f"{ref.tp.topic}/{ref.tp.partition}/{ref.offset}".encode()
+def _gate_name(ident: bytes, n: int, origin: Ref) -> bytes:
+    """The entry name of the `n`th output of the record named `ident` as it waits at the gate
+    (`origin`: the record whose headers the output takes)."""
+    tp = origin.tp
+    return b"%s/%d/%s/%d/%d" % (ident or b"d", n, tp.topic.encode(), tp.partition, origin.offset)
