@@ -283,6 +283,24 @@ def _pop(fifo: deque[_Item[T]], heap: list[_Item[T]], limit: int) -> _Item[T] | 
     return fifo.popleft() if fifo and fifo[0][0] <= limit else None
 
 
+def _take_due(
+    fifo: deque[_Item[T]], heap: list[_Item[T]], limit: int, wall: bool
+) -> Entry[T] | None:
+    """A clock's next fresh record whose deadline is <= `limit`, taken off (stale items in
+    front of it are dropped); None if there is none."""
+    while True:
+        if heap:
+            item = _pop(fifo, heap, limit)
+            if item is None:
+                return None
+        elif fifo and fifo[0][0] <= limit:  # `_pop`, inlined: the common case
+            item = fifo.popleft()
+        else:
+            return None
+        if _fresh(item, wall):
+            return item[2]
+
+
 class Window(Generic[T]):
     """Deadline bookkeeping shared by the joiner and the gate.
 
@@ -398,38 +416,13 @@ class Window(Generic[T]):
 
     def pop_due(self, now_ms: int, wall_ms: int | None = None) -> Entry[T] | None:
         """The next live record whose window closed by `now_ms` (or `wall_ms`), marked dead."""
-        fifo, heap = self._fifo, self._heap
-        while True:
-            if heap:
-                item = _pop(fifo, heap, now_ms)
-                if item is None:
-                    break
-            elif fifo and fifo[0][0] <= now_ms:  # `_pop`, inlined: the common case
-                item = fifo.popleft()
-            else:
-                break
-            deadline, _, record = item
-            if record.alive and deadline == record.deadline_ms:  # else a stale item
-                record.alive = False
-                self.count -= 1
-                return record
-        if wall_ms is not None:
-            fifo, heap = self._wall_fifo, self._wall_heap
-            while True:
-                if heap:
-                    item = _pop(fifo, heap, wall_ms)
-                    if item is None:
-                        break
-                elif fifo and fifo[0][0] <= wall_ms:
-                    item = fifo.popleft()
-                else:
-                    break
-                deadline, _, record = item
-                if record.alive and deadline == record.wall_deadline_ms:
-                    record.alive = False
-                    self.count -= 1
-                    return record
-        return None
+        record = _take_due(self._fifo, self._heap, now_ms, False)
+        if record is None and wall_ms is not None:
+            record = _take_due(self._wall_fifo, self._wall_heap, wall_ms, True)
+        if record is not None:
+            record.alive = False
+            self.count -= 1
+        return record
 
     def next_deadline(self) -> int | None:
         return _front(self._fifo, self._heap, False)
