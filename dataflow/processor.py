@@ -93,13 +93,7 @@ class RecordProcessor:
                     source = feed.spec
                     value = convert(record.value, source.chain, source.tensors, source.renames)
                     if value is None:
-                        # No tensor left after selection, or an empty message: the reference
-                        # drops these.
-                        stats.empty += 1
-                        self.log.debug(
-                            "{}[{}]@{} converted to nothing: no output",
-                            tp.topic, tp.partition, record.offset,
-                        )  # fmt: skip
+                        converted_to_nothing(stats, self.log, tp, record.offset)
                         continue
                     name = b""
                     if named:
@@ -127,3 +121,10 @@ class RecordProcessor:
             prefix = changelog.ident_prefix(kind, index, tp.topic, tp.partition)
             self._prefixes[key] = prefix
         return prefix
+
+
+def converted_to_nothing(stats: StepStats, log: Any, tp: TopicPartition, offset: int) -> None:
+    """A record converted to nothing (no tensor left after selection, or an empty message):
+    the reference drops these; counted, and logged at debug."""
+    stats.empty += 1
+    log.debug("{}[{}]@{} converted to nothing: no output", tp.topic, tp.partition, offset)

@@ -41,7 +41,7 @@ from dataflow.cycles import RevisitGuard
 from dataflow.errors import StepFailed
 from dataflow.offsets import BatchHold, OffsetTracker
 from dataflow.pacing import SLICE_RECORDS, Batch, Pacing, now_ms
-from dataflow.processor import RecordProcessor
+from dataflow.processor import RecordProcessor, converted_to_nothing
 from dataflow.progress import Progress
 from dataflow.stages import Ref, Result, StepStages
 from dataflow.state import StateOptions, StepState
@@ -290,11 +290,7 @@ class Step:
                         await collector.reject(ref, exc)
                         continue
                     if value is None:
-                        stats.empty += 1
-                        self.log.debug(
-                            "{}[{}]@{} converted to nothing: no output",
-                            tp.topic, tp.partition, record.offset,
-                        )  # fmt: skip
+                        converted_to_nothing(stats, self.log, tp, record.offset)
                         continue
                     kept = rewrite(headers)
                     span = None if trace is None else trace.record(tp, record, kept, received)
